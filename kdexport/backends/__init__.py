@@ -1,0 +1,51 @@
+"""Backend name -> module, imported only when a target needs it.
+
+Each backend module provides:
+  unavailable_reason(target) -> str | None
+  compile(onnx_path, out_dir, name, target) -> Path       (the compiled form's main file)
+  load(compiled_path, target) -> Runner                   (see ``Runner`` below)
+ONNX Runtime's CPU and CUDA targets are one backend with another execution provider.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+from typing import Protocol
+
+import numpy as np
+
+from kdexport.errors import KdxError
+
+BACKENDS = {
+    "onnxruntime": ("kdexport.backends.ort", "onnxruntime"),
+    "openvino": ("kdexport.backends.openvino", "openvino"),
+}
+
+
+class Runner(Protocol):
+    """A loaded model on one target."""
+
+    info: dict  # what actually runs: provider or device, executed precision, threads
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Outputs for ``x``, end to end (input conversion and copies included)."""
+
+    def bind(self, x: np.ndarray) -> Callable[[], None]:
+        """Bind ``x`` once; the returned call runs one inference and waits for it."""
+
+
+def backend(name: str, target_name: str = "") -> ModuleType:
+    """The backend module for ``name``, or a KdxError saying which package to install."""
+    if name not in BACKENDS:
+        raise KdxError(
+            f"target '{target_name}': unknown backend '{name}'; known: {', '.join(BACKENDS)}"
+        )
+    module, package = BACKENDS[name]
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise KdxError(
+            f"target '{target_name}' needs the {package} package ({e}); pip install {package}"
+        ) from None

@@ -1,0 +1,72 @@
+"""OpenVINO backend: the ONNX model saved as OpenVINO IR with its precision pinned.
+
+Compiled with the profile's performance hint (LATENCY by default, as ``benchmark_app -hint
+latency``) and an explicit inference precision: on CPUs with bf16 support OpenVINO would
+otherwise pick bf16 by itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+from kdexport.errors import KdxError
+
+_PRECISIONS = {"f32": ("f32", False), "f16": ("f16", True), "bf16": ("bf16", False)}
+
+
+def unavailable_reason(target) -> str | None:
+    devices = ov.Core().available_devices
+    if target.device.split(".")[0] not in devices:
+        return f"OpenVINO sees no {target.device} device here (it sees: {', '.join(devices) or 'none'})"
+    if target.precision not in _PRECISIONS:
+        return f"precision '{target.precision}' is not one of {', '.join(_PRECISIONS)}"
+    return None
+
+
+def compile(onnx_path: Path, out_dir: Path, name: str, target) -> Path:
+    """Convert to IR (NAME.xml + NAME.bin); weights stay f32 unless the profile says f16."""
+    out = out_dir / f"{name}.xml"
+    try:
+        model = ov.Core().read_model(str(onnx_path))
+    except RuntimeError as e:
+        raise KdxError(
+            f"target '{target.name}': OpenVINO cannot read {onnx_path.name}: {str(e)[:300]}"
+        ) from None
+    ov.save_model(model, str(out), compress_to_fp16=_PRECISIONS[target.precision][1])
+    return out
+
+
+class Runner:
+    def __init__(self, path: Path, target):
+        core = ov.Core()
+        config = {
+            "PERFORMANCE_HINT": target.options.get("performance_hint", "LATENCY"),
+            "INFERENCE_PRECISION_HINT": _PRECISIONS[target.precision][0],
+        }
+        if threads := int(target.options.get("inference_num_threads", 0)):
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(str(path), target.device, config)
+        self.request = self.compiled.create_infer_request()
+        self.info = {
+            "device": target.device,
+            "precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT")),
+            "performance_hint": str(self.compiled.get_property("PERFORMANCE_HINT")),
+            "streams": int(self.compiled.get_property("NUM_STREAMS")),
+            "inference_num_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
+            "openvino": ov.get_version(),
+        }
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.request.infer({0: x})[0].copy()
+
+    def bind(self, x: np.ndarray):
+        # A tensor that shares the numpy buffer: nothing is copied inside the timed call.
+        self.request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x), shared_memory=True))
+        return self.request.infer
+
+
+def load(path: Path, target) -> Runner:
+    return Runner(path, target)

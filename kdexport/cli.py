@@ -1,0 +1,265 @@
+"""The ``kdexport`` command: each subcommand parses, calls one library function, prints."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+
+import click
+
+from kdexport.errors import KdxError
+
+DEFAULT_RUN = "runs/digits"
+
+
+class _Cli(click.Group):
+    """Turns every failure into one line on stderr (a traceback only with --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"error: {_one_line(e)}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted: complete artifacts were kept; rerun the command", err=True)
+            ctx.exit(130)
+
+
+def _one_line(e: Exception) -> str:
+    if isinstance(e, KdxError):
+        return str(e)
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename or ''}".rstrip(": ")
+    return f"unexpected {type(e).__name__}: {str(e)[:300]} (rerun with --debug for the traceback)"
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool = True) -> Iterator:
+    """A rich progress display on stderr; yields the stages' progress callback."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console(stderr=True)
+    bar = Progress(
+        TextColumn("{task.description:<18}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=not enabled,
+    )
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int, info: str) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total, info="")
+        bar.update(tasks[stage], completed=done, total=total, info=info)
+
+    with bar:
+        yield update
+
+
+def _recipe_options(fn):
+    fn = click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="SECTION.KEY=VALUE",
+        help="Override one recipe option, e.g. --set distill.epochs=5 (repeatable).",
+    )(fn)
+    fn = click.option(
+        "--recipe",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Recipe TOML (default: the run's recipe.toml, else models/digits.toml).",
+    )(fn)
+    return fn
+
+
+_run_arg = click.argument("run_dir", default=DEFAULT_RUN, type=click.Path(file_okay=False))
+
+
+def _print_table(figs: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from kdexport.report import HEADER, rows
+
+    table = Table(*HEADER, title=f"kdexport: {figs['run_dir']}")
+    for row in rows(figs):
+        table.add_row(*row)
+    console = Console(width=200)
+    console.print(table)
+    for name, reason in figs["skipped_targets"].items():
+        console.print(f"skipped {name}: {reason}")
+
+
+@click.group(cls=_Cli)
+@click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+@click.version_option(package_name="kdexport")
+def cli(debug: bool) -> None:
+    """Distill a PyTorch teacher into a small student, export it to ONNX, compile, check and
+    benchmark it on every target. Run `kdexport distill-and-export` for the whole pipeline."""
+
+
+@cli.command("distill-and-export")
+@click.option(
+    "--out",
+    default=DEFAULT_RUN,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Run directory.",
+)
+@_recipe_options
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON line last.")
+def distill_and_export_cmd(out, recipe, overrides, as_json):
+    """Run every stage: train the teacher (or reuse it), distill, export, compile, check, benchmark."""
+    from kdexport.pipeline import distill_and_export
+
+    with _progress() as progress:
+        figs = distill_and_export(out, recipe, overrides, progress)
+    _print_table(figs)
+    click.echo(f"report: {out}/report.md  ({figs['wall_s']:.0f} s)")
+    if as_json:
+        click.echo(json.dumps(figs, sort_keys=True))
+
+
+@cli.command("train-teacher")
+@_run_arg
+@_recipe_options
+@click.option("--retrain", is_flag=True, help="Train again even if a matching teacher exists.")
+def train_teacher_cmd(run_dir, recipe, overrides, retrain):
+    """Train the teacher of a recipe (section [teacher]) into RUN_DIR/teacher."""
+    from kdexport.distill import train_teacher
+    from kdexport.pipeline import prepare_run
+
+    r = prepare_run(run_dir, recipe, overrides)
+    with _progress() as progress:
+        art = train_teacher(run_dir, r["data"], retrain, progress, **r["teacher"])
+    click.echo(f"teacher: {art.path}  test accuracy {art.checks['test_accuracy']:.2%}")
+
+
+@cli.command("distill")
+@_run_arg
+@_recipe_options
+def distill_cmd(run_dir, recipe, overrides):
+    """Distill RUN_DIR's teacher into the student of section [distill]."""
+    from kdexport.distill import distill
+    from kdexport.pipeline import prepare_run
+
+    r = prepare_run(run_dir, recipe, overrides)
+    with _progress() as progress:
+        art = distill(run_dir, r["data"], progress, **r["distill"])
+    click.echo(f"student: {art.path}  test accuracy {art.checks['test_accuracy']:.2%}")
+
+
+@cli.command("export")
+@_run_arg
+@_recipe_options
+def export_cmd(run_dir, recipe, overrides):
+    """Export teacher and student to ONNX and check them against PyTorch."""
+    from kdexport.export import export
+    from kdexport.pipeline import prepare_run
+
+    r = prepare_run(run_dir, recipe, overrides)
+    with _progress() as progress:
+        art = export(run_dir, r["data"], progress, **r["export"])
+    for m in ("teacher", "student"):
+        c = art.checks[m]
+        click.echo(
+            f"{art.path}/{m}.onnx  {c['exporter']} opset {c['opset']}  {c['parity']['summary']}"
+        )
+
+
+@cli.command("compile")
+@_run_arg
+@_recipe_options
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    help="Target name or profile .toml (repeatable); these must all be available.",
+)
+def compile_cmd(run_dir, recipe, overrides, targets):
+    """Compile the exported models for each target and check each against PyTorch."""
+    from kdexport.compile import compile
+    from kdexport.pipeline import prepare_run
+
+    r = prepare_run(run_dir, recipe, overrides)
+    opts = {
+        **r["compile"],
+        **({"targets": list(targets), "skip_unavailable": False} if targets else {}),
+    }
+    with _progress() as progress:
+        art = compile(run_dir, progress, **opts)
+    for name, result in art.checks["targets"].items():
+        for m in ("teacher", "student"):
+            click.echo(
+                f"{name}/{result[m]['file']}  accuracy {result[m]['accuracy']:.2%}  "
+                f"{result[m]['parity']['summary']}"
+            )
+    for name, reason in art.checks["skipped"].items():
+        click.echo(f"skipped {name}: {reason}")
+
+
+@cli.command("benchmark")
+@_run_arg
+@_recipe_options
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON line last.")
+def benchmark_cmd(run_dir, recipe, overrides, as_json):
+    """Measure teacher and student latency on every compiled target."""
+    from kdexport.bench import benchmark
+    from kdexport.pipeline import prepare_run
+
+    r = prepare_run(run_dir, recipe, overrides)
+    with _progress() as progress:
+        art = benchmark(run_dir, progress, **r["benchmark"])
+    for name, result in art.checks["targets"].items():
+        for size, speedup in result["speedup"].items():
+            t, s = (result[m]["latency"][size]["p50_ms"] for m in ("teacher", "student"))
+            click.echo(
+                f"{name} batch {size}: teacher p50 {t:.3f} ms, student p50 {s:.3f} ms, "
+                f"speed-up {speedup:.1f}x"
+            )
+    if as_json:
+        click.echo(json.dumps(art.checks, sort_keys=True))
+
+
+@cli.command("report")
+@_run_arg
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON line last.")
+def report_cmd(run_dir, as_json):
+    """Write RUN_DIR/report.md and RUN_DIR/manifest.json from the stages' results."""
+    from kdexport.report import report
+
+    figs = report(run_dir)
+    _print_table(figs)
+    if as_json:
+        click.echo(json.dumps(figs, sort_keys=True))
+
+
+@cli.command("targets")
+def targets_cmd():
+    """List the built-in targets, whether each is available here, and why not."""
+    from kdexport.targets import builtin_names, load_target
+
+    for name in builtin_names():
+        target = load_target(name)
+        reason = target.unavailable_reason()
+        status = "available" if reason is None else f"unavailable: {reason}"
+        click.echo(f"{name:<14} {target.description}\n{'':<14} {status}")
+
+
+def main() -> None:
+    cli(prog_name="kdexport")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

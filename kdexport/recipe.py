@@ -1,0 +1,187 @@
+"""Recipes: one TOML file whose sections are the keyword arguments of the stage functions.
+
+The schema is read off the stage functions' signatures: a section's keys are the function's
+keyword-only parameters, their defaults are the defaults, and ``Annotated[..., Range|OneOf]``
+hints bound their values. Unknown sections or keys, wrong types and out-of-range values are
+``KdxError``s raised before any stage runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import tomllib
+
+from kdexport.errors import KdxError
+
+DEFAULT_RECIPE = "digits"
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric option; ``lo_open`` excludes ``lo`` itself (e.g. temperature > 0)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+
+    def check(self, value: Any) -> str | None:
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
+                return f"must be {'>' if self.lo_open else '>='} {self.lo}"
+            if self.hi is not None and v > self.hi:
+                return f"must be <= {self.hi}"
+        return None
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """The allowed values of a string option."""
+
+    choices: tuple[str, ...]
+
+    def check(self, value: Any) -> str | None:
+        return None if value in self.choices else f"must be one of {', '.join(self.choices)}"
+
+
+def _sections() -> dict[str, Any]:
+    """Section name -> stage function whose keyword-only parameters it holds (imported lazily)."""
+    from kdexport import bench, compile, data, distill, export
+
+    return {
+        "data": data.load_splits,
+        "teacher": distill.train_teacher,
+        "distill": distill.distill,
+        "export": export.export,
+        "compile": compile.compile,
+        "benchmark": bench.benchmark,
+    }
+
+
+def schema() -> dict[str, dict[str, tuple[Any, Any, list]]]:
+    """section -> key -> (type, default, constraints)."""
+    out: dict[str, dict[str, tuple[Any, Any, list]]] = {}
+    for section, fn in _sections().items():
+        hints = typing.get_type_hints(fn, include_extras=True)
+        keys = {}
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind is not p.KEYWORD_ONLY:
+                continue
+            hint = hints[p.name]
+            annotated = typing.get_origin(hint) is typing.Annotated
+            base = hint.__origin__ if annotated else hint
+            keys[p.name] = (base, p.default, list(hint.__metadata__) if annotated else [])
+        out[section] = keys
+    return out
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
+
+
+def _unknown(kind: str, name: str, known: list[str], where: str) -> KdxError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(sorted(known))}"
+    return KdxError(f"{where}: unknown {kind} '{name}' ({hint})")
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``section.key=value`` -> (section, key, value); value is read as TOML, else as a string."""
+    lhs, sep, raw = text.partition("=")
+    section, dot, key = lhs.strip().partition(".")
+    if not sep or not dot or not key:
+        raise KdxError(f"--set '{text}': expected section.key=value, e.g. distill.epochs=5")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, key.strip(), value
+
+
+def builtin_recipe_path(name: str) -> Path:
+    """The path of a recipe shipped in models/ (e.g. 'digits')."""
+    path = Path(str(resources.files("kdexport._models").joinpath(f"{name}.toml")))
+    if not path.is_file():
+        raise KdxError(f"no built-in recipe '{name}'")
+    return path
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, turning every failure into one clear line."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KdxError(f"{path}: no such file; pass an existing recipe .toml") from None
+    except IsADirectoryError:
+        raise KdxError(f"{path}: is a directory; pass a recipe .toml file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise KdxError(f"{path}: cannot read it ({e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise KdxError(f"{path}: not valid TOML ({e})") from None
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Read a recipe (default: the built-in digits recipe), apply ``--set`` overrides, validate.
+
+    Returns every section with every key filled in (defaults from the stage signatures).
+    """
+    path = Path(path) if path else builtin_recipe_path(DEFAULT_RECIPE)
+    raw = read_toml(path)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})[key] = value
+    return validate(raw, where=str(path))
+
+
+def validate(raw: dict[str, Any], where: str = "recipe") -> dict[str, dict[str, Any]]:
+    """Check sections, keys, types and ranges; return the complete recipe."""
+    spec = schema()
+    for section, body in raw.items():
+        if section not in spec:
+            raise _unknown("section", section, list(spec), where)
+        if not isinstance(body, dict):
+            raise KdxError(f"{where}: '{section}' must be a table ([{section}])")
+    recipe = {}
+    for section, keys in spec.items():
+        given = raw.get(section, {})
+        for key in given:
+            if key not in keys:
+                raise _unknown("key", f"{section}.{key}", [f"{section}.{k}" for k in keys], where)
+        recipe[section] = {}
+        for key, (tp, default, constraints) in keys.items():
+            value = given.get(key, default)
+            if not _type_ok(value, tp):
+                raise KdxError(f"{where}: {section}.{key} must be {_type_name(tp)}, got {value!r}")
+            if tp is float:
+                value = float(value)
+            for c in constraints:
+                if problem := c.check(value):
+                    raise KdxError(f"{where}: {section}.{key} = {value!r} {problem}")
+            recipe[section][key] = value
+    return recipe
+
+
+def dumps(recipe: dict[str, dict[str, Any]]) -> str:
+    """The recipe as TOML text, loadable again with ``load``."""
+    return tomli_w.dumps(recipe)

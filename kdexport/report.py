@@ -1,0 +1,154 @@
+"""The run's figures: gathered from the stage manifests into one JSON object, a Markdown table
+(report.md) and the run-level manifest.json, which is written last and so marks a complete run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from kdexport import __version__
+from kdexport.artifact import FORMAT_VERSION, MANIFEST, Artifact, file_table, write_json, write_text
+from kdexport.export import MODELS
+from kdexport.recipe import read_toml
+
+STAGES = {  # directory -> (kind, command that makes it)
+    "teacher": ("teacher", "kdexport train-teacher"),
+    "student": ("student", "kdexport distill"),
+    "export": ("export", "kdexport export"),
+    "compile": ("compile", "kdexport compile"),
+    "benchmark": ("benchmark", "kdexport benchmark"),
+}
+
+
+def _model_figures(exported: dict, compiled: dict, benched: dict) -> dict:
+    batch1 = benched["latency"].get("1") or next(iter(benched["latency"].values()))
+    return {
+        "accuracy": compiled["accuracy"],
+        "max_abs_diff": compiled["parity"]["max_abs_diff"],
+        "top1_agreement": compiled["parity"]["top1_agreement"],
+        "p50_ms": batch1["p50_ms"],
+        "p90_ms": batch1["p90_ms"],
+        "params": exported["params"],
+        "flops": exported["flops"],
+        "size_bytes": compiled["size_bytes"],
+        "latency": benched["latency"],
+        "cold_start": benched["cold_start"],
+        "runtime": benched["runtime"],
+    }
+
+
+def figures(run_dir: str | Path) -> dict:
+    """Every figure of a run, from its stage manifests (all must be complete and current)."""
+    run_dir = Path(run_dir)
+    arts = {
+        d: Artifact.open(run_dir / d, kind, f"{cmd} {run_dir}") for d, (kind, cmd) in STAGES.items()
+    }
+    exp, comp, bench = (arts[k].checks for k in ("export", "compile", "benchmark"))
+    targets = {}
+    for name, result in comp["targets"].items():
+        b = bench["targets"][name]
+        entry = {m: _model_figures(exp[m], result[m], b[m]) for m in MODELS}
+        entry["speedup"] = entry["teacher"]["p50_ms"] / entry["student"]["p50_ms"]
+        entry["speedup_by_batch"] = b["speedup"]
+        targets[name] = entry
+    return {
+        "run_dir": str(run_dir),
+        "targets": targets,
+        "skipped_targets": comp["skipped"],
+        "torch": {m: {"accuracy": exp[m]["torch_accuracy"]} for m in MODELS},
+        "training": {"teacher": arts["teacher"].checks, "student": arts["student"].checks},
+        "exporters": {m: exp[m]["exporter"] for m in MODELS},
+        "benchmark_method": bench["method"],
+        "environment": bench["environment"],
+    }
+
+
+def rows(figs: dict) -> list[list[str]]:
+    """The report table: one row per target and model."""
+    out = []
+    for target, entry in figs["targets"].items():
+        for m in MODELS:
+            f = entry[m]
+            big = max(f["latency"], key=int)
+            out.append(
+                [
+                    target,
+                    m,
+                    f"{f['accuracy']:.2%}",
+                    f"{f['max_abs_diff']:.1e}",
+                    f"{f['top1_agreement']:.0%}",
+                    f"{f['params']:,}",
+                    f"{f['flops'] / 1e6:.2f} M",
+                    f"{f['size_bytes'] / 1024:.0f} KiB",
+                    f"{f['p50_ms']:.3f}",
+                    f"{f['p90_ms']:.3f}",
+                    f"{f['latency'][big]['throughput_per_s']:,.0f}",
+                    f"{entry['speedup']:.1f}x" if m == "student" else "",
+                ]
+            )
+    return out
+
+
+HEADER = [
+    "target",
+    "model",
+    "accuracy",
+    "max abs diff",
+    "top-1 agree",
+    "params",
+    "FLOPs",
+    "size",
+    "p50 ms (b=1)",
+    "p90 ms (b=1)",
+    "samples/s (largest batch)",
+    "speed-up",
+]
+
+
+def markdown(figs: dict) -> str:
+    lines = [
+        f"# kdexport run: {figs['run_dir']}",
+        "",
+        "Accuracy on the test split and parity against PyTorch, measured on each compiled "
+        "model; latency of the compiled models on this machine.",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(figs)]
+    for name, reason in figs["skipped_targets"].items():
+        lines.append(f"\nSkipped `{name}`: {reason}")
+    t, s = figs["torch"]["teacher"]["accuracy"], figs["torch"]["student"]["accuracy"]
+    env = figs["environment"]
+    lines += [
+        "",
+        f"PyTorch test accuracy: teacher {t:.2%}, student {s:.2%} ({(s - t) * 100:+.1f} points).",
+        f"Machine: {env['cpu']}, {env['logical_cores']} logical cores; "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+        + ".",
+        f"Latency method: {figs['benchmark_method']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def report(run_dir: str | Path, wall_s: float | None = None) -> dict:
+    """Write RUN/report.md and RUN/manifest.json (last); return the figures."""
+    run_dir = Path(run_dir)
+    figs = figures(run_dir)
+    if wall_s is not None:
+        figs["wall_s"] = wall_s
+    write_text(run_dir / "report.md", markdown(figs))
+    write_json(
+        run_dir / MANIFEST,
+        {
+            "format_version": FORMAT_VERSION,
+            "kind": "run",
+            "kdexport_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "recipe": read_toml(run_dir / "recipe.toml"),
+            "figures": figs,
+            "files": file_table(run_dir),
+        },
+    )
+    return figs

@@ -1,0 +1,1 @@
+"""Data, not code: target profiles (one TOML per target), shipped as package data."""
