@@ -62,7 +62,7 @@ def _fit(
         for step in range(steps):
             idx = order[step * opts["batch_size"] : (step + 1) * opts["batch_size"]]
             loss, terms = objective(model(x[idx]), t[idx], y[idx])
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(float(loss.detach())):
                 bad = [k for k, v in terms.items() if not math.isfinite(v)] or ["total"]
                 raise KdxError(
                     f"{label}: non-finite loss ({', '.join(bad)}) at epoch {epoch + 1} step {step + 1};"
@@ -177,12 +177,11 @@ def distill(
     ``weighting="alpha"``: L = (1-w)·CE + w·KD (w = ``kd_weight`` must be <= 1);
     ``weighting="lambda"``: L = CE + w·KD.
     """
-    if weighting == "alpha" and kd_weight > 1:
-        raise KdxError(f"distill.kd_weight = {kd_weight} must be in [0, 1] with weighting 'alpha'")
+    check_weighting(weighting, kd_weight)
     splits = load_splits(**data)
     teacher, teacher_art = load_teacher(run_dir, splits)
     net = create_model(student, splits.num_classes, splits.input_shape[0])
-    _check_pair(teacher, net, splits)
+    check_pair(teacher, net, splits)
     params = {
         "student": student,
         "epochs": epochs,
@@ -205,7 +204,13 @@ def distill(
     return writer.artifact
 
 
-def _check_pair(teacher, student, splits: Splits) -> None:
+def check_weighting(weighting: str, kd_weight: float) -> None:
+    """The seed's form (1 - w)·CE + w·KD needs w in [0, 1]."""
+    if weighting == "alpha" and kd_weight > 1:
+        raise KdxError(f"distill.kd_weight = {kd_weight} must be in [0, 1] with weighting 'alpha'")
+
+
+def check_pair(teacher, student, splits: Splits) -> None:
     """Pre-flight: both models take the data's inputs and agree on the number of classes."""
     x = torch.from_numpy(splits.x_val[:2])
     shapes = {}

@@ -8,11 +8,20 @@ from pathlib import Path
 from kdexport import recipe as recipes
 from kdexport.artifact import MANIFEST, write_text
 from kdexport.bench import benchmark
-from kdexport.compile import compile
-from kdexport.distill import Progress, _quiet, distill, train_teacher
+from kdexport.compile import compile, select_targets
+from kdexport.data import load_splits
+from kdexport.distill import (
+    Progress,
+    _quiet,
+    check_pair,
+    check_weighting,
+    distill,
+    train_teacher,
+)
 from kdexport.errors import KdxError
 from kdexport.export import export
 from kdexport.report import report
+from kdexport.zoo import create_model, load_checkpoint
 
 
 def prepare_run(run_dir: str | Path, recipe: str | Path | None = None, overrides=()) -> dict:
@@ -37,6 +46,18 @@ def prepare_run(run_dir: str | Path, recipe: str | Path | None = None, overrides
     return resolved
 
 
+def preflight(r: dict) -> None:
+    """Fail before any training on what can be checked cheaply: data, models, checkpoint, targets."""
+    check_weighting(r["distill"]["weighting"], r["distill"]["kd_weight"])
+    splits = load_splits(**r["data"])
+    shape = (splits.num_classes, splits.input_shape[0])
+    teacher = create_model(r["teacher"]["model"], *shape)
+    if r["teacher"]["checkpoint"]:
+        load_checkpoint(teacher, r["teacher"]["checkpoint"], r["teacher"]["model"])
+    check_pair(teacher, create_model(r["distill"]["student"], *shape), splits)
+    select_targets(r["compile"]["targets"], r["compile"]["skip_unavailable"])
+
+
 def distill_and_export(
     out: str | Path = "runs/digits",
     recipe: str | Path | None = None,
@@ -49,6 +70,7 @@ def distill_and_export(
     """
     start = time.perf_counter()
     r = prepare_run(out, recipe, overrides)
+    preflight(r)
     train_teacher(out, r["data"], progress=progress, **r["teacher"])
     distill(out, r["data"], progress=progress, **r["distill"])
     export(out, r["data"], progress=progress, **r["export"])

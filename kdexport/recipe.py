@@ -94,10 +94,13 @@ def _type_ok(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
+        return f"a list like [{_TYPE_NAMES[typing.get_args(tp)[0]].split()[-1]}, ...]"
+    return _TYPE_NAMES[tp]
 
 
 def _unknown(kind: str, name: str, known: list[str], where: str) -> KdxError:

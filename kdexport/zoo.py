@@ -1,12 +1,13 @@
 """Built-in architectures and ``create_model(spec)`` for every model-spec form.
 
 Spec forms: ``zoo:NAME`` (a factory below) and ``path/to/file.py:factory`` (user code, which runs
-because the user named it). Factories take ``num_classes`` and ``in_channels``.
+because the user named it). A factory gets ``num_classes`` and ``in_channels`` if it takes them.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from pathlib import Path
 
 import torch
@@ -38,12 +39,12 @@ def _cnn(channels: list[int], hidden: int, num_classes: int, in_channels: int) -
 
 
 def digits_cnn_large(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
-    """The default teacher: about 1.3 M parameters, 28 M FLOPs on an 8x8 image."""
+    """The default teacher: 900 k parameters, 20 M FLOPs on one 8x8 image."""
     return _cnn([64, 128, 256], 512, num_classes, in_channels)
 
 
 def digits_cnn_small(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
-    """The default student: about 6 k parameters."""
+    """The default student: 6.2 k parameters (145x fewer), 0.6 M FLOPs."""
     return _cnn([16, 32], 0, num_classes, in_channels)
 
 
@@ -91,10 +92,12 @@ def create_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
         factory = _user_factory(spec)
     else:
         raise KdxError(f"model spec '{spec}': use zoo:NAME or path/to/file.py:factory")
+    params = inspect.signature(factory).parameters
+    given = {"num_classes": num_classes, "in_channels": in_channels}
     try:
-        model = factory(num_classes=num_classes, in_channels=in_channels)
-    except TypeError:
-        model = factory()
+        model = factory(**{k: v for k, v in given.items() if k in params})
+    except Exception as e:  # user code: any failure is theirs to fix
+        raise KdxError(f"model spec '{spec}': the factory failed ({type(e).__name__}: {e})") from e
     if not isinstance(model, nn.Module):
         raise KdxError(
             f"model spec '{spec}': the factory returned {type(model).__name__}, not a torch nn.Module"

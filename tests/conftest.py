@@ -1,0 +1,69 @@
+"""Shared fixtures: one tiny real run (few epochs, short benchmark) reused by many tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kdexport.cli import cli
+
+# A few epochs and a short benchmark: the tests check behaviour, not the figures' quality.
+FAST = (
+    "teacher.epochs=2",
+    "distill.epochs=2",
+    "benchmark.batch_sizes=[1, 8]",
+    "benchmark.warmup_iters=2",
+    "benchmark.warmup_s=0.0",
+    "benchmark.min_iters=5",
+    "benchmark.min_time_s=0.0",
+    "benchmark.rounds=1",
+)
+FAST_ARGS = [a for s in FAST for a in ("--set", s)]
+
+
+def _cuda_available() -> bool:
+    from kdexport.targets import load_target
+
+    return load_target("ort-cuda").unavailable_reason() is None
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs CUDAExecutionProvider (onnxruntime-gpu and a GPU)")
+    skip_slow = pytest.mark.skip(reason="slow: set KDEXPORT_SLOW=1 to run")
+    gpu = None
+    for item in items:
+        if "gpu" in item.keywords:
+            gpu = _cuda_available() if gpu is None else gpu
+            if not gpu:
+                item.add_marker(skip_gpu)
+        if "slow" in item.keywords and not os.environ.get("KDEXPORT_SLOW"):
+            item.add_marker(skip_slow)
+
+
+def kdx(*args: str, code: int | None = 0):
+    """Run the CLI in-process; check the exit code unless ``code`` is None."""
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if code is not None:
+        assert result.exit_code == code, (result.output, result.stderr, result.exception)
+    return result
+
+
+@pytest.fixture(scope="session")
+def fast_cli_run(tmp_path_factory) -> tuple[Path, dict]:
+    """The whole pipeline through the CLI, two epochs each: (run directory, --json figures)."""
+    out = tmp_path_factory.mktemp("fast") / "run"
+    result = kdx("distill-and-export", "--out", out, *FAST_ARGS, "--json")
+    return out, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def run_copy(fast_cli_run, tmp_path) -> Path:
+    """A private copy of the fast run that a test may change."""
+    dest = tmp_path / "run"
+    shutil.copytree(fast_cli_run[0], dest)
+    return dest

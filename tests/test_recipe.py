@@ -1,0 +1,68 @@
+"""Recipe parsing: defaults, overrides, and one clear error for each kind of mistake."""
+
+import pytest
+
+from kdexport import recipe
+from kdexport.errors import KdxError
+
+
+def test_default_recipe_is_complete():
+    r = recipe.load()
+    assert r["teacher"]["model"] == "zoo:digits-cnn-large"
+    assert r["distill"]["student"] == "zoo:digits-cnn-small"
+    assert set(r) == set(recipe.schema())
+    for section, keys in recipe.schema().items():
+        assert set(r[section]) == set(keys)
+
+
+def test_overrides_are_typed():
+    r = recipe.load(
+        overrides=["distill.epochs=3", "compile.targets=['ort-cpu']", "distill.kd_loss=logit_mse"]
+    )
+    assert r["distill"]["epochs"] == 3
+    assert r["compile"]["targets"] == ["ort-cpu"]
+    assert r["distill"]["kd_loss"] == "logit_mse"
+
+
+def test_int_is_accepted_for_float():
+    assert recipe.load(overrides=["distill.temperature=2"])["distill"]["temperature"] == 2.0
+
+
+def test_round_trip(tmp_path):
+    r = recipe.load(overrides=["distill.epochs=3"])
+    path = tmp_path / "r.toml"
+    path.write_text(recipe.dumps(r))
+    assert recipe.load(path) == r
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("distill.epoch=3", "unknown key 'distill.epoch' (did you mean 'distill.epochs'?)"),
+        ("distil.epochs=3", "unknown section 'distil' (did you mean 'distill'?)"),
+        ("distill.epochs=three", "distill.epochs must be an integer, got 'three'"),
+        ("distill.epochs=-1", "distill.epochs = -1 must be >= 0"),
+        ("distill.temperature=0", "distill.temperature = 0.0 must be > 0.0"),
+        ("distill.kd_loss=nope", "distill.kd_loss = 'nope' must be one of kd, logit_mse"),
+        ("data.val_fraction=0.9", "data.val_fraction = 0.9 must be <= 0.5"),
+        ("compile.targets='ort-cpu'", "compile.targets must be a list like [string, ...]"),
+        ("benchmark.batch_sizes=[0]", "benchmark.batch_sizes = [0] must be >= 1"),
+        ("distill", "expected section.key=value"),
+    ],
+)
+def test_bad_values_name_the_problem(override, message):
+    with pytest.raises(KdxError, match=None) as err:
+        recipe.load(overrides=[override])
+    assert message in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(KdxError, match="no such file"):
+        recipe.load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[distill\nepochs = 3")
+    with pytest.raises(KdxError, match="not valid TOML"):
+        recipe.load(bad)
+    bad.write_text("distill = 3")
+    with pytest.raises(KdxError, match="must be a table"):
+        recipe.load(bad)
