@@ -47,7 +47,6 @@ def _fit(
     model, objective, splits: Splits, teacher_logits, opts: dict, label: str, progress
 ) -> list:
     """Train ``model`` in place; keep the weights of the best validation epoch."""
-    torch.manual_seed(opts["seed"])
     gen = torch.Generator().manual_seed(opts["seed"])
     x, y = torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train)
     t = torch.from_numpy(teacher_logits) if teacher_logits is not None else torch.zeros(len(y), 0)
@@ -146,6 +145,7 @@ def train_teacher(
         if cached and cached.parameters == params:
             progress("teacher (cached)", 1, 1, f"val_acc={cached.checks['val_accuracy']:.3f}")
             return cached
+    torch.manual_seed(seed)  # seeds the initial weights and dropout
     net = create_model(model, splits.num_classes, splits.input_shape[0])
     if checkpoint:
         load_checkpoint(net, checkpoint, model)
@@ -180,6 +180,7 @@ def distill(
     check_weighting(weighting, kd_weight)
     splits = load_splits(**data)
     teacher, teacher_art = load_teacher(run_dir, splits)
+    torch.manual_seed(seed)  # seeds the initial weights and dropout
     net = create_model(student, splits.num_classes, splits.input_shape[0])
     check_pair(teacher, net, splits)
     params = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -44,6 +45,8 @@ def count_flops(model: torch.nn.Module, example: torch.Tensor) -> int:
 def _torch_export(model, example, path: Path, opset: int) -> str:
     """Write ``path``; return the exporter that succeeded ("dynamo" or "torchscript")."""
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    # The exporter logs and prints its progress (and "torchvision is not installed"): keep quiet.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")

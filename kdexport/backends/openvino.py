@@ -52,7 +52,7 @@ class Runner:
         self.request = self.compiled.create_infer_request()
         self.info = {
             "device": target.device,
-            "precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT")),
+            "precision": self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
             "performance_hint": str(self.compiled.get_property("PERFORMANCE_HINT")),
             "streams": int(self.compiled.get_property("NUM_STREAMS")),
             "inference_num_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
