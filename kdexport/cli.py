@@ -120,7 +120,11 @@ def cli(debug: bool) -> None:
 @_recipe_options
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON line last.")
 def distill_and_export_cmd(out, recipe, overrides, as_json):
-    """Run every stage: train the teacher (or reuse it), distill, export, compile, check, benchmark."""
+    """Run every stage, from teacher training to the report.
+
+    Trains the teacher (or reuses a matching one in --out), distills, exports, compiles for
+    every available target, checks parity and accuracy, benchmarks, and writes the report.
+    """
     from kdexport.pipeline import distill_and_export
 
     with _progress() as progress:
@@ -136,7 +140,7 @@ def distill_and_export_cmd(out, recipe, overrides, as_json):
 @_recipe_options
 @click.option("--retrain", is_flag=True, help="Train again even if a matching teacher exists.")
 def train_teacher_cmd(run_dir, recipe, overrides, retrain):
-    """Train the teacher of a recipe (section [teacher]) into RUN_DIR/teacher."""
+    """Train the teacher ([teacher] section) into RUN_DIR/teacher."""
     from kdexport.distill import train_teacher
     from kdexport.pipeline import prepare_run
 
@@ -150,7 +154,7 @@ def train_teacher_cmd(run_dir, recipe, overrides, retrain):
 @_run_arg
 @_recipe_options
 def distill_cmd(run_dir, recipe, overrides):
-    """Distill RUN_DIR's teacher into the student of section [distill]."""
+    """Distill the teacher into the student ([distill] section)."""
     from kdexport.distill import distill
     from kdexport.pipeline import prepare_run
 
@@ -164,7 +168,7 @@ def distill_cmd(run_dir, recipe, overrides):
 @_run_arg
 @_recipe_options
 def export_cmd(run_dir, recipe, overrides):
-    """Export teacher and student to ONNX and check them against PyTorch."""
+    """Export both models to ONNX; check them against PyTorch."""
     from kdexport.export import export
     from kdexport.pipeline import prepare_run
 
@@ -188,7 +192,7 @@ def export_cmd(run_dir, recipe, overrides):
     help="Target name or profile .toml (repeatable); these must all be available.",
 )
 def compile_cmd(run_dir, recipe, overrides, targets):
-    """Compile the exported models for each target and check each against PyTorch."""
+    """Compile both models per target; check each against PyTorch."""
     from kdexport.compile import compile
     from kdexport.pipeline import prepare_run
 
@@ -214,7 +218,7 @@ def compile_cmd(run_dir, recipe, overrides, targets):
 @_recipe_options
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON line last.")
 def benchmark_cmd(run_dir, recipe, overrides, as_json):
-    """Measure teacher and student latency on every compiled target."""
+    """Time teacher and student on every compiled target."""
     from kdexport.bench import benchmark
     from kdexport.pipeline import prepare_run
 
@@ -236,7 +240,7 @@ def benchmark_cmd(run_dir, recipe, overrides, as_json):
 @_run_arg
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON line last.")
 def report_cmd(run_dir, as_json):
-    """Write RUN_DIR/report.md and RUN_DIR/manifest.json from the stages' results."""
+    """Write report.md and manifest.json from the stages' results."""
     from kdexport.report import report
 
     figs = report(run_dir)
@@ -247,7 +251,7 @@ def report_cmd(run_dir, as_json):
 
 @cli.command("targets")
 def targets_cmd():
-    """List the built-in targets, whether each is available here, and why not."""
+    """List the targets; say which are available here, and why not."""
     from kdexport.targets import builtin_names, load_target
 
     for name in builtin_names():

@@ -162,6 +162,7 @@ def distill(
     progress: Progress = _quiet,
     *,
     student: str = "zoo:digits-cnn-small",
+    checkpoint: str = "",
     epochs: Annotated[int, _EPOCHS] = 40,
     lr: Annotated[float, _LR] = 1e-2,
     batch_size: Annotated[int, _BATCH] = 64,
@@ -174,6 +175,7 @@ def distill(
 ) -> Artifact:
     """Distill the run's teacher into ``student``; writes RUN/student.
 
+    ``checkpoint``: a state_dict to start the student from (default: fresh weights).
     ``weighting="alpha"``: L = (1-w)·CE + w·KD (w = ``kd_weight`` must be <= 1);
     ``weighting="lambda"``: L = CE + w·KD.
     """

@@ -54,7 +54,10 @@ def preflight(r: dict) -> None:
     teacher = create_model(r["teacher"]["model"], *shape)
     if r["teacher"]["checkpoint"]:
         load_checkpoint(teacher, r["teacher"]["checkpoint"], r["teacher"]["model"])
-    check_pair(teacher, create_model(r["distill"]["student"], *shape), splits)
+    student = create_model(r["distill"]["student"], *shape)
+    if r["distill"]["checkpoint"]:
+        load_checkpoint(student, r["distill"]["checkpoint"], r["distill"]["student"])
+    check_pair(teacher, student, splits)
     select_targets(r["compile"]["targets"], r["compile"]["skip_unavailable"])
 
 
