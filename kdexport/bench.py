@@ -21,7 +21,6 @@ import numpy as np
 
 from kdexport.artifact import Artifact
 from kdexport.backends import backend
-from kdexport.compile import open_compiled
 from kdexport.distill import Progress, _quiet
 from kdexport.export import MODELS
 from kdexport.recipe import Range
@@ -111,11 +110,14 @@ def _batch(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def _bench_target(compiled: Artifact, target: Target, x: np.ndarray, opts: dict) -> dict:
+    """Time the target's shipped models (an INT8 model that failed its gate is not there)."""
     module = backend(target.backend, target.name)
+    entries = compiled.checks["targets"][target.name]
+    models = [m for m in MODELS if entries[m]["shipped"]]
     runners, result = {}, {}
-    for name in MODELS:
+    for name in models:
         t0 = time.perf_counter()
-        path = compiled.path / target.name / compiled.checks["targets"][target.name][name]["file"]
+        path = compiled.path / target.name / entries[name]["file"]
         runners[name] = module.load(path, target)
         t1 = time.perf_counter()
         runners[name].run(_batch(x, 1))
@@ -128,16 +130,17 @@ def _bench_target(compiled: Artifact, target: Target, x: np.ndarray, opts: dict)
         xb = _batch(x, size)
         bound = measure({n: r.bind(xb) for n, r in runners.items()}, opts)
         e2e = measure({n: (lambda r=r, xb=xb: r.run(xb)) for n, r in runners.items()}, opts)
-        for name in MODELS:
+        for name in models:
             stats = summarize(bound[name])
             stats["throughput_per_s"] = size * 1000.0 / stats["p50_ms"]
             stats["end_to_end"] = summarize(e2e[name])
             result[name]["latency"][str(size)] = stats
-    result["speedup"] = {
-        str(s): result["teacher"]["latency"][str(s)]["p50_ms"]
-        / result["student"]["latency"][str(s)]["p50_ms"]
-        for s in opts["batch_sizes"]
-    }
+    if len(models) == len(MODELS):
+        result["speedup"] = {
+            str(s): result["teacher"]["latency"][str(s)]["p50_ms"]
+            / result["student"]["latency"][str(s)]["p50_ms"]
+            for s in opts["batch_sizes"]
+        }
     return result
 
 
@@ -153,7 +156,7 @@ def benchmark(
     rounds: Annotated[int, Range(1)] = 5,
 ) -> Artifact:
     """Measure teacher and student latency on every compiled target; writes RUN/benchmark."""
-    compiled = open_compiled(run_dir)
+    compiled = Artifact.open(Path(run_dir) / "compile", "compile", f"kdexport compile {run_dir}")
     export_art = Artifact.open(Path(run_dir) / "export", "export", f"kdexport export {run_dir}")
     with np.load(export_art.file("io_sample.npz")) as f:
         x = f["x"]
@@ -165,7 +168,9 @@ def benchmark(
         "min_time_s": min_time_s,
         "rounds": rounds,
     }
-    names = list(compiled.checks["targets"])
+    names = [
+        n for n, t in compiled.checks["targets"].items() if any(t[m]["shipped"] for m in MODELS)
+    ]
     with Artifact.create(Path(run_dir) / "benchmark", "benchmark", opts, [compiled]) as w:
         w.checks.update(method=METHOD, environment=fingerprint(), targets={})
         for i, name in enumerate(names):

@@ -90,15 +90,15 @@ def _print_table(figs: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from kdexport.report import HEADER, rows
+    from kdexport.report import HEADER, notes, rows
 
     table = Table(*HEADER, title=f"kdexport: {figs['run_dir']}")
     for row in rows(figs):
         table.add_row(*row)
     console = Console(width=200)
     console.print(table)
-    for name, reason in figs["skipped_targets"].items():
-        console.print(f"skipped {name}: {reason}")
+    for line in notes(figs):
+        console.print(line)
 
 
 @click.group(cls=_Cli)

@@ -1,12 +1,16 @@
 """Compile teacher and student for every target, and check each compiled form.
 
 Every compiled model runs on the held-out sample of ``io_sample.npz`` and is compared with
-PyTorch's outputs (tolerance from the target profile) and with the labels (accuracy). A parity
-failure fails the stage with the figures; nothing is written for it.
+PyTorch's outputs and with the labels (accuracy). fp32/fp16 forms must meet their precision's
+parity bounds (see ``targets.PARITY``), or the stage fails with the figures and writes nothing.
+INT8 forms go through the quantization gate instead; one that fails it is not shipped: its files
+are removed and the manifest says why.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +26,6 @@ from kdexport.targets import Target, load_target
 
 def open_export(run_dir: Path) -> Artifact:
     return Artifact.open(Path(run_dir) / "export", "export", f"kdexport export {run_dir}")
-
-
-def open_compiled(run_dir: Path) -> Artifact:
-    return Artifact.open(Path(run_dir) / "compile", "compile", f"kdexport compile {run_dir}")
 
 
 def select_targets(names: list[str], skip_unavailable: bool) -> tuple[list[Target], dict[str, str]]:
@@ -44,22 +44,60 @@ def select_targets(names: list[str], skip_unavailable: bool) -> tuple[list[Targe
     return chosen, skipped
 
 
-def _compile_one(onnx_path: Path, out_dir: Path, name: str, target: Target, sample) -> dict:
+def _build(onnx_path: Path, out_dir: Path, name: str, target: Target, sample, calibration):
+    """Compile one model for one target and run it on the sample; (runner, result)."""
     module = backend(target.backend, target.name)
-    main = module.compile(onnx_path, out_dir, name, target)
+    main = module.compile(onnx_path, out_dir, name, target, calibration)
     runner = module.load(main, target)
     outputs = runner.run(sample["x"])
-    check = parity(outputs, sample[name], target.tolerance)
-    if not check["passed"]:
-        raise KdxError(f"{target.name}/{main.name} differs from PyTorch: {check['summary']}")
+    check = parity(outputs, sample[name], target.tolerance, target.min_agreement)
     files = [p for p in out_dir.iterdir() if p.stem == name]
-    return {
+    result = {
         "file": main.name,
         "accuracy": accuracy(outputs, sample["y"]),
         "parity": check,
         "size_bytes": sum(p.stat().st_size for p in files),
         "runtime": runner.info,
     }
+    return runner, result
+
+
+def _int8_gate(onnx_path: Path, name: str, target: Target, sample, int8_runner, result) -> dict:
+    """Compare the INT8 model with the fp32 model on the same backend; remove it if it fails."""
+    from kdexport.quantize import gate
+
+    fp32 = dataclasses.replace(
+        target, name=f"{target.name}-fp32", precision="fp32", tolerance=1e-4, min_agreement=1.0
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_runner, fp32_result = _build(onnx_path, Path(tmp), name, fp32, sample, None)
+        return gate(
+            int8_runner,
+            fp32_runner,
+            sample["x"],
+            (result["accuracy"], fp32_result["accuracy"]),
+            target.quantization,
+        )
+
+
+def _compile_one(
+    exported: Artifact, out_dir: Path, name: str, target: Target, sample, calibration
+) -> dict:
+    onnx_path = exported.file(f"{name}.onnx")
+    runner, result = _build(onnx_path, out_dir, name, target, sample, calibration)
+    if target.precision != "int8":
+        if not result["parity"]["passed"]:
+            raise KdxError(
+                f"{target.name}/{result['file']} differs from PyTorch: {result['parity']['summary']}"
+            )
+        return {**result, "shipped": True}
+    decision = _int8_gate(onnx_path, name, target, sample, runner, result)
+    del runner  # release the files before they may be removed
+    if not decision["shipped"]:
+        for p in out_dir.iterdir():
+            if p.name.split(".")[0] == name:
+                p.unlink()
+    return {**result, **decision}
 
 
 def compile(
@@ -78,6 +116,8 @@ def compile(
     chosen, skipped = select_targets(targets, skip_unavailable)
     with np.load(exported.file("io_sample.npz")) as f:
         sample = dict(f)
+    with np.load(exported.file("calibration.npz")) as f:
+        calibration = f["x"]
     params = {"targets": targets, "skip_unavailable": skip_unavailable}
     with Artifact.create(Path(run_dir) / "compile", "compile", params, [exported]) as w:
         w.checks["skipped"] = skipped
@@ -88,9 +128,7 @@ def compile(
             out_dir.mkdir()
             result = {"profile": target.as_dict()}
             for name in MODELS:
-                result[name] = _compile_one(
-                    exported.file(f"{name}.onnx"), out_dir, name, target, sample
-                )
+                result[name] = _compile_one(exported, out_dir, name, target, sample, calibration)
                 done += 1
                 progress("compile", done, steps, f"{target.name}/{name}")
             w.checks["targets"][target.name] = result

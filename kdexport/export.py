@@ -1,10 +1,11 @@
 """torch -> ONNX for teacher and student, with a dynamic batch axis and a parity check.
 
 The dynamo exporter (``torch.onnx.export(dynamo=True)``, onnxscript) runs first; if it fails the
-TorchScript exporter runs, and the manifest records which one did. The exported graph is checked
-with ``onnx.checker`` (full check) and run by ONNX Runtime, without graph optimisations, on the
-held-out sample against PyTorch's outputs, which are stored in ``io_sample.npz`` for every later
-stage to compare with.
+TorchScript exporter runs, and the manifest records which one did. The exported graph must pass
+``onnx.checker`` (full check, with shape inference) and have a symbolic batch axis, and ONNX
+Runtime (no graph rewrites) must reproduce PyTorch at batch 1, the export batch and a larger one,
+and on the held-out sample, whose PyTorch outputs go into ``io_sample.npz`` for every later stage
+to compare with. Training data for INT8 calibration goes into ``calibration.npz``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -26,7 +28,9 @@ from kdexport.data import load_splits
 from kdexport.distill import Progress, _quiet, load_student, load_teacher, predict
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy, parity
+from kdexport.onnxfile import check_onnx_file, run_reference
 from kdexport.recipe import Range
+from kdexport.zoo import load_checkpoint
 
 INPUT, OUTPUT = "input", "logits"
 MODELS = ("teacher", "student")
@@ -42,11 +46,33 @@ def count_flops(model: torch.nn.Module, example: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def _torch_export(model, example, path: Path, opset: int) -> str:
+def _unsupported_op(model, example, error: str) -> str:
+    """Name the op the exporter could not translate and the module that calls it."""
+    found = re.search(r"op='(aten\.\w+)'|aten::(\w+)", error)
+    if not found:
+        return ""
+    op = found.group(1) or f"aten.{found.group(2)}"
+    try:
+        program = torch.export.export(model, (example,), strict=False)
+    except Exception:  # the op is named even where the module cannot be found
+        return f"op {op} is not supported by the ONNX exporters"
+    for node in program.graph.nodes:
+        if op.split(".")[1] in str(node.target).split(".")[1:2] or op in str(node.target):
+            stack = node.meta.get("nn_module_stack") or {"": ("", "the model")}
+            path, cls = list(stack.values())[-1]
+            cls = getattr(cls, "__name__", str(cls).rsplit(".", 1)[-1])
+            return f"op {op} in module '{path or '(top)'}' ({cls}) is not supported by the ONNX exporters"
+    return f"op {op} is not supported by the ONNX exporters"
+
+
+def _torch_export(
+    model, example, path: Path, opset: int, dynamic: bool = True, external: bool = False
+) -> str:
     """Write ``path``; return the exporter that succeeded ("dynamo" or "torchscript")."""
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
     # The exporter logs and prints its progress (and "torchvision is not installed"): keep quiet.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    names = {"input_names": [INPUT], "output_names": [OUTPUT], "opset_version": opset}
+    dims = ({0: torch.export.Dim("batch", min=1, max=1 << 20)},) if dynamic else None
     try:
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -55,57 +81,75 @@ def _torch_export(model, example, path: Path, opset: int) -> str:
                 (example,),
                 path,
                 dynamo=True,
-                opset_version=opset,
-                input_names=[INPUT],
-                output_names=[OUTPUT],
-                external_data=False,
-                dynamic_shapes=({0: batch},),
+                external_data=external,
+                dynamic_shapes=dims,
+                **names,
             )
         return "dynamo"
     except Exception as dynamo_error:  # the exporter raises many types; fall back, then report
+        axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic else None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    path,
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=[INPUT],
-                    output_names=[OUTPUT],
-                    dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-                )
+                torch.onnx.export(model, (example,), path, dynamo=False, dynamic_axes=axes, **names)
             return "torchscript"
         except Exception as e:
-            raise KdxError(
-                f"cannot export to ONNX opset {opset}: dynamo: {dynamo_error!s:.200}; torchscript: {e!s:.200}"
-            ) from None
+            named = _unsupported_op(model, example, f"{dynamo_error}\n{e}")
+            detail = named or f"dynamo: {dynamo_error!s:.200}; torchscript: {e!s:.200}"
+            raise KdxError(f"cannot export to ONNX opset {opset}: {detail}") from None
 
 
-def _finish_onnx(path: Path, metadata: dict[str, str]) -> dict:
-    """Check the graph, make sure the batch axis is symbolic, stamp metadata; return facts."""
+def _finish_onnx(path: Path, metadata: dict[str, str], dynamic: bool) -> dict:
+    """Stamp metadata, check the graph (full check, shape inference), check the batch axis."""
     import onnx
 
-    model = onnx.load(str(path))
-    for value in list(model.graph.input) + list(model.graph.output):
-        dim0 = value.type.tensor_type.shape.dim[0]
-        if not dim0.dim_param:
-            raise KdxError(f"{path.name}: the exported batch axis of '{value.name}' is fixed")
+    model = onnx.load(str(path), load_external_data=False)
     onnx.helper.set_model_props(model, metadata)
-    onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
-    return {"opset": model.opset_import[0].version, "ir_version": model.ir_version}
+    facts = check_onnx_file(path)
+    for value in facts["inputs"] + facts["outputs"]:
+        if dynamic and not isinstance(value["shape"][0], str):
+            raise KdxError(f"{path.name}: the exported batch axis of '{value['name']}' is fixed")
+    return facts
 
 
-def run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
-    """Outputs of the portable ONNX model on ONNX Runtime's CPU provider, no graph rewrites."""
-    import onnxruntime as ort
+def _check_batch_sizes(
+    path: Path, model, x: np.ndarray, sizes: list[int], tolerance: float
+) -> dict:
+    """ONNX Runtime vs PyTorch at each batch size: the dynamic axis must really be dynamic."""
+    out = {}
+    for size in sizes:
+        xb = np.ascontiguousarray(x[np.arange(size) % len(x)])
+        check = parity(run_reference(path, xb), predict(model, xb), tolerance)
+        if not check["passed"]:
+            raise KdxError(f"{path.name} at batch {size} differs from PyTorch: {check['summary']}")
+        out[str(size)] = check["max_abs_diff"]
+    return out
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {INPUT: x})[0]
+
+def _export_model(model, name: str, w, example, x, opts: dict, meta: dict) -> dict:
+    """Export one model (and its static variant when asked); check it; return its facts."""
+    path = w.path / f"{name}.onnx"
+    big = (
+        sum(p.numel() * p.element_size() for p in model.parameters())
+        > opts["external_data_mb"] * 2**20
+    )
+    exporter = _torch_export(model, example, path, opts["opset"], external=big)
+    facts = _finish_onnx(path, {**meta, "role": name}, dynamic=True)
+    sizes = sorted({1, opts["example_batch"], 2 * opts["example_batch"] + 1})
+    facts["batch_check_max_abs_diff"] = _check_batch_sizes(path, model, x, sizes, opts["tolerance"])
+    if opts["static"] and name == "student":
+        static = w.path / f"{name}-static.onnx"
+        batch = torch.from_numpy(np.ascontiguousarray(x[: opts["static_batch"]]))
+        _torch_export(model, batch, static, opts["opset"], dynamic=False, external=big)
+        _finish_onnx(static, {**meta, "role": f"{name}-static"}, dynamic=False)
+        check = parity(
+            run_reference(static, batch.numpy()), predict(model, batch.numpy()), opts["tolerance"]
+        )
+        if not check["passed"]:
+            raise KdxError(f"{static.name} differs from PyTorch: {check['summary']}")
+        facts["static"] = {"file": static.name, "batch": opts["static_batch"], "parity": check}
+    return {"exporter": exporter, **facts}
 
 
 def export(
@@ -117,16 +161,25 @@ def export(
     example_batch: Annotated[int, Range(2, 4096)] = 4,
     parity_samples: Annotated[int, Range(1)] = 512,
     tolerance: Annotated[float, Range(0.0, lo_open=True)] = 1e-4,
+    calibration_samples: Annotated[int, Range(1)] = 300,
+    static: bool = False,
+    static_batch: Annotated[int, Range(1, 4096)] = 1,
+    student_checkpoint: str = "",
+    external_data_mb: Annotated[int, Range(0)] = 1800,
 ) -> Artifact:
     """Export teacher and student to RUN/export/{teacher,student}.onnx and check them.
 
-    ``example_batch`` > 1 so that the exporter cannot freeze the batch axis at 1.
+    ``example_batch`` > 1 so that the exporter cannot freeze the batch axis at 1. ``static``
+    adds ``student-static.onnx`` with the batch fixed at ``static_batch`` for edge runtimes.
+    ``student_checkpoint`` exports another state_dict of the student (e.g. an earlier epoch's).
+    Models with more than ``external_data_mb`` MiB of weights keep them in external data files.
     """
     splits = load_splits(**data)
     teacher, teacher_art = load_teacher(run_dir, splits)
     student, student_art = load_student(run_dir, splits)
-    x = splits.x_test[:parity_samples]
-    y = splits.y_test[:parity_samples]
+    if student_checkpoint:
+        load_checkpoint(student, student_checkpoint, student_art.parameters["student"])
+    x, y = splits.x_test[:parity_samples], splits.y_test[:parity_samples]
     example = torch.from_numpy(splits.x_train[:example_batch])
     meta = {
         "kdexport_version": __version__,
@@ -139,11 +192,19 @@ def export(
             }
         ),
     }
-    params = {
+    opts = {
         "opset": opset,
         "example_batch": example_batch,
-        "parity_samples": parity_samples,
         "tolerance": tolerance,
+        "static": static,
+        "static_batch": static_batch,
+        "external_data_mb": external_data_mb,
+    }
+    params = {
+        **opts,
+        "parity_samples": parity_samples,
+        "calibration_samples": calibration_samples,
+        "student_checkpoint": student_checkpoint,
         "data": data,
     }
     with Artifact.create(
@@ -151,23 +212,25 @@ def export(
     ) as w:
         reference = {}
         for i, (name, model) in enumerate((("teacher", teacher), ("student", student))):
-            path = w.path / f"{name}.onnx"
-            exporter = _torch_export(model, example, path, opset)
-            facts = _finish_onnx(path, {**meta, "role": name})
+            facts = _export_model(model, name, w, example, x, opts, meta)
             reference[name] = predict(model, x)
-            check = parity(run_onnx(path, x), reference[name], tolerance)
+            check = parity(run_reference(w.path / f"{name}.onnx", x), reference[name], tolerance)
             if not check["passed"]:
                 raise KdxError(f"{name}.onnx differs from PyTorch: {check['summary']}")
             w.checks[name] = {
-                "exporter": exporter,
                 **facts,
                 "parity": check,
                 "torch_accuracy": accuracy(reference[name], y),
                 "params": sum(p.numel() for p in model.parameters()),
                 "flops": count_flops(model, example),
             }
-            progress("export", i + 1, len(MODELS), f"{name}.onnx via {exporter}")
+            progress("export", i + 1, len(MODELS), f"{name}.onnx via {facts['exporter']}")
         np.savez(w.path / "io_sample.npz", x=x, y=y, **reference)
+        rng = np.random.default_rng(0)
+        calib = rng.choice(
+            len(splits.x_train), min(calibration_samples, len(splits.x_train)), replace=False
+        )
+        np.savez(w.path / "calibration.npz", x=splits.x_train[np.sort(calib)])
         w.checks["versions"] = _versions()
     return w.artifact
 

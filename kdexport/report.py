@@ -20,16 +20,27 @@ STAGES = {  # directory -> (kind, command that makes it)
 }
 
 
-def _model_figures(exported: dict, compiled: dict, benched: dict) -> dict:
-    batch1 = benched["latency"].get("1") or next(iter(benched["latency"].values()))
-    return {
+_GATE_KEYS = ("reason", "accuracy_drop_points", "latency_ratio", "fp32_accuracy")
+
+
+def _model_figures(exported: dict, compiled: dict, benched: dict | None) -> dict:
+    """One model on one target; an INT8 model that failed its gate has no latency."""
+    figs = {
+        "shipped": compiled["shipped"],
         "accuracy": compiled["accuracy"],
         "max_abs_diff": compiled["parity"]["max_abs_diff"],
         "top1_agreement": compiled["parity"]["top1_agreement"],
-        "p50_ms": batch1["p50_ms"],
-        "p90_ms": batch1["p90_ms"],
         "params": exported["params"],
         "flops": exported["flops"],
+        **{k: compiled[k] for k in _GATE_KEYS if k in compiled},
+    }
+    if benched is None:
+        return figs
+    batch1 = benched["latency"].get("1") or next(iter(benched["latency"].values()))
+    return {
+        **figs,
+        "p50_ms": batch1["p50_ms"],
+        "p90_ms": batch1["p90_ms"],
         "size_bytes": compiled["size_bytes"],
         "latency": benched["latency"],
         "cold_start": benched["cold_start"],
@@ -46,10 +57,11 @@ def figures(run_dir: str | Path) -> dict:
     exp, comp, bench = (arts[k].checks for k in ("export", "compile", "benchmark"))
     targets = {}
     for name, result in comp["targets"].items():
-        b = bench["targets"][name]
-        entry = {m: _model_figures(exp[m], result[m], b[m]) for m in MODELS}
-        entry["speedup"] = entry["teacher"]["p50_ms"] / entry["student"]["p50_ms"]
-        entry["speedup_by_batch"] = b["speedup"]
+        b = bench["targets"].get(name, {})
+        entry = {m: _model_figures(exp[m], result[m], b.get(m)) for m in MODELS}
+        both = "speedup" in b
+        entry["speedup"] = entry["teacher"]["p50_ms"] / entry["student"]["p50_ms"] if both else None
+        entry["speedup_by_batch"] = b.get("speedup", {})
         targets[name] = entry
     return {
         "run_dir": str(run_dir),
@@ -63,29 +75,47 @@ def figures(run_dir: str | Path) -> dict:
     }
 
 
+def _row(target: str, model: str, f: dict, speedup: float | None) -> list[str]:
+    head = [
+        target,
+        model,
+        f"{f['accuracy']:.2%}",
+        f"{f['max_abs_diff']:.1e}",
+        f"{f['top1_agreement']:.0%}",
+        f"{f['params']:,}",
+        f"{f['flops'] / 1e6:.2f} M",
+    ]
+    if not f["shipped"]:
+        return [*head, "-", "-", "-", "-", "not shipped"]
+    big = max(f["latency"], key=int)
+    return [
+        *head,
+        f"{f['size_bytes'] / 1024:.0f} KiB",
+        f"{f['p50_ms']:.3f}",
+        f"{f['p90_ms']:.3f}",
+        f"{f['latency'][big]['throughput_per_s']:,.0f}",
+        f"{speedup:.1f}x" if model == "student" and speedup else "",
+    ]
+
+
 def rows(figs: dict) -> list[list[str]]:
     """The report table: one row per target and model."""
+    return [_row(t, m, e[m], e["speedup"]) for t, e in figs["targets"].items() for m in MODELS]
+
+
+def notes(figs: dict) -> list[str]:
+    """One line per INT8 gate decision and per skipped target."""
     out = []
     for target, entry in figs["targets"].items():
         for m in MODELS:
             f = entry[m]
-            big = max(f["latency"], key=int)
-            out.append(
-                [
-                    target,
-                    m,
-                    f"{f['accuracy']:.2%}",
-                    f"{f['max_abs_diff']:.1e}",
-                    f"{f['top1_agreement']:.0%}",
-                    f"{f['params']:,}",
-                    f"{f['flops'] / 1e6:.2f} M",
-                    f"{f['size_bytes'] / 1024:.0f} KiB",
-                    f"{f['p50_ms']:.3f}",
-                    f"{f['p90_ms']:.3f}",
-                    f"{f['latency'][big]['throughput_per_s']:,.0f}",
-                    f"{entry['speedup']:.1f}x" if m == "student" else "",
-                ]
-            )
+            if "latency_ratio" in f:
+                verdict = "shipped" if f["shipped"] else "not shipped"
+                out.append(
+                    f"{target}/{m}: {verdict}, {f['reason']} (accuracy drop {f['accuracy_drop_points']:.2f} "
+                    f"points, int8/fp32 p50 {f['latency_ratio']:.2f})"
+                )
+    out += [f"skipped {name}: {reason}" for name, reason in figs["skipped_targets"].items()]
     return out
 
 
@@ -116,8 +146,7 @@ def markdown(figs: dict) -> str:
         "|" + "---|" * len(HEADER),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows(figs)]
-    for name, reason in figs["skipped_targets"].items():
-        lines.append(f"\nSkipped `{name}`: {reason}")
+    lines += ["", *(f"- {line}" for line in notes(figs))]
     t, s = figs["torch"]["teacher"]["accuracy"], figs["torch"]["student"]["accuracy"]
     env = figs["environment"]
     lines += [

@@ -1,12 +1,13 @@
 """Deployment targets: profiles as data (one TOML per target in targets/), checked on load.
 
-A profile names a backend, device, precision and backend options. ``load_target`` takes a
-built-in name (``ort-cpu``) or the path of a user's own profile (``my-box.toml``).
+A profile names a backend, device, precision and backend options, and for INT8 the
+quantization settings. ``load_target`` takes a built-in name (``ort-cpu``) or the path of a
+user's own profile (``my-box.toml``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,25 @@ from kdexport.backends import backend
 from kdexport.errors import KdxError
 from kdexport.recipe import read_toml
 
-_KEYS = {"description", "backend", "device", "precision", "tolerance", "options"}
+# precision -> (max abs difference, min top-1 agreement) against PyTorch. INT8 is judged by its
+# accuracy drop and speed instead (the quantization gate), so its parity is recorded, not gated.
+PARITY = {"fp32": (1e-4, 1.0), "fp16": (1e-2, 0.995), "bf16": (5e-2, 0.99), "int8": (None, None)}
+QUANTIZATION = {  # key -> default; the INT8 options a profile may set in [quantization]
+    "calibration_samples": 300,
+    "method": "minmax",
+    "per_channel": True,
+    "max_accuracy_drop": 0.01,
+}
+_KEYS = {
+    "description",
+    "backend",
+    "device",
+    "precision",
+    "tolerance",
+    "min_agreement",
+    "options",
+    "quantization",
+}
 
 
 @dataclass(frozen=True)
@@ -24,9 +43,11 @@ class Target:
     backend: str
     device: str
     precision: str
-    tolerance: float
+    tolerance: float | None = None
+    min_agreement: float | None = None
     description: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
 
     def unavailable_reason(self) -> str | None:
         """None when this machine can run the target, else why not and how to fix it."""
@@ -36,14 +57,7 @@ class Target:
             return str(e)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "backend": self.backend,
-            "device": self.device,
-            "precision": self.precision,
-            "tolerance": self.tolerance,
-            "options": self.options,
-        }
+        return asdict(self)
 
 
 def _builtin_dir() -> Path:
@@ -65,16 +79,26 @@ def load_target(name_or_path: str) -> Target:
                 f"unknown target '{name_or_path}'; known: {', '.join(builtin_names())} (or a .toml path)"
             )
     raw = read_toml(path)
-    unknown = set(raw) - _KEYS
-    missing = {"backend", "device", "precision"} - set(raw)
+    unknown, missing = set(raw) - _KEYS, {"backend", "device", "precision"} - set(raw)
     if unknown or missing:
         raise KdxError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+    precision = raw["precision"]
+    if precision not in PARITY:
+        raise KdxError(f"{path}: unknown precision '{precision}'; use one of {', '.join(PARITY)}")
+    quant = raw.get("quantization", {})
+    if set(quant) - set(QUANTIZATION):
+        raise KdxError(
+            f"{path}: unknown [quantization] keys {sorted(set(quant) - set(QUANTIZATION))}"
+        )
+    tolerance, agreement = PARITY[precision]
     return Target(
         name=path.stem,
         backend=raw["backend"],
         device=raw["device"],
-        precision=raw["precision"],
-        tolerance=float(raw.get("tolerance", 1e-4)),
+        precision=precision,
+        tolerance=raw.get("tolerance", tolerance),
+        min_agreement=raw.get("min_agreement", agreement),
         description=raw.get("description", ""),
         options=raw.get("options", {}),
+        quantization={**QUANTIZATION, **quant} if precision == "int8" else {},
     )

@@ -36,15 +36,15 @@ def test_parity_figures():
 def test_export_catches_an_altered_export(run_copy, monkeypatch):
     real = export_module._torch_export
 
-    def altered(model, example, path, opset):
-        exporter = real(model, example, path, opset)
+    def altered(model, example, path, opset, **kwargs):
+        exporter = real(model, example, path, opset, **kwargs)
         _perturb(path)
         return exporter
 
     monkeypatch.setattr(export_module, "_torch_export", altered)
     before = (run_copy / "export" / MANIFEST).read_bytes()
     r = load(run_copy / "recipe.toml")
-    with pytest.raises(KdxError, match=r"teacher.onnx differs from PyTorch: max abs diff"):
+    with pytest.raises(KdxError, match=r"teacher.onnx at batch 1 differs from PyTorch: max abs diff"):
         export(run_copy, r["data"], **r["export"])
     assert (run_copy / "export" / MANIFEST).read_bytes() == before  # the old export is intact
 

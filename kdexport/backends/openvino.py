@@ -14,7 +14,14 @@ import openvino as ov
 
 from kdexport.errors import KdxError
 
-_PRECISIONS = {"f32": ("f32", False), "f16": ("f16", True), "bf16": ("bf16", False)}
+# profile precision -> (OpenVINO inference precision hint, weights compressed to f16 in the IR).
+# INT8 layers run in int8 whatever the hint; the hint pins the precision of the others.
+_PRECISIONS = {
+    "fp32": ("f32", False),
+    "fp16": ("f16", True),
+    "bf16": ("bf16", False),
+    "int8": ("f32", False),
+}
 
 
 def unavailable_reason(target) -> str | None:
@@ -26,8 +33,11 @@ def unavailable_reason(target) -> str | None:
     return None
 
 
-def compile(onnx_path: Path, out_dir: Path, name: str, target) -> Path:
-    """Convert to IR (NAME.xml + NAME.bin); weights stay f32 unless the profile says f16."""
+def compile(onnx_path: Path, out_dir: Path, name: str, target, calibration=None) -> Path:
+    """Convert to IR (NAME.xml + NAME.bin); weights stay f32 unless the profile says fp16.
+
+    INT8: the model is quantized by NNCF on the calibration data before it is saved.
+    """
     out = out_dir / f"{name}.xml"
     try:
         model = ov.Core().read_model(str(onnx_path))
@@ -35,6 +45,10 @@ def compile(onnx_path: Path, out_dir: Path, name: str, target) -> Path:
         raise KdxError(
             f"target '{target.name}': OpenVINO cannot read {onnx_path.name}: {str(e)[:300]}"
         ) from None
+    if target.precision == "int8":
+        from kdexport.quantize import quantize_openvino
+
+        model = quantize_openvino(model, calibration, target.quantization)
     ov.save_model(model, str(out), compress_to_fp16=_PRECISIONS[target.precision][1])
     return out
 

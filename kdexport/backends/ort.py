@@ -39,6 +39,8 @@ def unavailable_reason(target) -> str | None:
             "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
         )
     provider = target.options.get("provider", "CPUExecutionProvider")
+    if target.precision not in ("fp32", "int8"):
+        return f"precision {target.precision} is not supported by the onnxruntime backend (use fp32 or int8)"
     if provider not in ort.get_available_providers():
         fix = (
             " (install onnxruntime-gpu in place of onnxruntime; see README)"
@@ -109,12 +111,25 @@ def _session(path: Path, target, opts: ort.SessionOptions) -> ort.InferenceSessi
     return sess
 
 
-def compile(onnx_path: Path, out_dir: Path, name: str, target) -> Path:
-    """Optimise the graph at the profile's level and save the result as NAME.onnx."""
+def compile(onnx_path: Path, out_dir: Path, name: str, target, calibration=None) -> Path:
+    """Optimise the graph at the profile's level and save the result as NAME.onnx.
+
+    INT8: the model is first quantized (QDQ) into the portable NAME.qdq.onnx, then optimised.
+    """
+    source = onnx_path
+    if target.precision == "int8":
+        from kdexport.quantize import quantize_onnx
+
+        source = out_dir / f"{name}.qdq.onnx"
+        quantize_onnx(onnx_path, source, calibration, target.quantization)
+    elif target.precision != "fp32":
+        raise KdxError(
+            f"target '{target.name}': precision {target.precision} is not supported by the onnxruntime backend"
+        )
     out = out_dir / f"{name}.onnx"
     opts = _session_options(target, target.options.get("graph_optimization_level", "all"))
     opts.optimized_model_filepath = str(out)
-    _session(onnx_path, target, opts)
+    _session(source, target, opts)
     return out
 
 

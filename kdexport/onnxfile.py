@@ -1,0 +1,89 @@
+"""Checks of ONNX files before anything runs them, and the plain ONNX Runtime reference run.
+
+A file that is not ONNX, is truncated, fails ``onnx.checker``, or has external data that points
+outside its own folder is a ``KdxError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kdexport.errors import KdxError
+
+
+def external_data_files(path: Path, model=None) -> list[Path]:
+    """The external data files an ONNX model refers to, each checked to stay in its folder."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors
+
+    model = model if model is not None else onnx.load(str(path), load_external_data=False)
+    folder = path.parent.resolve()
+    files = set()
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = ExternalDataInfo(tensor).location
+        target = (folder / location).resolve()
+        if os.path.isabs(location) or folder not in target.parents:
+            raise KdxError(
+                f"{path.name}: external data '{location}' points outside {folder}; refusing it"
+            )
+        if not target.is_file():
+            raise KdxError(f"{path.name}: external data file '{location}' is missing")
+        files.add(target)
+    return sorted(files)
+
+
+def check_onnx_file(path: str | Path) -> dict:
+    """Load and fully check an ONNX file; return opset, IR version, inputs and outputs."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise KdxError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and others for non-ONNX bytes
+        raise KdxError(
+            f"{path}: not a readable ONNX model ({type(e).__name__}); re-export it"
+        ) from None
+    if not model.graph.node:
+        raise KdxError(f"{path}: not a readable ONNX model (empty graph); re-export it")
+    external = external_data_files(path, model)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # checker raises ValidationError, InferenceError and others
+        raise KdxError(f"{path}: fails the ONNX checker ({str(e).splitlines()[0][:200]})") from None
+    return {
+        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+        "ir_version": model.ir_version,
+        "inputs": [_value_info(v) for v in model.graph.input],
+        "outputs": [_value_info(v) for v in model.graph.output],
+        "external_data": [p.name for p in external],
+    }
+
+
+def _value_info(value) -> dict:
+    import onnx
+
+    tt = value.type.tensor_type
+    shape = [d.dim_param or d.dim_value or None for d in tt.shape.dim]
+    return {
+        "name": value.name,
+        "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name,
+        "shape": shape,
+    }
+
+
+def run_reference(path: Path, x: np.ndarray) -> np.ndarray:
+    """Outputs of an ONNX model on ONNX Runtime's CPU provider with no graph rewrites."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
