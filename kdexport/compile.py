@@ -80,10 +80,13 @@ def _int8_gate(onnx_path: Path, name: str, target: Target, sample, int8_runner, 
         )
 
 
-def _compile_one(
-    exported: Artifact, out_dir: Path, name: str, target: Target, sample, calibration
+def compile_model(
+    onnx_path: Path, out_dir: Path, name: str, target: Target, sample: dict, calibration
 ) -> dict:
-    onnx_path = exported.file(f"{name}.onnx")
+    """Compile one ONNX model for one target into ``out_dir`` and check it.
+
+    ``sample`` holds ``x``, ``y`` and ``sample[name]``, the PyTorch outputs for ``x``.
+    """
     runner, result = _build(onnx_path, out_dir, name, target, sample, calibration)
     if target.precision != "int8":
         if not result["parity"]["passed"]:
@@ -128,7 +131,8 @@ def compile(
             out_dir.mkdir()
             result = {"profile": target.as_dict()}
             for name in MODELS:
-                result[name] = _compile_one(exported, out_dir, name, target, sample, calibration)
+                onnx_path = exported.file(f"{name}.onnx")
+                result[name] = compile_model(onnx_path, out_dir, name, target, sample, calibration)
                 done += 1
                 progress("compile", done, steps, f"{target.name}/{name}")
             w.checks["targets"][target.name] = result

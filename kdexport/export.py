@@ -127,25 +127,28 @@ def _check_batch_sizes(
     return out
 
 
-def _export_model(model, name: str, w, example, x, opts: dict, meta: dict) -> dict:
-    """Export one model (and its static variant when asked); check it; return its facts."""
-    path = w.path / f"{name}.onnx"
-    big = (
-        sum(p.numel() * p.element_size() for p in model.parameters())
-        > opts["external_data_mb"] * 2**20
-    )
+def export_onnx(
+    model, path: Path, example: torch.Tensor, x: np.ndarray, opts: dict, meta: dict
+) -> dict:
+    """Export ``model`` to ``path`` with a dynamic batch axis and check it against PyTorch.
+
+    ``opts``: opset, example_batch, tolerance, external_data_mb, and static/static_batch for a
+    fixed-shape variant PATH-static.onnx. Returns the exporter used and the file's facts.
+    """
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    big = weight_bytes > opts["external_data_mb"] * 2**20
     exporter = _torch_export(model, example, path, opts["opset"], external=big)
-    facts = _finish_onnx(path, {**meta, "role": name}, dynamic=True)
+    facts = _finish_onnx(path, meta, dynamic=True)
     sizes = sorted({1, opts["example_batch"], 2 * opts["example_batch"] + 1})
     facts["batch_check_max_abs_diff"] = _check_batch_sizes(path, model, x, sizes, opts["tolerance"])
-    if opts["static"] and name == "student":
-        static = w.path / f"{name}-static.onnx"
-        batch = torch.from_numpy(np.ascontiguousarray(x[: opts["static_batch"]]))
-        _torch_export(model, batch, static, opts["opset"], dynamic=False, external=big)
-        _finish_onnx(static, {**meta, "role": f"{name}-static"}, dynamic=False)
-        check = parity(
-            run_reference(static, batch.numpy()), predict(model, batch.numpy()), opts["tolerance"]
+    if opts.get("static"):
+        static = path.with_name(f"{path.stem}-static.onnx")
+        batch = np.ascontiguousarray(x[np.arange(opts["static_batch"]) % len(x)])
+        _torch_export(
+            model, torch.from_numpy(batch), static, opts["opset"], dynamic=False, external=big
         )
+        _finish_onnx(static, {**meta, "role": f"{meta.get('role', '')}-static"}, dynamic=False)
+        check = parity(run_reference(static, batch), predict(model, batch), opts["tolerance"])
         if not check["passed"]:
             raise KdxError(f"{static.name} differs from PyTorch: {check['summary']}")
         facts["static"] = {"file": static.name, "batch": opts["static_batch"], "parity": check}
@@ -212,7 +215,10 @@ def export(
     ) as w:
         reference = {}
         for i, (name, model) in enumerate((("teacher", teacher), ("student", student))):
-            facts = _export_model(model, name, w, example, x, opts, meta)
+            model_opts = {**opts, "static": static and name == "student"}
+            facts = export_onnx(
+                model, w.path / f"{name}.onnx", example, x, model_opts, {**meta, "role": name}
+            )
             reference[name] = predict(model, x)
             check = parity(run_reference(w.path / f"{name}.onnx", x), reference[name], tolerance)
             if not check["passed"]:

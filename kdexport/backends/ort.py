@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from kdexport.errors import KdxError
+from kdexport.onnxfile import external_data_files
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -129,6 +130,14 @@ def compile(onnx_path: Path, out_dir: Path, name: str, target, calibration=None)
     out = out_dir / f"{name}.onnx"
     opts = _session_options(target, target.options.get("graph_optimization_level", "all"))
     opts.optimized_model_filepath = str(out)
+    if external_data_files(Path(source)):
+        # Large models: the optimised weights go to NAME.onnx.data beside it, as in export/.
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", f"{name}.onnx.data"
+        )
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+        )
     _session(source, target, opts)
     return out
 
