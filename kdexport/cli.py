@@ -167,12 +167,17 @@ def distill_cmd(run_dir, recipe, overrides):
 @cli.command("export")
 @_run_arg
 @_recipe_options
-def export_cmd(run_dir, recipe, overrides):
+@click.option("--opset", type=int, help="ONNX opset (same as --set export.opset=N).")
+@click.option("--static", is_flag=True, help="Also write student-static.onnx with a fixed batch.")
+@click.option("--checkpoint", help="Export this student state_dict instead of the final one.")
+def export_cmd(run_dir, recipe, overrides, opset, static, checkpoint):
     """Export both models to ONNX; check them against PyTorch."""
     from kdexport.export import export
     from kdexport.pipeline import prepare_run
 
-    r = prepare_run(run_dir, recipe, overrides)
+    flags = {"opset": opset, "static": static or None, "student_checkpoint": checkpoint}
+    extra = [f"export.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    r = prepare_run(run_dir, recipe, (*overrides, *extra))
     with _progress() as progress:
         art = export(run_dir, r["data"], progress, **r["export"])
     for m in ("teacher", "student"):
@@ -180,6 +185,8 @@ def export_cmd(run_dir, recipe, overrides):
         click.echo(
             f"{art.path}/{m}.onnx  {c['exporter']} opset {c['opset']}  {c['parity']['summary']}"
         )
+        if "static" in c:
+            click.echo(f"{art.path}/{c['static']['file']}  batch {c['static']['batch']}")
 
 
 @cli.command("compile")

@@ -88,6 +88,9 @@ def compile_model(
     ``sample`` holds ``x``, ``y`` and ``sample[name]``, the PyTorch outputs for ``x``.
     """
     runner, result = _build(onnx_path, out_dir, name, target, sample, calibration)
+    on_cpu = result["runtime"].get("nodes_by_provider", {}).get("CPUExecutionProvider", 0)
+    if target.options.get("provider", "CPUExecutionProvider") != "CPUExecutionProvider" and on_cpu:
+        result["cpu_fallback_nodes"] = on_cpu  # flagged in the report, never silent
     if target.precision != "int8":
         if not result["parity"]["passed"]:
             raise KdxError(

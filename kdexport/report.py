@@ -20,7 +20,7 @@ STAGES = {  # directory -> (kind, command that makes it)
 }
 
 
-_GATE_KEYS = ("reason", "accuracy_drop_points", "latency_ratio", "fp32_accuracy")
+_FLAGS = ("reason", "accuracy_drop_points", "latency_ratio", "fp32_accuracy", "cpu_fallback_nodes")
 
 
 def _model_figures(exported: dict, compiled: dict, benched: dict | None) -> dict:
@@ -32,7 +32,7 @@ def _model_figures(exported: dict, compiled: dict, benched: dict | None) -> dict
         "top1_agreement": compiled["parity"]["top1_agreement"],
         "params": exported["params"],
         "flops": exported["flops"],
-        **{k: compiled[k] for k in _GATE_KEYS if k in compiled},
+        **{k: compiled[k] for k in _FLAGS if k in compiled},
     }
     if benched is None:
         return figs
@@ -109,6 +109,10 @@ def notes(figs: dict) -> list[str]:
     for target, entry in figs["targets"].items():
         for m in MODELS:
             f = entry[m]
+            if f.get("cpu_fallback_nodes"):
+                out.append(
+                    f"{target}/{m}: {f['cpu_fallback_nodes']} nodes ran on the CPU, not the GPU"
+                )
             if "latency_ratio" in f:
                 verdict = "shipped" if f["shipped"] else "not shipped"
                 out.append(

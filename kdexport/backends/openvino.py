@@ -62,6 +62,9 @@ class Runner:
         }
         if threads := int(target.options.get("inference_num_threads", 0)):
             config["INFERENCE_NUM_THREADS"] = threads
+        if target.options.get("cache", False):
+            # Compiled blobs beside the IR: compile writes them, later loads start faster.
+            config["CACHE_DIR"] = str(Path(path).parent / "cache")
         self.compiled = core.compile_model(str(path), target.device, config)
         self.request = self.compiled.create_infer_request()
         self.info = {

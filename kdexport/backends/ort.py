@@ -9,6 +9,7 @@ fall back to the CPU.
 from __future__ import annotations
 
 import importlib.metadata
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,31 @@ def compile(onnx_path: Path, out_dir: Path, name: str, target, calibration=None)
     return out
 
 
+def nodes_by_provider(path: Path, target) -> dict[str, int]:
+    """How many graph nodes each execution provider ran, from one profiled inference.
+
+    A CUDA target whose nodes partly run on the CPU is flagged with these counts rather than
+    failing: ONNX Runtime itself places some shape computations on the CPU on purpose.
+    """
+    import json
+
+    opts = _session_options(target, "disable")
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = str(Path(tmp) / "profile")
+        sess = _session(path, target, opts)
+        first = sess.get_inputs()[0]
+        shape = [d if isinstance(d, int) else 1 for d in first.shape]
+        sess.run(None, {first.name: np.zeros(shape, np.float32)})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    counts: dict[str, int] = {}
+    for e in events:
+        provider = e.get("args", {}).get("provider")
+        if e.get("cat") == "Node" and provider and e["name"].endswith("_kernel_time"):
+            counts[provider] = counts.get(provider, 0) + 1
+    return counts
+
+
 class Runner:
     def __init__(self, path: Path, target):
         # The saved model is already optimised: load it as it is.
@@ -154,6 +180,7 @@ class Runner:
             "precision": target.precision,
             "intra_op_threads": int(target.options.get("intra_op_threads", 0)),
             "onnxruntime": ort.__version__,
+            "nodes_by_provider": nodes_by_provider(path, target),
         }
 
     def run(self, x: np.ndarray) -> np.ndarray:
