@@ -256,6 +256,72 @@ def report_cmd(run_dir, as_json):
         click.echo(json.dumps(figs, sort_keys=True))
 
 
+@cli.command("package")
+@_run_arg
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Archive to write (.tar.gz).")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), help="Or a folder.")
+@click.option(
+    "--target", "targets", multiple=True, help="Add this target's compiled form (repeatable)."
+)
+@click.option("--with-teacher", is_flag=True, help="Add the teacher, for speed-ups on devices.")
+def package_cmd(run_dir, out, directory, targets, with_teacher):
+    """Bundle the student for devices that have only onnxruntime and numpy.
+
+    The bundle holds the portable ONNX model, a golden input and output, manifest.json and
+    run.py (`python run.py verify|predict|bench`). It is verified before it is written.
+    """
+    from kdexport.package import package
+
+    if (out is None) == (directory is None):
+        raise click.UsageError("give exactly one of -o BUNDLE.kdx.tar.gz or --dir FOLDER")
+    r = package(run_dir, out, directory, targets=list(targets), with_teacher=with_teacher)
+    click.echo(f"bundle: {r['path']}  {r['bytes']:,} bytes  {r['files']} files  ({r['name']})")
+    click.echo(f"bundle id (sha256 of manifest.json): {r['id']}")
+
+
+@cli.command("verify")
+@click.argument("bundle", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line last.")
+def verify_cmd(bundle, as_json):
+    """Check a bundle (archive or folder): every file's sha256, then the golden outputs."""
+    from kdexport.package import verify
+
+    r = verify(bundle)
+    click.echo(f"{bundle}: {r['files']} files match their sha256")
+    for name, g in r["golden"].items():
+        click.echo(
+            f"{name}: golden output ok, max abs diff {g['max_abs_diff']:.1e} "
+            f"(tolerance {g['tolerance']:g}), top-1 agreement {g['top1_agreement']:.0%}"
+        )
+    for target, why in r["skipped"].items():
+        click.echo(f"{target}: {why}")
+    click.echo(f"bundle id (sha256 of manifest.json): {r['id']}")
+    if as_json:
+        click.echo(json.dumps(r, sort_keys=True))
+
+
+@cli.command("import-results")
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Also write a Markdown table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as one JSON line last.")
+def import_results_cmd(results, out, as_json):
+    """Merge `python run.py bench` results from devices into one fleet table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kdexport.package import FLEET_HEADER, fleet_cells, import_results
+
+    fleet = import_results(list(results), out)
+    table = Table(*FLEET_HEADER, title=f"kdexport fleet: {fleet['devices']} devices")
+    for row in fleet_cells(fleet):
+        table.add_row(*row)
+    Console(width=200).print(table)
+    if out:
+        click.echo(f"fleet table: {out}")
+    if as_json:
+        click.echo(json.dumps(fleet, sort_keys=True))
+
+
 @cli.command("targets")
 def targets_cmd():
     """List the targets; say which are available here, and why not."""

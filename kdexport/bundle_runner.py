@@ -1,0 +1,574 @@
+#!/usr/bin/env python3
+"""Run a kdexport bundle on a device: verify it, predict with it, benchmark it.
+
+kdexport copies this file into every bundle as ``run.py``. It needs Python 3.9+, numpy and
+onnxruntime, and nothing else (Pillow only to read images):
+
+    python run.py verify [--json]                       checksums, then the golden output
+    python run.py predict input.npy|image.png [--json]  top classes of each sample
+    python run.py bench [--json] [--device NAME]        latency, written to a result file
+
+``kdexport import-results RESULT.json ...`` turns the result files of many devices into one
+table. The benchmark method is kdexport's (``kdexport benchmark``): inputs bound once, warm-up,
+then at least ``--min-iters`` iterations and ``--min-time-s`` seconds per model, teacher and
+student interleaved in ``--rounds`` slices.
+"""
+
+# Only the standard library, numpy and onnxruntime: this file runs where kdexport is not installed.
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+try:
+    import numpy as np
+except ImportError:  # the one dependency needed before anything else can be said
+    sys.exit("error: run.py needs numpy and onnxruntime; pip install numpy onnxruntime")
+
+BUNDLE_FORMAT = 1  # the newest bundle format this file reads
+RESULT_FORMAT = 1
+KIND, RESULT_KIND = "kdx-bundle", "kdx-bench-result"
+MANIFEST = "manifest.json"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff")
+METHOD = (
+    "inputs bound once (ONNX Runtime IO binding), synchronous inference, warm-up then "
+    ">= min_iters iterations and >= min_time_s per model, teacher and student interleaved in "
+    "rounds (kdexport benchmark's method, run by the bundle's run.py)"
+)
+
+
+class BundleError(Exception):
+    """A problem with the bundle or the input, in one line with the fix."""
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise BundleError(f"run.py needs onnxruntime ({e}); pip install onnxruntime") from None
+    return onnxruntime
+
+
+def inside(root: Path, name: str) -> Path:
+    """``root / name``, refusing a name from the manifest that would leave the bundle."""
+    parts = name.replace("\\", "/").split("/")
+    if not name or name.startswith("/") or ":" in parts[0] or ".." in parts:
+        raise BundleError(f"manifest names '{name}', a path outside the bundle; refusing it")
+    return root / name
+
+
+def read_manifest(root: Path) -> dict:
+    """The bundle's manifest, checked for its kind and format version."""
+    path = root / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"no {MANIFEST}: not a kdexport bundle (unpack the whole archive)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BundleError(f"{MANIFEST}: unreadable ({e}); copy the bundle again") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
+        raise BundleError(f"{MANIFEST}: not a kdexport bundle manifest")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > BUNDLE_FORMAT:
+        raise BundleError(
+            f"bundle format {version} is newer than this reader understands ({BUNDLE_FORMAT}); "
+            "upgrade kdexport, or use the run.py inside that bundle"
+        )
+    bad = _malformed(manifest)
+    if bad:
+        raise BundleError(f"{MANIFEST}: malformed, '{bad}' missing or wrong; copy the bundle again")
+    return manifest
+
+
+def _malformed(manifest: dict) -> str | None:
+    """The first manifest key that this reader needs and cannot use, if any."""
+    for key, kind in (("name", str), ("files", dict), ("models", dict), ("golden", dict)):
+        if not isinstance(manifest.get(key), kind):
+            return key
+    for key, kind in (("labels", list), ("preprocessing", dict), ("compiled", dict)):
+        if not isinstance(manifest.get(key, kind()), kind):
+            return key
+    for name, e in manifest["files"].items():
+        if not (isinstance(e, dict) and isinstance(e.get("sha256"), str)):
+            return f"files.{name}"
+        if not isinstance(e.get("bytes"), int):
+            return f"files.{name}"
+    student = manifest["models"].get("student")
+    if not (isinstance(student, dict) and isinstance(student.get("inputs"), list)):
+        return "models.student"
+    return None
+
+
+def check_files(root: Path, manifest: dict) -> int:
+    """Every listed file present with its size and sha256, and no file that is not listed."""
+    files = manifest.get("files", {})
+    for name, entry in sorted(files.items()):
+        path = inside(root, name)
+        if path.is_symlink():  # a link could point anywhere; bundles are written without any
+            raise BundleError(f"{name}: is a link, bundles hold only files; copy the bundle again")
+        if not path.is_file():
+            raise BundleError(f"{name}: missing from the bundle; copy the whole bundle again")
+        if path.stat().st_size != entry["bytes"] or sha256(path) != entry["sha256"]:
+            raise BundleError(
+                f"{name}: checksum mismatch (changed or corrupted); copy the bundle again"
+            )
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        # Dot files (as kdexport's own file tables) and byte-code caches are never read.
+        skipped = any(p.startswith(".") or p == "__pycache__" for p in name.split("/"))
+        if path.is_dir() or skipped or name == MANIFEST or name in files:
+            continue
+        raise BundleError(f"{name}: not part of the bundle (extra file); remove it")
+    return len(files)
+
+
+def session(path: Path, provider: str = "CPUExecutionProvider", threads: int = 0):
+    """An ONNX Runtime session on ``path`` (all graph optimisations) and what it runs with."""
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(path), opts, providers=[provider])
+    except Exception as e:  # ORT raises its own types for models it cannot load
+        first = (str(e).strip() or type(e).__name__).splitlines()[0][:200]
+        raise BundleError(f"{path.name}: ONNX Runtime cannot load it here ({first})") from None
+    info = {
+        "providers": sess.get_providers(),
+        "intra_op_threads": threads,
+        "graph_optimization_level": "all",
+        "onnxruntime": ort.__version__,
+    }
+    return sess, info
+
+
+class Bundle:
+    """An unpacked bundle: its folder and manifest; sessions on its models."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+
+    @property
+    def id(self) -> str:
+        """The sha256 of the manifest, which pins every file by its own sha256."""
+        return sha256(self.root / MANIFEST)
+
+    def model_path(self, role: str = "student", target: str | None = None) -> Path:
+        """The portable model of ``role``, or its compiled form for ``target``."""
+        if target is None:
+            entry = self.manifest["models"].get(role)
+            if not isinstance(entry, dict):
+                raise BundleError(f"this bundle has no {role}; package it with --with-teacher")
+            return inside(self.root, entry["file"])
+        compiled = self.manifest.get("compiled", {})
+        if target not in compiled:
+            known = ", ".join(compiled) or "none"
+            raise BundleError(f"no compiled form for target '{target}' (in the bundle: {known})")
+        if compiled[target]["backend"] != "onnxruntime":
+            raise BundleError(
+                f"target '{target}' holds {compiled[target]['backend']} models; run.py runs "
+                "ONNX Runtime models only"
+            )
+        if role not in compiled[target]["models"]:
+            raise BundleError(f"this bundle has no {role} compiled for '{target}'")
+        return inside(self.root, compiled[target]["models"][role])
+
+
+def _golden(bundle: Bundle, path: Path, reference: str, provider: str, tol: float) -> dict:
+    """Run the golden input through ``path``; compare with the stored ``reference`` output."""
+    golden = bundle.manifest["golden"]
+    x = np.load(inside(bundle.root, golden["input"]), allow_pickle=False)
+    ref = np.load(inside(bundle.root, golden["outputs"][reference]), allow_pickle=False)
+    sess, _ = session(path, provider)
+    out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    diff = float(np.max(np.abs(out.astype(np.float64) - ref)))
+    agree = float(np.mean(out.argmax(axis=1) == ref.argmax(axis=1)))
+    result = {"max_abs_diff": diff, "top1_agreement": agree, "tolerance": tol, "samples": len(x)}
+    if not (diff <= tol and agree == 1.0):
+        raise BundleError(
+            f"{path.relative_to(bundle.root).as_posix()}: golden output differs, max abs diff "
+            f"{diff:.2e} (tolerance {tol:g}), top-1 agreement {agree:.1%}; this model or this "
+            "onnxruntime does not reproduce the build machine"
+        )
+    return result
+
+
+def verify(root: Path) -> dict:
+    """Checksums of every file, then each model's golden output; raise BundleError on failure."""
+    bundle = Bundle(root)
+    count = check_files(bundle.root, bundle.manifest)
+    report = {"bundle": bundle.manifest["name"], "id": bundle.id, "files": count}
+    report.update(golden={}, skipped={})
+    tol = float(bundle.manifest["golden"]["tolerance"])
+    for role in bundle.manifest["models"]:
+        path = bundle.model_path(role)
+        report["golden"][path.name] = _golden(bundle, path, role, "CPUExecutionProvider", tol)
+    available = _ort().get_available_providers()
+    for target, entry in bundle.manifest.get("compiled", {}).items():
+        need = entry.get("provider") if entry["backend"] == "onnxruntime" else entry["backend"]
+        for role in entry["models"]:
+            ref = f"compiled/{target}/{role}"
+            if need not in available or ref not in bundle.manifest["golden"]["outputs"]:
+                report["skipped"][f"{target}/{role}"] = f"checksums only (runs on {need})"
+                continue
+            try:
+                path = bundle.model_path(role, target)
+                golden = _golden(bundle, path, ref, need, entry["tolerance"])
+                report["golden"][f"{target}/{path.name}"] = golden
+            except BundleError as e:  # compiled forms may hold kernels of one CPU family only
+                if "cannot load it here" not in str(e):
+                    raise
+                report["skipped"][f"{target}/{role}"] = f"checksums only ({e})"
+    return report
+
+
+def _read_image(path: Path, pre: dict, shape: list) -> np.ndarray:
+    """An image as one model input: channels, resize, pixel scale, mean/std, NCHW."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise BundleError(
+            f"{path.name}: reading images needs Pillow (pip install pillow); or give a .npy array"
+        ) from None
+    channels, height, width = (shape[1], shape[2], shape[3]) if len(shape) == 4 else (0, 0, 0)
+    if not all(isinstance(d, int) for d in (channels, height, width)) or channels not in (1, 3):
+        raise BundleError(f"the model input {shape} is not an image; give a .npy array")
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB").resize((width, height))
+            x = np.asarray(img, dtype=np.float32)
+    except OSError as e:
+        raise BundleError(f"{path.name}: not a readable image ({e})") from None
+    x = x.reshape(height, width, channels) * float(pre.get("image_scale", 1 / 255))
+    mean = np.asarray(pre.get("mean") if pre.get("mean") is not None else 0.0, np.float32)
+    std = np.asarray(pre.get("std") if pre.get("std") is not None else 1.0, np.float32)
+    return ((x - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def load_input(path: Path, spec: dict, pre: dict) -> np.ndarray:
+    """A batch for the model from a .npy array or an image; wrong shapes or dtypes refused."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return _read_image(path, pre, spec["shape"])
+    if path.suffix.lower() != ".npy":
+        raise BundleError(f"{path}: give a .npy array or an image ({', '.join(IMAGE_SUFFIXES)})")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{path}: not a readable .npy array ({e})") from None
+    if not isinstance(x, np.ndarray):
+        raise BundleError(f"{path}: holds several arrays (.npz); save one array with numpy.save")
+    if x.dtype != np.dtype(spec["dtype"]):
+        raise BundleError(
+            f"{path.name}: dtype {x.dtype}, the model takes {spec['dtype']}; "
+            f"save it as x.astype(numpy.{spec['dtype']})"
+        )
+    want = [d if isinstance(d, int) else None for d in spec["shape"]]
+    got = x.shape if x.ndim == len(want) else (1, *x.shape)  # one sample without a batch axis
+    if len(got) != len(want) or any(want[i] not in (None, got[i]) for i in range(len(want))):
+        shown = "(" + ", ".join("N" if d is None else str(d) for d in want) + ")"
+        raise BundleError(
+            f"{path.name}: shape {tuple(x.shape)}, the model takes {shown} or one sample "
+            "without the batch axis"
+        )
+    return np.ascontiguousarray(x.reshape(got))
+
+
+def predict(root: Path, input_path: Path, top: int = 3, target: str | None = None) -> dict:
+    """Top classes of every sample in ``input_path``."""
+    bundle = Bundle(root)
+    model = bundle.manifest["models"]["student"]
+    x = load_input(Path(input_path), model["inputs"][0], bundle.manifest.get("preprocessing", {}))
+    sess, _ = session(bundle.model_path("student", target))
+    logits = sess.run(None, {model["inputs"][0]["name"]: x})[0]
+    z = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    labels = bundle.manifest.get("labels") or [str(i) for i in range(probs.shape[1])]
+    samples = []
+    for row in probs:
+        best = np.argsort(-row)[:top]
+        samples.append([{"label": labels[i], "class": int(i), "p": float(row[i])} for i in best])
+    return {"input": str(input_path), "shape": list(x.shape), "predictions": samples}
+
+
+def _timed(call, iters: int, seconds: float) -> list:
+    """Run ``call`` at least ``iters`` times and ``seconds`` long; each latency in ms."""
+    times = []
+    clock = time.perf_counter_ns
+    end = clock() + int(seconds * 1e9)
+    while len(times) < iters or clock() < end:
+        t0 = clock()
+        call()
+        times.append((clock() - t0) / 1e6)
+    return times
+
+
+def measure(calls: dict, opts: dict) -> dict:
+    """Warm up each call, then time them interleaved in ``rounds`` slices."""
+    for call in calls.values():
+        _timed(call, opts["warmup_iters"], opts["warmup_s"])
+    samples = {k: [] for k in calls}
+    rounds = opts["rounds"]
+    for _ in range(rounds):
+        for name, call in calls.items():
+            samples[name] += _timed(
+                call, -(-opts["min_iters"] // rounds), opts["min_time_s"] / rounds
+            )
+    return samples
+
+
+def summarize(ms: list) -> dict:
+    """p50/p90/p99, mean, standard deviation and coefficient of variation, in ms."""
+    a = np.asarray(ms)
+    mean, std = float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    p50, p90, p99 = (float(v) for v in np.percentile(a, [50, 90, 99]))
+    return {
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "mean_ms": mean,
+        "std_ms": std,
+        "cv": std / mean if mean else 0.0,
+        "iterations": len(a),
+    }
+
+
+def _cpu() -> tuple:
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                # x86 names the CPU "model name"; ARM boards say "Model" or "Hardware".
+                if key in ("model name", "Model", "Hardware") and value.strip():
+                    cpu = value.strip()
+                elif key in ("flags", "Features"):
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return cpu, flags
+
+
+def fingerprint() -> dict:
+    """The device and software a figure was measured on (as kdexport's, fewer versions)."""
+    cpu, flags = _cpu()
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "asimd")
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_flags": [f for f in wanted if f in flags],
+        "versions": {"onnxruntime": _ort().__version__, "numpy": np.__version__},
+    }
+
+
+def _bound(sess, x: np.ndarray):
+    """One inference on inputs bound once, outputs left on the CPU."""
+    ort = _ort()
+    binding = sess.io_binding()
+    binding.bind_ortvalue_input(
+        sess.get_inputs()[0].name, ort.OrtValue.ortvalue_from_numpy(x, "cpu", 0)
+    )
+    for out in sess.get_outputs():
+        binding.bind_output(out.name, "cpu", 0)
+
+    def call() -> None:
+        sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return call
+
+
+def _end_to_end(sess, x: np.ndarray):
+    """One inference from a numpy input to a numpy output, conversions included."""
+    feed = {sess.get_inputs()[0].name: x}
+    return lambda: sess.run(None, feed)
+
+
+def _load(bundle: Bundle, roles: list, opts: dict, x: np.ndarray) -> tuple:
+    sessions, result = {}, {}
+    for role in roles:
+        t0 = time.perf_counter()
+        path = bundle.model_path(role, opts["target"])
+        sessions[role], info = session(path, threads=opts["threads"])
+        t1 = time.perf_counter()
+        sessions[role].run(None, {sessions[role].get_inputs()[0].name: x[:1]})
+        cold = {"load_s": t1 - t0, "first_inference_s": time.perf_counter() - t1}
+        result[role] = {"file": path.name, "cold_start": cold, "runtime": info, "latency": {}}
+    return sessions, result
+
+
+def bench(root: Path, opts: dict) -> dict:
+    """Latency of the student (and the teacher, when shipped) on this device."""
+    bundle = Bundle(root)
+    x = np.load(inside(bundle.root, bundle.manifest["golden"]["input"]), allow_pickle=False)
+    roles = [r for r in ("teacher", "student") if r in bundle.manifest["models"]]
+    if opts["target"]:
+        bundle.model_path("student", opts["target"])  # an unknown or non-ORT target fails here
+        # A compiled student is compared only with the teacher compiled for the same target.
+        roles = [r for r in roles if r in bundle.manifest["compiled"][opts["target"]]["models"]]
+    sessions, result = _load(bundle, roles, opts, x)
+    for size in opts["batch_sizes"]:
+        xb = np.ascontiguousarray(x[np.arange(size) % len(x)])
+        bound = measure({r: _bound(s, xb) for r, s in sessions.items()}, opts)
+        e2e = measure({r: _end_to_end(s, xb) for r, s in sessions.items()}, opts)
+        for role in roles:
+            stats = summarize(bound[role])
+            stats["throughput_per_s"] = size * 1000.0 / stats["p50_ms"]
+            stats["end_to_end"] = summarize(e2e[role])
+            result[role]["latency"][str(size)] = stats
+    if "teacher" in result:
+        result["speedup"] = {
+            s: result["teacher"]["latency"][s]["p50_ms"] / result["student"]["latency"][s]["p50_ms"]
+            for s in result["student"]["latency"]
+        }
+    return {
+        "kind": RESULT_KIND,
+        "format_version": RESULT_FORMAT,
+        "device": opts["device"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created_unix": time.time(),
+        "bundle": {"name": bundle.manifest["name"], "id": bundle.id},
+        "environment": fingerprint(),
+        "method": METHOD,
+        "options": {k: v for k, v in opts.items() if k != "device"},
+        "results": result,
+    }
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically: a temporary file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink()
+        raise
+
+
+def _sizes(text: str) -> list:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': give batch sizes such as 1,64")
+    return sizes
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("verify", help="check every file's sha256 and the golden output")
+    v.add_argument("--json", action="store_true", help="print the result as JSON")
+    p = sub.add_parser("predict", help="top classes of each sample of a .npy array or image")
+    p.add_argument("input", type=Path, help=".npy array (N, C, H, W) or (C, H, W), or an image")
+    p.add_argument("--top", type=int, default=3, help="classes shown per sample (default 3)")
+    p.add_argument("--target", help="run this compiled form instead of the portable model")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    b = sub.add_parser("bench", help="latency on this device, written to a result file")
+    b.add_argument("--json", action="store_true", help="print the result as JSON too")
+    b.add_argument("--out", type=Path, help="result file (default: beside the bundle folder)")
+    b.add_argument("--device", default=platform.node() or "device", help="name in the table")
+    b.add_argument("--target", help="time this compiled form instead of the portable model")
+    b.add_argument("--batch-sizes", type=_sizes, default=[1, 64], help="default 1,64")
+    b.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ORT default)")
+    for flag, kind, default in (
+        ("--warmup-iters", int, 20),
+        ("--warmup-s", float, 0.2),
+        ("--min-iters", int, 100),
+        ("--min-time-s", float, 0.5),
+        ("--rounds", int, 5),
+    ):
+        b.add_argument(flag, type=kind, default=default, help=f"default {default}")
+    return parser
+
+
+def _print_predictions(result: dict) -> None:
+    for i, top in enumerate(result["predictions"]):
+        shown = ", ".join(f"{t['label']} ({t['p']:.1%})" for t in top)
+        print(f"{i}: {shown}")
+
+
+def _print_verify(result: dict) -> None:
+    print(f"{result['bundle']}: {result['files']} files match their sha256")
+    for name, g in result["golden"].items():
+        print(
+            f"{name}: golden output ok, max abs diff {g['max_abs_diff']:.1e} "
+            f"(tolerance {g['tolerance']:g}), top-1 agreement {g['top1_agreement']:.0%}"
+        )
+    for target, why in result["skipped"].items():
+        print(f"{target}: {why}")
+    print(f"bundle id (sha256 of manifest.json): {result['id']}")
+
+
+def _bench_command(root: Path, args) -> dict:
+    opts = {k: getattr(args, k) for k in ("device", "target", "batch_sizes", "threads")}
+    for k in ("warmup_iters", "warmup_s", "min_iters", "min_time_s", "rounds"):
+        opts[k] = getattr(args, k)
+    if min(opts["rounds"], opts["min_iters"]) < 1 or min(opts["warmup_s"], opts["min_time_s"]) < 0:
+        raise BundleError("--rounds and --min-iters must be >= 1, times >= 0")
+    result = bench(root, opts)
+    # Beside the bundle folder by default: a file inside it would fail the next verify.
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in opts["device"])
+    out = args.out or root.parent / f"{root.name}.bench-{safe}.json"
+    write_json(out, result)
+    for size, s in result["results"]["student"]["latency"].items():
+        extra = ""
+        if "speedup" in result["results"]:
+            t = result["results"]["teacher"]["latency"][size]["p50_ms"]
+            extra = f", teacher p50 {t:.3f} ms, speed-up {result['results']['speedup'][size]:.1f}x"
+        print(f"batch {size}: student p50 {s['p50_ms']:.3f} ms, p90 {s['p90_ms']:.3f} ms{extra}")
+    print(f"result: {out}")
+    return result
+
+
+def main(argv: list | None = None) -> int:
+    args = _parser().parse_args(argv)
+    root = Path(__file__).resolve().parent
+    try:
+        if args.command == "verify":
+            result = verify(root)
+            if not args.json:
+                _print_verify(result)
+        elif args.command == "predict":
+            result = predict(root, args.input, max(args.top, 1), args.target)
+            if not args.json:
+                _print_predictions(result)
+        else:
+            result = _bench_command(root, args)
+    except BundleError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,509 @@
+"""Edge bundles: the student and everything a device needs to verify, run and time it.
+
+A bundle is one folder, ``student-<sha256 of the model, 12 digits>/``, or a reproducible
+``.tar.gz`` of it: the portable ONNX model (and its external data), optionally the teacher and
+the compiled forms of named targets, a golden input with the outputs it must give,
+``manifest.json`` (sha256 and size of every file, the model's inputs and outputs, labels,
+preprocessing, the build machine's figures, the recipe) and ``run.py``, a copy of
+``kdexport/bundle_runner.py``, which needs only Python 3.9+, numpy and onnxruntime.
+
+Archives are read defensively: members with absolute paths, ``..``, links, device files or
+oversized contents are refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from kdexport import __version__, bundle_runner
+from kdexport.artifact import Artifact, _replace_dir, file_table, sha256, write_json, write_text
+from kdexport.errors import KdxError
+from kdexport.onnxfile import check_onnx_file, external_data_files
+
+BUNDLE_FORMAT = bundle_runner.BUNDLE_FORMAT
+MTIME = 946684800  # 2000-01-01T00:00Z on every member: the same run gives the same bytes
+MAX_MEMBER_BYTES = 1 << 30  # refuse members over 1 GiB and archives over 4 GiB unpacked
+MAX_TOTAL_BYTES = 4 << 30
+RUNNER = Path(__file__).with_name("bundle_runner.py")
+
+
+def _open_run(run_dir: Path) -> tuple[dict, Artifact]:
+    """The run's manifest (complete and unchanged, checked file by file) and its export."""
+    run = Artifact.open(run_dir, "run", f"kdexport report {run_dir}").manifest
+    export = Artifact.open(run_dir / "export", "export", f"kdexport export {run_dir}")
+    for name, entry in export.manifest["files"].items():
+        if run["files"].get(f"export/{name}", {}).get("sha256") != entry["sha256"]:
+            raise KdxError(
+                f"{run_dir}/manifest.json is older than export/; run `kdexport report {run_dir}`"
+            )
+    return run, export
+
+
+def _model_facts(path: Path) -> dict:
+    """Opset, IR version, inputs, outputs, metadata and external data files of an ONNX model."""
+    import onnx
+
+    facts = check_onnx_file(path)  # also refuses external data outside the model's folder
+    model = onnx.load(str(path), load_external_data=False)
+    folder = path.parent.resolve()
+    return {
+        **facts,
+        "file": path.name,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "external_data": [p.relative_to(folder).as_posix() for p in external_data_files(path)],
+        "metadata": {p.key: p.value for p in model.metadata_props},
+    }
+
+
+def _copy(src: Path, root: Path, name: str) -> None:
+    dest = root / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+
+
+def _add_model(root: Path, export: Artifact, role: str) -> dict:
+    facts = _model_facts(export.file(f"{role}.onnx"))
+    for name in [facts["file"], *facts["external_data"]]:
+        _copy(export.file(name), root, name)
+    return facts
+
+
+def _preprocessing(recorded: dict, spec: dict) -> dict:
+    """The training data's preprocessing, completed with what an image needs to match it."""
+    pre = {"layout": "NCHW", "scale": None, "mean": None, "std": None, **recorded}
+    shape = spec["shape"]
+    if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        pre.setdefault("resize", shape[2:])  # height, width
+        # 8-bit pixels to [0, 1], the range of the training inputs before mean/std.
+        pre.setdefault("image_scale", 1 / 255)
+    return pre
+
+
+def _add_golden(root: Path, export: Artifact, roles: list[str], samples: int) -> dict:
+    """A few held-out inputs and PyTorch's outputs for them: what every device must reproduce."""
+    with np.load(export.file("io_sample.npz")) as f:
+        arrays = {"input": f["x"][:samples], **{r: f[r][:samples] for r in roles}}
+    (root / "golden").mkdir()
+    for key, array in arrays.items():
+        np.save(root / "golden" / f"{key}.npy", np.ascontiguousarray(array))
+    return {
+        "input": "golden/input.npy",
+        "outputs": {r: f"golden/{r}.npy" for r in roles},
+        "tolerance": export.parameters["tolerance"],
+        "samples": len(arrays["input"]),
+        "reference": "PyTorch outputs of the trained models, as in export/io_sample.npz",
+    }
+
+
+def _add_compiled(root: Path, run_dir: Path, targets: list[str], roles: list[str]) -> dict:
+    """Each named target's compiled models, files by the compile stage's own table."""
+    if not targets:
+        return {}
+    compiled = Artifact.open(run_dir / "compile", "compile", f"kdexport compile {run_dir}")
+    out = {}
+    for target in targets:
+        entry = compiled.checks["targets"].get(target)
+        if entry is None or not entry["student"].get("shipped", True):
+            known = [
+                t
+                for t, e in compiled.checks["targets"].items()
+                if e["student"].get("shipped", True)
+            ]
+            raise KdxError(
+                f"no compiled student for target '{target}' in {run_dir}; compiled: {', '.join(known)}"
+            )
+        shipped = [r for r in roles if entry[r].get("shipped", True)]
+        files = sorted(
+            n for n in compiled.manifest["files"] for r in shipped if n.startswith(f"{target}/{r}.")
+        )
+        for name in files:
+            _copy(compiled.path / name, root, f"compiled/{name}")
+        profile = entry["profile"]
+        out[target] = {
+            "backend": profile["backend"],
+            "device": profile["device"],
+            "provider": profile.get("options", {}).get("provider"),
+            "precision": profile["precision"],
+            "tolerance": 1e-4,  # against this compiled form's own output on the build machine
+            "models": {r: f"compiled/{target}/{entry[r]['file']}" for r in shipped},
+            "files": [f"compiled/{n}" for n in files],
+            "build": {
+                r: {k: entry[r].get(k) for k in ("accuracy", "parity", "size_bytes")}
+                for r in shipped
+            },
+        }
+    return out
+
+
+def _compiled_golden(root: Path, manifest: dict) -> None:
+    """The build machine's output of each ONNX Runtime CPU compiled form, for devices to match."""
+    x = np.load(root / manifest["golden"]["input"])
+    for target, entry in manifest["compiled"].items():
+        if entry["backend"] != "onnxruntime" or entry["provider"] != "CPUExecutionProvider":
+            continue
+        (root / "golden" / "compiled" / target).mkdir(parents=True)
+        for role, model in entry["models"].items():
+            sess, _ = bundle_runner.session(root / model)
+            name = f"golden/compiled/{target}/{role}.npy"
+            np.save(root / name, sess.run(None, {sess.get_inputs()[0].name: x})[0])
+            manifest["golden"]["outputs"][f"compiled/{target}/{role}"] = name
+
+
+def _teacher(run: dict, student: dict, shipped: bool) -> dict:
+    figures = run["figures"]
+    per_target = {
+        t: {k: e["teacher"].get(k) for k in ("accuracy", "p50_ms", "p90_ms", "params", "flops")}
+        for t, e in figures["targets"].items()
+        if "teacher" in e
+    }
+    return {
+        **json.loads(student["metadata"].get("teacher", "{}")),
+        "file": "teacher.onnx" if shipped else None,
+        "torch_accuracy": figures.get("torch", {}).get("teacher", {}).get("accuracy"),
+        "figures": per_target,
+    }
+
+
+def _manifest(run_dir: Path, run: dict, models: dict, golden: dict, compiled: dict) -> dict:
+    student = models["student"]
+    return {
+        "kind": bundle_runner.KIND,
+        "format_version": BUNDLE_FORMAT,
+        "name": f"student-{sha256(run_dir / 'export' / student['file'])[:12]}",
+        "kdexport_version": __version__,
+        "models": models,
+        "labels": json.loads(student["metadata"].get("labels", "[]")),
+        "preprocessing": _preprocessing(
+            json.loads(student["metadata"].get("preprocessing", "{}")), student["inputs"][0]
+        ),
+        "golden": golden,
+        "compiled": compiled,
+        "teacher": _teacher(run, student, "teacher" in models),
+        "build": {k: v for k, v in run["figures"].items() if k != "run_dir"},
+        "recipe": run["recipe"],
+        "run": {"created": run["created"], "manifest_sha256": sha256(run_dir / "manifest.json")},
+    }
+
+
+def build(run_dir: Path, root: Path, targets: list[str], with_teacher: bool, samples: int) -> dict:
+    """Write the bundle's files into the empty folder ``root``; return its manifest."""
+    run, export = _open_run(run_dir)
+    root.mkdir()
+    roles = ["student", "teacher"] if with_teacher else ["student"]
+    models = {r: _add_model(root, export, r) for r in roles}
+    golden = _add_golden(root, export, roles, samples)
+    manifest = _manifest(run_dir, run, models, golden, _add_compiled(root, run_dir, targets, roles))
+    _compiled_golden(root, manifest)
+    shutil.copyfile(RUNNER, root / "run.py")
+    manifest["files"] = file_table(root)
+    write_json(root / "manifest.json", manifest)
+    return manifest
+
+
+def _member(path: Path, name: str) -> tarfile.TarInfo:
+    """A tar header with nothing of this machine in it: fixed time, owner and modes."""
+    info = tarfile.TarInfo(name)
+    info.mtime, info.uid, info.gid, info.uname, info.gname = MTIME, 0, 0, "", ""
+    if path.is_dir():
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+    else:
+        info.size, info.mode = path.stat().st_size, 0o755 if path.name == "run.py" else 0o644
+    return info
+
+
+def write_archive(root: Path, out: Path) -> None:
+    """``root`` as a reproducible .tar.gz at ``out`` (sorted members, no timestamps), atomically."""
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; an archive is made to be copied around
+    try:
+        # filename="" and mtime=0 keep the output's name and the clock out of the gzip header.
+        with (
+            os.fdopen(fd, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            for path in [root, *sorted(root.rglob("*"))]:
+                name = PurePosixPath(root.name, path.relative_to(root).as_posix()).as_posix()
+                info = _member(path, name.rstrip("/.") or root.name)
+                if info.isdir():
+                    tar.addfile(info)
+                else:
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _publish_dir(root: Path, dest: Path) -> None:
+    """Move the finished bundle to ``dest``, replacing only an earlier bundle or an empty folder."""
+    if dest.exists() and (dest.is_file() or any(dest.iterdir())):
+        try:
+            bundle_runner.read_manifest(dest)
+        except bundle_runner.BundleError:
+            raise KdxError(
+                f"{dest} exists and is not a bundle; choose another --dir or remove it"
+            ) from None
+    _replace_dir(root, dest)
+
+
+def package(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    directory: str | Path | None = None,
+    *,
+    targets: list[str] = (),
+    with_teacher: bool = False,
+    golden_samples: int = 8,
+) -> dict:
+    """Bundle RUN's student into ``out`` (.tar.gz) or the folder ``directory``; verify it first.
+
+    Returns the verification report plus ``path``, ``bytes`` and ``name``.
+    """
+    if (out is None) == (directory is None):
+        raise KdxError("give exactly one of an archive (-o BUNDLE.kdx.tar.gz) or --dir FOLDER")
+    run_dir, dest = Path(run_dir), Path(out or directory)
+    if golden_samples < 1:
+        raise KdxError("golden_samples must be >= 1")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    try:
+        manifest = build(run_dir, staging / "bundle", list(targets), with_teacher, golden_samples)
+        root = staging / manifest["name"]
+        os.replace(staging / "bundle", root)
+        report = _verify_dir(root, f"the new bundle of {run_dir}")
+        if directory is None:
+            write_archive(root, dest)
+        else:
+            _publish_dir(root, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {**report, "path": str(dest), "bytes": _size(dest), "name": manifest["name"]}
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in [path, *path.rglob("*")] if p.is_file())
+
+
+def _open_tar(archive: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(archive, mode="r:gz")
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise KdxError(f"{archive}: not a readable .tar.gz bundle ({e}); copy it again") from None
+
+
+def _check_member(m: tarfile.TarInfo) -> str | None:
+    """Why ``m`` may not be unpacked, if it may not."""
+    parts = PurePosixPath(m.name).parts
+    if m.name.startswith(("/", "\\")) or (parts and ":" in parts[0]):
+        return "has an absolute path"
+    if ".." in parts or "\\" in m.name:
+        return "has a path that leaves the folder ('..' or '\\')"
+    if m.issym() or m.islnk():
+        return f"is a link (to '{m.linkname}'); bundles hold only files and folders"
+    if not (m.isfile() or m.isdir()):
+        return "is a device, pipe or other special file"
+    return None
+
+
+def _members(tar: tarfile.TarFile, archive: Path, limits: tuple[int, int]) -> list[tarfile.TarInfo]:
+    """Every member, checked before anything is written; one top-level folder."""
+    members, total, tops = [], 0, set()
+    for m in tar:
+        why = _check_member(m)
+        if why is None and m.size > limits[0]:
+            why = f"is {m.size:,} bytes, over the {limits[0]:,}-byte limit"
+        total += m.size
+        if why is None and total > limits[1]:
+            why = f"takes the archive over {limits[1]:,} bytes unpacked"
+        if why:
+            raise KdxError(f"{archive}: member '{m.name}' {why}; refusing the archive")
+        tops.add(PurePosixPath(m.name).parts[0])
+        members.append(m)
+    if len(tops) != 1:
+        raise KdxError(
+            f"{archive}: a bundle holds one top folder, this has {len(tops)}; not a bundle"
+        )
+    return members
+
+
+def extract(
+    archive: str | Path,
+    dest: str | Path,
+    *,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+) -> Path:
+    """Unpack a bundle archive into the new folder ``dest``; nothing is written elsewhere.
+
+    Every member is checked first (see ``_check_member``); the tar "data" filter, where Python
+    has it, applies the same rules again while writing. Returns ``dest``.
+    """
+    archive, dest = Path(archive), Path(dest)
+    if not archive.is_file():
+        raise KdxError(f"{archive}: no such bundle archive")
+    if dest.exists():
+        raise KdxError(f"{dest} exists; unpack into a new folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    try:
+        with _open_tar(archive) as tar:
+            members = _members(tar, archive, (max_member_bytes, max_total_bytes))
+            filt = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(tmp, members=members, **filt)
+        os.replace(tmp / PurePosixPath(members[0].name).parts[0], dest)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise KdxError(f"{archive}: truncated or corrupt archive ({e}); copy it again") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _verify_dir(root: Path, label: str | Path) -> dict:
+    try:
+        return bundle_runner.verify(root)
+    except bundle_runner.BundleError as e:
+        raise KdxError(f"{label}: {e}") from None
+
+
+def verify(bundle: str | Path) -> dict:
+    """Checksums and golden outputs of a bundle (archive or folder), as run.py verify does."""
+    bundle = Path(bundle)
+    if bundle.is_dir():
+        return _verify_dir(bundle, bundle)
+    if not bundle.is_file():
+        raise KdxError(f"{bundle}: no such bundle; give a .kdx.tar.gz archive or a bundle folder")
+    with tempfile.TemporaryDirectory(prefix="kdx-verify-") as tmp:
+        return _verify_dir(extract(bundle, Path(tmp) / "bundle"), str(bundle))
+
+
+FLEET_HEADER = [
+    "device",
+    "CPU",
+    "cores",
+    "runtime",
+    "bundle",
+    "model",
+    "batch",
+    "student p50 ms",
+    "student p90 ms",
+    "teacher p50 ms",
+    "speed-up",
+]
+
+
+def _read_result(path: Path) -> dict:
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KdxError(f"{path}: no such result file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise KdxError(f"{path}: unreadable result ({e}); copy it from the device again") from None
+    if not isinstance(result, dict) or result.get("kind") != bundle_runner.RESULT_KIND:
+        raise KdxError(f"{path}: not a result of `python run.py bench`")
+    if result.get("format_version", 0) > bundle_runner.RESULT_FORMAT:
+        raise KdxError(f"{path}: written by a newer run.py; upgrade kdexport to import it")
+    for key in ("device", "bundle.name", "environment.cpu", "options", "results.student.latency"):
+        value = result
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            raise KdxError(f"{path}: malformed result, no '{key}'; run `python run.py bench` again")
+    return result
+
+
+def _rows(result: dict) -> list[dict]:
+    env, res = result["environment"], result["results"]
+    runtime = res["student"].get("runtime", {})
+    provider = (runtime.get("providers") or ["?"])[0].replace("ExecutionProvider", "")
+    rows = []
+    for size, s in sorted(res["student"]["latency"].items(), key=lambda kv: int(kv[0])):
+        teacher = res.get("teacher", {}).get("latency", {}).get(size, {})
+        rows.append(
+            {
+                "device": result["device"],
+                "cpu": env["cpu"],
+                "cores": env.get("logical_cores"),
+                "runtime": f"onnxruntime {env.get('versions', {}).get('onnxruntime', '?')} {provider}",
+                "bundle": result["bundle"]["name"],
+                "model": result["options"].get("target") or "portable",
+                "batch": int(size),
+                "student_p50_ms": s["p50_ms"],
+                "student_p90_ms": s["p90_ms"],
+                "teacher_p50_ms": teacher.get("p50_ms"),
+                "speedup": res.get("speedup", {}).get(size),
+                "created": result.get("created"),
+            }
+        )
+    return rows
+
+
+def import_results(paths: list[str | Path], out: str | Path | None = None) -> dict:
+    """Merge ``run.py bench`` results into one fleet table; write it as Markdown to ``out``.
+
+    A device measured twice on the same model (bundle name and target) keeps its newest result.
+    """
+    if not paths:
+        raise KdxError("give at least one result file from `python run.py bench`")
+    latest: dict[tuple, dict] = {}
+    for path in map(Path, paths):
+        result = _read_result(path)
+        key = (result["device"], result["bundle"]["name"], result["options"].get("target"))
+        if key not in latest or result.get("created_unix", 0) >= latest[key].get("created_unix", 0):
+            latest[key] = result
+    rows = sorted(
+        (r for res in latest.values() for r in _rows(res)),
+        key=lambda r: (r["device"], r["bundle"], r["model"], r["batch"]),
+    )
+    fleet = {"devices": len({k[0] for k in latest}), "results": len(paths), "rows": rows}
+    if out is not None:
+        write_text(Path(out), fleet_markdown(fleet))
+    return fleet
+
+
+def fleet_cells(fleet: dict) -> list[list[str]]:
+    """The fleet table's cells, one row per device, bundle and batch size."""
+
+    def ms(v) -> str:
+        return "" if v is None else f"{v:.3f}"
+
+    return [
+        [
+            r["device"],
+            r["cpu"],
+            str(r["cores"] or ""),
+            r["runtime"],
+            r["bundle"],
+            r["model"],
+            str(r["batch"]),
+            ms(r["student_p50_ms"]),
+            ms(r["student_p90_ms"]),
+            ms(r["teacher_p50_ms"]),
+            "" if r["speedup"] is None else f"{r['speedup']:.1f}x",
+        ]
+        for r in fleet["rows"]
+    ]
+
+
+def fleet_markdown(fleet: dict) -> str:
+    lines = [
+        "# kdexport fleet",
+        "",
+        "Latency measured on each device by the bundle's `run.py bench` (batch-size rows); "
+        "the speed-up is teacher p50 / student p50 on the same device.",
+        "",
+        "| " + " | ".join(FLEET_HEADER) + " |",
+        "|" + "---|" * len(FLEET_HEADER),
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in fleet_cells(fleet)]
+    return "\n".join(lines) + "\n"
