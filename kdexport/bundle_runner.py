@@ -535,7 +535,10 @@ def _bench_command(root: Path, args) -> dict:
     # Beside the bundle folder by default: a file inside it would fail the next verify.
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in opts["device"])
     out = args.out or root.parent / f"{root.name}.bench-{safe}.json"
-    write_json(out, result)
+    try:
+        write_json(out, result)
+    except OSError as e:
+        raise BundleError(f"cannot write {out} ({e.strerror}); pass --out PATH") from None
     for size, s in result["results"]["student"]["latency"].items():
         extra = ""
         if "speedup" in result["results"]:
@@ -546,25 +549,34 @@ def _bench_command(root: Path, args) -> dict:
     return result
 
 
+def _run(root: Path, args) -> dict:
+    if args.command == "verify":
+        result = verify(root)
+        if not args.json:
+            _print_verify(result)
+    elif args.command == "predict":
+        result = predict(root, args.input, max(args.top, 1), args.target)
+        if not args.json:
+            _print_predictions(result)
+    else:
+        result = _bench_command(root, args)
+    return result
+
+
 def main(argv: list | None = None) -> int:
+    """The command line: one line on stderr and exit status 1 for any expected failure."""
     args = _parser().parse_args(argv)
-    root = Path(__file__).resolve().parent
     try:
-        if args.command == "verify":
-            result = verify(root)
-            if not args.json:
-                _print_verify(result)
-        elif args.command == "predict":
-            result = predict(root, args.input, max(args.top, 1), args.target)
-            if not args.json:
-                _print_predictions(result)
-        else:
-            result = _bench_command(root, args)
-    except BundleError as e:
+        result = _run(Path(__file__).resolve().parent, args)
+    except (BundleError, OSError) as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        what = e if isinstance(e, BundleError) else f"{e.strerror or e}: {e.filename or ''}"
+        print(f"error: {what}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(result, sort_keys=True))
     return 0

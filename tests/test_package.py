@@ -249,6 +249,8 @@ def test_package_bad_input(fast_cli_run, run_copy, tmp_path):
     r = kdx("package", run, "-o", tmp_path / "a.tar.gz", "--target", "nope", code=1)
     assert "no compiled student for target 'nope'" in r.stderr
     assert "exactly one of" in kdx("package", run, code=2).stderr
+    r = kdx("package", run, "-o", tmp_path / "no" / "b.tar.gz", code=1)
+    assert "no such folder; create it first" in r.stderr
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "mine.txt").write_text("x")
     r = kdx("package", run, "--dir", tmp_path / "taken", code=1)
