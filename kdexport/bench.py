@@ -1,10 +1,10 @@
-"""Latency methodology and the ``benchmark`` stage.
+"""Latency methodology and the environment fingerprint.
 
 Method (as OpenVINO's ``benchmark_app``): inputs bound once outside the timed loop, warm-up by
 iterations and time, then at least ``min_iters`` iterations and ``min_time_s`` seconds per model.
-Teacher and student are measured interleaved, in ``rounds`` alternating slices, so a drift in the
-machine's speed hits both. End-to-end latency (numpy in, numpy out, conversions included) is
-measured beside the bound, compute-only figure.
+Models compared are measured interleaved, in ``rounds`` alternating slices, so a drift in the
+machine's speed hits both. Each measurement is repeated with fresh sessions; a spread of the
+repeats' medians over 5% flags the figure as unstable.
 """
 
 from __future__ import annotations
@@ -15,23 +15,16 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
-
-from kdexport.artifact import Artifact
-from kdexport.backends import backend
-from kdexport.distill import Progress, _quiet
-from kdexport.export import MODELS
-from kdexport.recipe import Range
-from kdexport.targets import Target
 
 METHOD = (
     "inputs bound once (ONNX Runtime IO binding / OpenVINO shared-memory tensor), synchronous "
     "inference, warm-up then >= min_iters iterations and >= min_time_s per model, teacher and "
-    "student interleaved in rounds; OpenVINO compiled with its profile's performance hint "
-    "(LATENCY: one stream, one request, as benchmark_app -hint latency)"
+    "student interleaved in rounds, repeated with fresh sessions; OpenVINO compiled with its "
+    "profile's performance hint (LATENCY: one stream, one request, as benchmark_app -hint latency)"
 )
+UNSTABLE_CV = 0.05  # repeats whose medians spread more than this are flagged
 
 
 def _timed(call: Callable[[], object], iters: int, seconds: float) -> list[float]:
@@ -76,6 +69,50 @@ def summarize(ms: list[float]) -> dict[str, float]:
     }
 
 
+def median_ci95(ms: list[float]) -> tuple[float, float]:
+    """A distribution-free 95% confidence interval of the median (order statistics; the normal
+    approximation of the binomial, ranks n/2 -/+ 1.96 sqrt(n)/2)."""
+    a = np.sort(np.asarray(ms))
+    n = len(a)
+    half = 1.96 * np.sqrt(n) / 2
+    lo, hi = int(np.floor(n / 2 - half)), int(np.ceil(n / 2 + half))
+    return float(a[max(lo, 0)]), float(a[min(hi, n - 1)])
+
+
+def pooled(repeats: list[list[float]]) -> dict:
+    """Statistics of all repeats' samples, the repeats' medians, their spread and the CI."""
+    stats = summarize([v for r in repeats for v in r])
+    medians = [float(np.median(r)) for r in repeats]
+    spread = float(np.std(medians) / np.mean(medians)) if len(medians) > 1 else 0.0
+    lo, hi = median_ci95([v for r in repeats for v in r])
+    return {
+        **stats,
+        "p50_ci95_ms": [lo, hi],
+        "repeat_medians_ms": medians,
+        "repeat_cv": spread,
+        "unstable": spread > UNSTABLE_CV,
+    }
+
+
+def _gpus() -> list[dict]:
+    """NVIDIA GPUs and their driver, from nvidia-smi where it exists."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return []
+    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+    try:
+        out = subprocess.run(query, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    keys = ("name", "driver", "memory")
+    return [
+        dict(zip(keys, (p.strip() for p in line.split(",")), strict=False))
+        for line in out.splitlines()
+    ]
+
+
 def fingerprint() -> dict:
     """The machine and software a figure was measured on."""
     cpu, flags = platform.processor(), set()
@@ -101,80 +138,6 @@ def fingerprint() -> dict:
         "os": platform.platform(),
         "python": platform.python_version(),
         "cpu_flags": [f for f in wanted if f in flags],
+        "gpus": _gpus(),
         "versions": versions,
     }
-
-
-def _batch(x: np.ndarray, size: int) -> np.ndarray:
-    return np.ascontiguousarray(x[np.arange(size) % len(x)])
-
-
-def _bench_target(compiled: Artifact, target: Target, x: np.ndarray, opts: dict) -> dict:
-    """Time the target's shipped models (an INT8 model that failed its gate is not there)."""
-    module = backend(target.backend, target.name)
-    entries = compiled.checks["targets"][target.name]
-    models = [m for m in MODELS if entries[m]["shipped"]]
-    runners, result = {}, {}
-    for name in models:
-        t0 = time.perf_counter()
-        path = compiled.path / target.name / entries[name]["file"]
-        runners[name] = module.load(path, target)
-        t1 = time.perf_counter()
-        runners[name].run(_batch(x, 1))
-        result[name] = {
-            "cold_start": {"load_s": t1 - t0, "first_inference_s": time.perf_counter() - t1},
-            "runtime": runners[name].info,
-            "latency": {},
-        }
-    for size in opts["batch_sizes"]:
-        xb = _batch(x, size)
-        bound = measure({n: r.bind(xb) for n, r in runners.items()}, opts)
-        e2e = measure({n: (lambda r=r, xb=xb: r.run(xb)) for n, r in runners.items()}, opts)
-        for name in models:
-            stats = summarize(bound[name])
-            stats["throughput_per_s"] = size * 1000.0 / stats["p50_ms"]
-            stats["end_to_end"] = summarize(e2e[name])
-            result[name]["latency"][str(size)] = stats
-    if len(models) == len(MODELS):
-        result["speedup"] = {
-            str(s): result["teacher"]["latency"][str(s)]["p50_ms"]
-            / result["student"]["latency"][str(s)]["p50_ms"]
-            for s in opts["batch_sizes"]
-        }
-    return result
-
-
-def benchmark(
-    run_dir: str | Path,
-    progress: Progress = _quiet,
-    *,
-    batch_sizes: Annotated[list[int], Range(1, 65536)] = [1, 64],  # noqa: B006 (read-only)
-    warmup_iters: Annotated[int, Range(0)] = 20,
-    warmup_s: Annotated[float, Range(0.0)] = 0.2,
-    min_iters: Annotated[int, Range(1)] = 100,
-    min_time_s: Annotated[float, Range(0.0)] = 0.5,
-    rounds: Annotated[int, Range(1)] = 5,
-) -> Artifact:
-    """Measure teacher and student latency on every compiled target; writes RUN/benchmark."""
-    compiled = Artifact.open(Path(run_dir) / "compile", "compile", f"kdexport compile {run_dir}")
-    export_art = Artifact.open(Path(run_dir) / "export", "export", f"kdexport export {run_dir}")
-    with np.load(export_art.file("io_sample.npz")) as f:
-        x = f["x"]
-    opts = {
-        "batch_sizes": batch_sizes,
-        "warmup_iters": warmup_iters,
-        "warmup_s": warmup_s,
-        "min_iters": min_iters,
-        "min_time_s": min_time_s,
-        "rounds": rounds,
-    }
-    names = [
-        n for n, t in compiled.checks["targets"].items() if any(t[m]["shipped"] for m in MODELS)
-    ]
-    with Artifact.create(Path(run_dir) / "benchmark", "benchmark", opts, [compiled]) as w:
-        w.checks.update(method=METHOD, environment=fingerprint(), targets={})
-        for i, name in enumerate(names):
-            target = Target(**compiled.checks["targets"][name]["profile"])
-            w.checks["targets"][name] = _bench_target(compiled, target, x, opts)
-            progress("benchmark", i + 1, len(names), name)
-    return w.artifact

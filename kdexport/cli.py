@@ -220,27 +220,66 @@ def compile_cmd(run_dir, recipe, overrides, targets):
         click.echo(f"skipped {name}: {reason}")
 
 
+def _latency_lines(checks: dict) -> list[str]:
+    lines = []
+    for target, entry in checks["targets"].items():
+        for model, result in entry.items():
+            if model == "speedup":
+                continue
+            for size, st in result["latency"].items():
+                lo, hi = st["p50_ci95_ms"]
+                flag = "  UNSTABLE (repeats differ by more than 5%)" if st["unstable"] else ""
+                lines.append(
+                    f"{target} {model} batch {size}: p50 {st['p50_ms']:.4f} ms (95% CI {lo:.4f}-{hi:.4f}), "
+                    f"p90 {st['p90_ms']:.4f} ms, {st['throughput_per_s']:,.0f} samples/s{flag}"
+                )
+        for size, speedup in entry.get("speedup", {}).items():
+            lines.append(f"{target} batch {size}: student speed-up {speedup:.1f}x")
+    return lines
+
+
 @cli.command("benchmark")
-@_run_arg
+@click.argument("source", default=DEFAULT_RUN, type=click.Path())
 @_recipe_options
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    help="For a .onnx SOURCE: target to time (repeatable; default ort-cpu).",
+)
+@click.option(
+    "--shape", help="For a .onnx SOURCE with symbolic dims: the full input shape, e.g. 1,3,224,224."
+)
+@click.option(
+    "--batch-sizes",
+    help="Comma-separated batch sizes, e.g. 1,64 (same as --set benchmark.batch_sizes).",
+)
+@click.option(
+    "--quick", is_flag=True, help="Few iterations, one repeat, no memory probe: a smoke test."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON line last.")
-def benchmark_cmd(run_dir, recipe, overrides, as_json):
-    """Time teacher and student on every compiled target."""
-    from kdexport.bench import benchmark
+def benchmark_cmd(source, recipe, overrides, targets, shape, batch_sizes, quick, as_json):
+    """Time models: a run directory's teacher and student on every compiled target, or any
+    ONNX file (`kdexport benchmark model.onnx --target openvino-cpu`)."""
+    from kdexport import recipe as recipes
+    from kdexport.benchmark import QUICK, benchmark, benchmark_onnx
     from kdexport.pipeline import prepare_run
 
-    r = prepare_run(run_dir, recipe, overrides)
-    with _progress() as progress:
-        art = benchmark(run_dir, progress, **r["benchmark"])
-    for name, result in art.checks["targets"].items():
-        for size, speedup in result["speedup"].items():
-            t, s = (result[m]["latency"][size]["p50_ms"] for m in ("teacher", "student"))
-            click.echo(
-                f"{name} batch {size}: teacher p50 {t:.3f} ms, student p50 {s:.3f} ms, "
-                f"speed-up {speedup:.1f}x"
-            )
+    extra = [f"benchmark.batch_sizes=[{batch_sizes}]"] if batch_sizes else []
+    extra += [f"benchmark.{k}={json.dumps(v)}" for k, v in QUICK.items()] if quick else []
+    if source.endswith(".onnx"):
+        r = recipes.load(recipe, (*extra, *overrides))
+        dims = [int(d) for d in shape.split(",")] if shape else None
+        given = bool(batch_sizes) or any(o.startswith("benchmark.batch_sizes") for o in overrides)
+        checks = benchmark_onnx(source, list(targets) or ["ort-cpu"], dims, r["benchmark"], given)
+    else:
+        r = prepare_run(source, recipe, (*extra, *overrides))
+        with _progress() as progress:
+            checks = benchmark(source, progress, **r["benchmark"]).checks
+    for line in _latency_lines(checks):
+        click.echo(line)
     if as_json:
-        click.echo(json.dumps(art.checks, sort_keys=True))
+        click.echo(json.dumps(checks, sort_keys=True))
 
 
 @cli.command("report")
@@ -320,6 +359,29 @@ def import_results_cmd(results, out, as_json):
         click.echo(f"fleet table: {out}")
     if as_json:
         click.echo(json.dumps(fleet, sort_keys=True))
+
+
+@cli.command("compare")
+@click.argument("run_a", type=click.Path(file_okay=False))
+@click.argument("run_b", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON line last.")
+def compare_cmd(run_a, run_b, as_json):
+    """Show two complete runs side by side (e.g. the same recipe on two machines)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kdexport.compare import compare
+
+    result = compare(run_a, run_b)
+    table = Table(*result["header"], title=f"A = {run_a}   B = {run_b}")
+    for row in result["rows"]:
+        table.add_row(*row)
+    console = Console(width=200)
+    console.print(table)
+    for key, machine in result["machines"].items():
+        console.print(f"{key}: {machine}")
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True))
 
 
 @cli.command("targets")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kdexport import recipe as recipes
 from kdexport.artifact import MANIFEST, write_text
-from kdexport.bench import benchmark
+from kdexport.benchmark import benchmark
 from kdexport.compile import compile, select_targets
 from kdexport.data import load_splits
 from kdexport.distill import (

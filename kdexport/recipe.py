@@ -54,7 +54,7 @@ class OneOf:
 
 def _sections() -> dict[str, Any]:
     """Section name -> stage function whose keyword-only parameters it holds (imported lazily)."""
-    from kdexport import bench, compile, data, distill, export
+    from kdexport import benchmark, compile, data, distill, export
 
     return {
         "data": data.load_splits,
@@ -62,7 +62,7 @@ def _sections() -> dict[str, Any]:
         "distill": distill.distill,
         "export": export.export,
         "compile": compile.compile,
-        "benchmark": bench.benchmark,
+        "benchmark": benchmark.benchmark,
     }
 
 

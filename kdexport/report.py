@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kdexport import __version__
 from kdexport.artifact import FORMAT_VERSION, MANIFEST, Artifact, file_table, write_json, write_text
+from kdexport.chart import chart
 from kdexport.export import MODELS
 from kdexport.recipe import read_toml
 
@@ -45,6 +46,7 @@ def _model_figures(exported: dict, compiled: dict, benched: dict | None) -> dict
         "latency": benched["latency"],
         "cold_start": benched["cold_start"],
         "runtime": benched["runtime"],
+        **({"memory": benched["memory"]} if "memory" in benched else {}),
     }
 
 
@@ -70,6 +72,7 @@ def figures(run_dir: str | Path) -> dict:
         "torch": {m: {"accuracy": exp[m]["torch_accuracy"]} for m in MODELS},
         "training": {"teacher": arts["teacher"].checks, "student": arts["student"].checks},
         "exporters": {m: exp[m]["exporter"] for m in MODELS},
+        "ideal_speedup": exp["teacher"]["flops"] / exp["student"]["flops"],
         "benchmark_method": bench["method"],
         "environment": bench["environment"],
     }
@@ -96,6 +99,48 @@ def _row(target: str, model: str, f: dict, speedup: float | None) -> list[str]:
         f"{f['latency'][big]['throughput_per_s']:,.0f}",
         f"{speedup:.1f}x" if model == "student" and speedup else "",
     ]
+
+
+def detail_rows(figs: dict) -> list[list[str]]:
+    """Latency detail: per target, model and batch size."""
+    out = []
+    for target, entry in figs["targets"].items():
+        for m in MODELS:
+            f = entry[m]
+            for size, st in f.get("latency", {}).items():
+                lo, hi = st["p50_ci95_ms"]
+                mem = f.get("memory", {}).get("peak_rss_mb")
+                out.append(
+                    [
+                        target,
+                        m,
+                        size,
+                        f"{st['p50_ms']:.4f}",
+                        f"{lo:.4f}-{hi:.4f}",
+                        f"{st['p90_ms']:.4f}",
+                        f"{st['p99_ms']:.4f}",
+                        f"{st['repeat_cv']:.1%}" + (" unstable" if st["unstable"] else ""),
+                        f"{st['end_to_end']['p50_ms']:.4f}",
+                        f"{f['cold_start']['load_s'] * 1000:.1f}",
+                        f"{mem:.0f}" if mem else "-",
+                    ]
+                )
+    return out
+
+
+DETAIL_HEADER = [
+    "target",
+    "model",
+    "batch",
+    "p50 ms",
+    "p50 95% CI",
+    "p90 ms",
+    "p99 ms",
+    "repeat spread",
+    "end-to-end p50 ms",
+    "load ms",
+    "peak RSS MB",
+]
 
 
 def rows(figs: dict) -> list[list[str]]:
@@ -151,6 +196,19 @@ def markdown(figs: dict) -> str:
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows(figs)]
     lines += ["", *(f"- {line}" for line in notes(figs))]
+    lines += [
+        "",
+        f"Ideal speed-up from FLOPs (teacher / student): {figs['ideal_speedup']:.1f}x; "
+        "the measured speed-ups above are lower where fixed per-inference costs dominate.",
+        "",
+        "![latency per target](report.png)",
+        "",
+        "## Latency detail",
+        "",
+        "| " + " | ".join(DETAIL_HEADER) + " |",
+        "|" + "---|" * len(DETAIL_HEADER),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in detail_rows(figs)]
     t, s = figs["torch"]["teacher"]["accuracy"], figs["torch"]["student"]["accuracy"]
     env = figs["environment"]
     lines += [
@@ -171,6 +229,7 @@ def report(run_dir: str | Path, wall_s: float | None = None) -> dict:
     figs = figures(run_dir)
     if wall_s is not None:
         figs["wall_s"] = wall_s
+    chart(figs, run_dir / "report.png")
     write_text(run_dir / "report.md", markdown(figs))
     write_json(
         run_dir / MANIFEST,

@@ -22,6 +22,8 @@ FAST = (
     "benchmark.min_iters=5",
     "benchmark.min_time_s=0.0",
     "benchmark.rounds=1",
+    "benchmark.repeats=1",
+    "benchmark.memory=false",
 )
 FAST_ARGS = [a for s in FAST for a in ("--set", s)]
 

@@ -3,7 +3,7 @@
 import pytest
 
 from kdexport.artifact import Artifact
-from kdexport.bench import benchmark
+from kdexport.benchmark import benchmark
 from kdexport.compile import compile
 from kdexport.errors import KdxError
 from kdexport.targets import builtin_names, load_target

@@ -44,7 +44,9 @@ def test_export_catches_an_altered_export(run_copy, monkeypatch):
     monkeypatch.setattr(export_module, "_torch_export", altered)
     before = (run_copy / "export" / MANIFEST).read_bytes()
     r = load(run_copy / "recipe.toml")
-    with pytest.raises(KdxError, match=r"teacher.onnx at batch 1 differs from PyTorch: max abs diff"):
+    with pytest.raises(
+        KdxError, match=r"teacher.onnx at batch 1 differs from PyTorch: max abs diff"
+    ):
         export(run_copy, r["data"], **r["export"])
     assert (run_copy / "export" / MANIFEST).read_bytes() == before  # the old export is intact
 

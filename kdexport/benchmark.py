@@ -1,0 +1,248 @@
+"""The ``benchmark`` stage: latency, throughput, cold start and memory of compiled models.
+
+On a run directory it times teacher and student, interleaved, on every compiled target
+(``benchmark``); on a single ONNX file it times that model on any targets (``benchmark_onnx``).
+Peak memory is measured in a child process per model and target, so that one model's
+allocations do not hide in another's.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+
+from kdexport.artifact import Artifact
+from kdexport.backends import backend
+from kdexport.bench import METHOD, fingerprint, measure, pooled
+from kdexport.distill import Progress, _quiet
+from kdexport.errors import KdxError
+from kdexport.export import MODELS
+from kdexport.onnxfile import check_onnx_file
+from kdexport.recipe import Range
+from kdexport.targets import Target, load_target
+
+QUICK = {
+    "warmup_iters": 2,
+    "warmup_s": 0.0,
+    "min_iters": 10,
+    "min_time_s": 0.0,
+    "rounds": 1,
+    "repeats": 1,
+    "memory": False,
+}
+
+
+def _batch(x: np.ndarray, size: int) -> np.ndarray:
+    return np.ascontiguousarray(x[np.arange(size) % len(x)])
+
+
+def _cold_start(load: Callable, x1: np.ndarray):
+    t0 = time.perf_counter()
+    runner = load()
+    t1 = time.perf_counter()
+    runner.run(x1)
+    return runner, {"load_s": t1 - t0, "first_inference_s": time.perf_counter() - t1}
+
+
+def time_models(loaders: dict[str, Callable], x: np.ndarray, opts: dict) -> dict:
+    """Time each model (name -> loader of a fresh runner) at every batch size, interleaved.
+
+    Per batch size and repeat every model gets a fresh session; compute-only (bound inputs)
+    and end-to-end (numpy in and out) latency are pooled over the repeats.
+    """
+    result: dict[str, dict] = {n: {"latency": {}} for n in loaders}
+    e2e_opts = {**opts, "min_time_s": opts["min_time_s"] / 2}
+    for size in opts["batch_sizes"]:
+        xb = _batch(x, size)
+        bound: dict[str, list] = {n: [] for n in loaders}
+        e2e: dict[str, list] = {n: [] for n in loaders}
+        for _ in range(opts["repeats"]):
+            runners = {}
+            for n, load in loaders.items():
+                runners[n], cold = _cold_start(load, _batch(x, 1))
+                result[n].setdefault("cold_start", cold)
+                result[n].setdefault("runtime", runners[n].info)
+            for n, samples in measure({n: r.bind(xb) for n, r in runners.items()}, opts).items():
+                bound[n].append(samples)
+            calls = {n: (lambda r=r, xb=xb: r.run(xb)) for n, r in runners.items()}
+            for n, samples in measure(calls, e2e_opts).items():
+                e2e[n].append(samples)
+        for n in loaders:
+            stats = pooled(bound[n])
+            stats["throughput_per_s"] = size * 1000.0 / stats["p50_ms"]
+            stats["end_to_end"] = pooled(e2e[n])
+            result[n]["latency"][str(size)] = stats
+    return result
+
+
+def peak_memory(path: Path, target: Target, batch: np.ndarray) -> dict:
+    """Peak resident memory of a fresh process that loads ``path`` and runs it 50 times."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "x.npy", batch)
+        args = [
+            sys.executable,
+            "-m",
+            "kdexport.benchmark",
+            str(path),
+            json.dumps(target.as_dict()),
+            tmp,
+        ]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        raise KdxError(
+            f"memory probe of {path.name} on {target.name} failed: {done.stderr.strip()[-300:]}"
+        )
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _memory_child(path: str, target_json: str, folder: str) -> None:
+    """In the child: baseline after imports, then peak after loading and running the model."""
+    target = Target(**json.loads(target_json))
+    x = np.load(Path(folder) / "x.npy")
+    module = backend(target.backend, target.name)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    runner = module.load(Path(path), target)
+    for _ in range(50):
+        runner.run(x)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        json.dumps({"peak_rss_mb": peak, "runtime_baseline_mb": before, "model_mb": peak - before})
+    )
+
+
+def _bench_target(compiled: Artifact, target: Target, x: np.ndarray, opts: dict) -> dict:
+    """Time the target's shipped models (an INT8 model that failed its gate is not there)."""
+    module = backend(target.backend, target.name)
+    entries = compiled.checks["targets"][target.name]
+    paths = {
+        m: compiled.path / target.name / entries[m]["file"] for m in MODELS if entries[m]["shipped"]
+    }
+    result = time_models(
+        {m: (lambda p=p: module.load(p, target)) for m, p in paths.items()}, x, opts
+    )
+    if opts["memory"]:
+        for m, p in paths.items():
+            result[m]["memory"] = peak_memory(p, target, _batch(x, 1))
+    if len(paths) == len(MODELS):
+        result["speedup"] = {
+            s: result["teacher"]["latency"][s]["p50_ms"] / result["student"]["latency"][s]["p50_ms"]
+            for s in result["student"]["latency"]
+        }
+    return result
+
+
+def benchmark(
+    run_dir: str | Path,
+    progress: Progress = _quiet,
+    *,
+    batch_sizes: Annotated[list[int], Range(1, 65536)] = [1, 64],  # noqa: B006 (read-only)
+    warmup_iters: Annotated[int, Range(0)] = 20,
+    warmup_s: Annotated[float, Range(0.0)] = 0.2,
+    min_iters: Annotated[int, Range(1)] = 100,
+    min_time_s: Annotated[float, Range(0.0)] = 0.5,
+    rounds: Annotated[int, Range(1)] = 5,
+    repeats: Annotated[int, Range(1, 100)] = 2,
+    memory: bool = True,
+) -> Artifact:
+    """Measure teacher and student on every compiled target; writes RUN/benchmark."""
+    if not batch_sizes:
+        raise KdxError("benchmark.batch_sizes is empty; give at least one, e.g. [1, 64]")
+    compiled = Artifact.open(Path(run_dir) / "compile", "compile", f"kdexport compile {run_dir}")
+    export_art = Artifact.open(Path(run_dir) / "export", "export", f"kdexport export {run_dir}")
+    with np.load(export_art.file("io_sample.npz")) as f:
+        x = f["x"]
+    opts = {
+        "batch_sizes": batch_sizes,
+        "warmup_iters": warmup_iters,
+        "warmup_s": warmup_s,
+        "min_iters": min_iters,
+        "min_time_s": min_time_s,
+        "rounds": rounds,
+        "repeats": repeats,
+        "memory": memory,
+    }
+    names = [
+        n for n, t in compiled.checks["targets"].items() if any(t[m]["shipped"] for m in MODELS)
+    ]
+    with Artifact.create(Path(run_dir) / "benchmark", "benchmark", opts, [compiled]) as w:
+        w.checks.update(method=METHOD, environment=fingerprint(), targets={})
+        for i, name in enumerate(names):
+            target = Target(**compiled.checks["targets"][name]["profile"])
+            w.checks["targets"][name] = _bench_target(compiled, target, x, opts)
+            progress("benchmark", i + 1, len(names), name)
+    return w.artifact
+
+
+def _input_shape(facts: dict, shape: list[int] | None) -> tuple[list, str]:
+    """The model's input shape with the batch axis left free; asks for --shape when needed."""
+    first = facts["inputs"][0]
+    dims = shape or first["shape"]
+    if len(dims) != len(first["shape"]):
+        raise KdxError(
+            f"--shape has {len(dims)} dims but input '{first['name']}' has {len(first['shape'])}"
+        )
+    if any(not isinstance(d, int) for d in dims[1:]):
+        raise KdxError(
+            f"input '{first['name']}' has shape {first['shape']}: give the full shape, e.g. --shape 1,3,224,224"
+        )
+    return dims, first["dtype"]
+
+
+def benchmark_onnx(
+    path: str | Path,
+    targets: list[str],
+    shape: list[int] | None,
+    opts: dict,
+    batch_sizes_given: bool = True,
+) -> dict:
+    """Time one ONNX model on each target (compiled into a temporary folder) on random inputs.
+
+    A model with a static batch axis is timed at that batch unless batch sizes were given.
+    """
+    path = Path(path)
+    facts = check_onnx_file(path)
+    dims, dtype = _input_shape(facts, shape)
+    if isinstance(dims[0], int) and not shape and set(opts["batch_sizes"]) != {dims[0]}:
+        if batch_sizes_given:
+            bad = next(b for b in opts["batch_sizes"] if b != dims[0])
+            raise KdxError(
+                f"{path.name} has a static batch of {dims[0]}; batch size {bad} is not possible"
+            )
+        opts = {**opts, "batch_sizes": [dims[0]]}
+    x = (
+        np.random.default_rng(0)
+        .standard_normal((max(opts["batch_sizes"]), *dims[1:]))
+        .astype(dtype)
+    )
+    results = {"model": str(path), "method": METHOD, "environment": fingerprint(), "targets": {}}
+    for name in targets:
+        target = load_target(name)
+        if reason := target.unavailable_reason():
+            raise KdxError(f"target '{target.name}' is not available here: {reason}")
+        if target.precision == "int8":
+            raise KdxError(
+                f"target '{target.name}' needs calibration data: benchmark a run directory instead"
+            )
+        module = backend(target.backend, target.name)
+        with tempfile.TemporaryDirectory() as tmp:
+            main = module.compile(path, Path(tmp), "model", target, None)
+            timed = time_models(
+                {"model": lambda m=main, t=target, mod=module: mod.load(m, t)}, x, opts
+            )
+            if opts["memory"]:
+                timed["model"]["memory"] = peak_memory(main, target, _batch(x, 1))
+        results["targets"][target.name] = timed
+    return results
+
+
+if __name__ == "__main__":
+    _memory_child(*sys.argv[1:])
