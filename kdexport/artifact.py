@@ -46,11 +46,19 @@ def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _umask_mode(mode: int) -> int:
+    """``mode`` less the process umask: mkstemp and mkdtemp create owner-only entries."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Write bytes atomically: a temporary file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _umask_mode(0o666))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -125,11 +133,12 @@ class Artifact:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        tmp.chmod(_umask_mode(0o777))
         writer = ArtifactWriter(tmp, kind, parameters, parents)
         try:
             yield writer
             writer.finish()
-            _replace_dir(tmp, path)
+            replace_dir(tmp, path)
             writer.artifact = cls(path, writer.manifest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -163,7 +172,7 @@ class ArtifactWriter:
         write_json(self.path / MANIFEST, self.manifest)
 
 
-def _replace_dir(new: Path, dest: Path) -> None:
+def replace_dir(new: Path, dest: Path) -> None:
     """Move ``new`` to ``dest``, replacing an existing directory with only renames."""
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old")

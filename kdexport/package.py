@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from kdexport import __version__, bundle_runner
-from kdexport.artifact import Artifact, _replace_dir, file_table, sha256, write_json, write_text
+from kdexport.artifact import Artifact, file_table, replace_dir, sha256, write_json, write_text
 from kdexport.errors import KdxError
 from kdexport.onnxfile import check_onnx_file, external_data_files
 
@@ -253,7 +253,7 @@ def _publish_dir(root: Path, dest: Path) -> None:
             raise KdxError(
                 f"{dest} exists and is not a bundle; choose another --dir or remove it"
             ) from None
-    _replace_dir(root, dest)
+    replace_dir(root, dest)
 
 
 def package(

@@ -59,3 +59,16 @@ def test_child_of_a_replaced_parent_is_stale(tmp_path):
     _make(tmp_path / "p", "two")
     with pytest.raises(KdxError, match="made from an older thing; run `make c` again"):
         Artifact.open(tmp_path / "c", "thing", "make c")
+
+
+def test_files_and_folders_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        art = _make(tmp_path / "a", "x")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(art.file("manifest.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE(art.path.stat().st_mode) == 0o755
