@@ -72,6 +72,53 @@ def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def _safe_name(name: object) -> bool:
+    """A relative path that stays inside its folder."""
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and not Path(name).is_absolute()
+        and ".." not in Path(name).parts
+    )
+
+
+def _check_shape(manifest: object, kind: str) -> None:
+    """Raise ValueError unless ``manifest`` is a well-formed manifest of ``kind``."""
+    if not isinstance(manifest, dict) or manifest.get("kind") != kind:
+        raise ValueError(f"not a '{kind}' manifest")
+    if not isinstance(manifest.get("format_version", 0), int):
+        raise ValueError("format_version is not an integer")
+    files, parents = manifest.get("files", {}), manifest.get("parents", [])
+    if not isinstance(files, dict) or not isinstance(parents, list):
+        raise ValueError("files must be a table and parents a list")
+    for name, entry in files.items():
+        if (
+            not _safe_name(name)
+            or not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+        ):
+            raise ValueError(f"bad file entry {name!r}")
+    for parent in parents:
+        if (
+            not isinstance(parent, dict)
+            or not _safe_name(parent.get("name"))
+            or "/" in parent["name"]
+        ):
+            raise ValueError("bad parent entry")
+        if not isinstance(parent.get("manifest_sha256"), str) or not isinstance(
+            parent.get("kind"), str
+        ):
+            raise ValueError("bad parent entry")
+    for key, tp in (("parameters", dict), ("checks", dict)):
+        if not isinstance(manifest.get(key, {}), tp):
+            raise ValueError(f"{key} must be a table")
+
+
+def leftovers(path: Path) -> list[Path]:
+    """Temporary directories that an interrupted write of ``path`` left behind."""
+    return sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+
+
 class Artifact:
     """A complete artifact directory: its path and its manifest."""
 
@@ -96,30 +143,37 @@ class Artifact:
 
         ``hint`` is the command that makes it, for the error when it is missing or incomplete.
         """
-        manifest_path = Path(path) / MANIFEST
+        path = Path(path)
+        manifest_path = path / MANIFEST
         if not manifest_path.is_file():
-            raise KdxError(f"{path} is missing or incomplete; run `{hint}` first")
+            state = (
+                "was interrupted while being written"
+                if leftovers(path)
+                else "is missing or incomplete"
+            )
+            raise KdxError(f"{path} {state}; run `{hint}` first")
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            if isinstance(manifest, dict) and manifest.get("kind") != kind:
+                raise KdxError(f"{path} is not a '{kind}' artifact; run `{hint}` to make one")
+            _check_shape(manifest, kind)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
             raise KdxError(
                 f"{manifest_path}: unreadable manifest ({e}); run `{hint}` again"
             ) from None
-        if not isinstance(manifest, dict) or manifest.get("kind") != kind:
-            raise KdxError(f"{path} is not a '{kind}' artifact; run `{hint}` to make one")
         if manifest.get("format_version", 0) > FORMAT_VERSION:
             raise KdxError(f"{path} was written by a newer kdexport; upgrade kdexport to read it")
         for name, entry in manifest.get("files", {}).items():
-            p = Path(path) / name
+            p = path / name
             if not p.is_file() or sha256(p) != entry["sha256"]:
                 raise KdxError(f"{p}: missing or changed since it was written; run `{hint}` again")
         for parent in manifest.get("parents", []):
-            p = Path(path).parent / parent["name"] / MANIFEST
+            p = path.parent / parent["name"] / MANIFEST
             if not p.is_file() or sha256(p) != parent["manifest_sha256"]:
                 raise KdxError(
                     f"{path} was made from an older {parent['kind']}; run `{hint}` again"
                 )
-        return cls(Path(path), manifest)
+        return cls(path, manifest)
 
     @classmethod
     @contextlib.contextmanager
@@ -132,6 +186,8 @@ class Artifact:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in leftovers(path):  # an earlier run was killed while writing this artifact
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
         tmp.chmod(_umask_mode(0o777))
         writer = ArtifactWriter(tmp, kind, parameters, parents)

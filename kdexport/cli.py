@@ -384,6 +384,16 @@ def compare_cmd(run_a, run_b, as_json):
         click.echo(json.dumps(result, sort_keys=True))
 
 
+@cli.command("status")
+@_run_arg
+def status_cmd(run_dir):
+    """Say which stages of RUN_DIR completed, were interrupted, or must run again."""
+    from kdexport.status import run_status
+
+    for stage, st in run_status(run_dir).items():
+        click.echo(f"{stage:<10} {st['state']:<12} {st['detail']}")
+
+
 @cli.command("targets")
 def targets_cmd():
     """List the targets; say which are available here, and why not."""

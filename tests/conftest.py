@@ -47,6 +47,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
 
 
+@pytest.fixture(autouse=True)
+def _inside_tmp(tmp_path, monkeypatch):
+    """Every test runs in its own temporary folder: default paths such as runs/digits land there."""
+    monkeypatch.chdir(tmp_path)
+
+
 def kdx(*args: str, code: int | None = 0):
     """Run the CLI in-process; check the exit code unless ``code`` is None."""
     result = CliRunner().invoke(cli, [str(a) for a in args])
