@@ -119,7 +119,9 @@ def cli(debug: bool) -> None:
 )
 @_recipe_options
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON line last.")
-def distill_and_export_cmd(out, recipe, overrides, as_json):
+@click.option("--baseline", is_flag=True, help="Also train the student from scratch to compare.")
+@click.option("--seeds", default=3, show_default=True, help="Seeds for --baseline.")
+def distill_and_export_cmd(out, recipe, overrides, as_json, baseline, seeds):
     """Run every stage, from teacher training to the report.
 
     Trains the teacher (or reuses a matching one in --out), distills, exports, compiles for
@@ -128,7 +130,7 @@ def distill_and_export_cmd(out, recipe, overrides, as_json):
     from kdexport.pipeline import distill_and_export
 
     with _progress() as progress:
-        figs = distill_and_export(out, recipe, overrides, progress)
+        figs = distill_and_export(out, recipe, overrides, progress, seeds if baseline else 0)
     _print_table(figs)
     click.echo(f"report: {out}/report.md  ({figs['wall_s']:.0f} s)")
     if as_json:
@@ -139,29 +141,86 @@ def distill_and_export_cmd(out, recipe, overrides, as_json):
 @_run_arg
 @_recipe_options
 @click.option("--retrain", is_flag=True, help="Train again even if a matching teacher exists.")
-def train_teacher_cmd(run_dir, recipe, overrides, retrain):
+@click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoints/teacher.pt.")
+def train_teacher_cmd(run_dir, recipe, overrides, retrain, resume):
     """Train the teacher ([teacher] section) into RUN_DIR/teacher."""
     from kdexport.distill import train_teacher
     from kdexport.pipeline import prepare_run
 
     r = prepare_run(run_dir, recipe, overrides)
     with _progress() as progress:
-        art = train_teacher(run_dir, r["data"], retrain, progress, **r["teacher"])
+        art = train_teacher(run_dir, r["data"], retrain, progress, resume, **r["teacher"])
     click.echo(f"teacher: {art.path}  test accuracy {art.checks['test_accuracy']:.2%}")
 
 
 @cli.command("distill")
 @_run_arg
 @_recipe_options
-def distill_cmd(run_dir, recipe, overrides):
-    """Distill the teacher into the student ([distill] section)."""
+@click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoints/student.pt.")
+@click.option("--baseline", is_flag=True, help="Then train the student from scratch to compare.")
+@click.option(
+    "--seeds", default=3, show_default=True, help="Seeds for --baseline (each: KD and scratch)."
+)
+def distill_cmd(run_dir, recipe, overrides, resume, baseline, seeds):
+    """Distill the teacher into the student ([distill] section).
+
+    With --baseline, also trains the same student with KD and from scratch for --seeds seeds
+    (RUN_DIR/baseline) and says whether KD helped. Runs under torchrun as it is.
+    """
+    from kdexport.baseline import compare, verdict
     from kdexport.distill import distill
     from kdexport.pipeline import prepare_run
 
     r = prepare_run(run_dir, recipe, overrides)
     with _progress() as progress:
-        art = distill(run_dir, r["data"], progress, **r["distill"])
+        art = distill(run_dir, r["data"], progress, resume, **r["distill"])
+        b = compare(run_dir, r["data"], r["distill"], seeds, progress) if baseline else None
     click.echo(f"student: {art.path}  test accuracy {art.checks['test_accuracy']:.2%}")
+    if b:
+        click.echo(verdict(b.checks))
+
+
+@cli.command("tune")
+@_run_arg
+@_recipe_options
+@click.option(
+    "--temperature",
+    "temperatures",
+    type=float,
+    multiple=True,
+    help="Temperatures to try (repeatable; default 1 2 4 8).",
+)
+@click.option(
+    "--kd-weight",
+    "kd_weights",
+    type=float,
+    multiple=True,
+    help="KD weights to try (repeatable; default 0.5 0.9).",
+)
+@click.option(
+    "--seeds", default=1, show_default=True, help="Seeds per trial (scored by their mean)."
+)
+def tune_cmd(run_dir, recipe, overrides, temperatures, kd_weights, seeds):
+    """Search the KD temperature and weight on the validation split.
+
+    Records every trial in RUN_DIR/tune and writes the best pair into RUN_DIR/recipe.toml, so
+    the next `kdexport distill RUN_DIR` trains with it.
+    """
+    from kdexport.pipeline import prepare_run
+    from kdexport.tune import KD_WEIGHTS, TEMPERATURES, tune
+
+    r = prepare_run(run_dir, recipe, overrides)
+    grid = (temperatures or TEMPERATURES, kd_weights or KD_WEIGHTS)
+    with _progress() as progress:
+        art = tune(run_dir, r["data"], r["distill"], *grid, seeds, progress)
+    for t in art.checks["trials"]:
+        click.echo(
+            f"T={t['temperature']:g} w={t['kd_weight']:g}  val accuracy {t['val_accuracy']:.2%}  val NLL {t['val_nll']:.4f}"
+        )
+    best = art.checks["best"]
+    click.echo(
+        f"best: T={best['temperature']:g} w={best['kd_weight']:g}, written to {run_dir}/recipe.toml"
+    )
 
 
 @cli.command("export")

@@ -1,108 +1,148 @@
 """The training stages: ``train_teacher`` (CE only) and ``distill`` (CE + KD from the teacher).
 
-Both run one loop (``_fit``): AdamW, cosine schedule, validation every epoch, the best
-validation checkpoint kept. The teacher's logits over the training split are computed once and
-reused every epoch: the inputs are not augmented, so they cannot change.
+Both run ``trainer.fit``. The student learns from its labeled share of the training split
+(``label_fraction``) and from the teacher's outputs on every training input plus the unlabeled
+transfer set; with no random augmentation those outputs come from ``teacher_cache``. Under
+``torchrun`` both stages train with DistributedDataParallel (see ``parallel``). A killed stage
+continues with ``resume`` from ``RUN/checkpoints/STAGE.pt``.
 """
 
 from __future__ import annotations
 
-import copy
+import inspect
 import json
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import torch
+from torch import nn
 
-from kdexport.artifact import Artifact
-from kdexport.data import Splits, load_splits
+from kdexport.artifact import Artifact, sha256
+from kdexport.data import Splits, labeled_subset, load_splits
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy
-from kdexport.losses import Objective
+from kdexport.losses import (
+    FEATURE_LOSSES,
+    LOGIT_LOSSES,
+    LOSSES,
+    UNLABELED,
+    WEIGHTINGS,
+    LayerTap,
+    Objective,
+    term_weights,
+)
+from kdexport.parallel import DEVICES, PRECISIONS, Cluster, cluster
 from kdexport.recipe import OneOf, Range
-from kdexport.zoo import create_model, load_checkpoint
+from kdexport.teacher_cache import cache_key, teacher_outputs
+from kdexport.trainer import (
+    AUGMENTATIONS,
+    SCHEDULES,
+    Job,
+    Pool,
+    Progress,
+    Session,
+    fit,
+    identity_of,
+    predict,
+)
+from kdexport.trainer import quiet as _quiet
+from kdexport.zoo import create_model, eval_mode, is_model_file, load_checkpoint
 
-Progress = Callable[[str, int, int, str], None]
 _EPOCHS = Range(0, 10_000)
 _LR = Range(0.0, 10.0, lo_open=True)
 _BATCH = Range(1, 1 << 16)
+Schedule = Annotated[str, OneOf(SCHEDULES)]
+Patience = Annotated[int, Range(0)]
+Augment = Annotated[str, OneOf(AUGMENTATIONS)]
+Precision = Annotated[str, OneOf(PRECISIONS)]
+Device = Annotated[str, OneOf(DEVICES)]
 
 
-def _quiet(stage: str, done: int, total: int, info: str) -> None:
-    pass
+def _options(fn: Callable, values: dict) -> dict:
+    """The recipe options of stage ``fn`` (its keyword-only parameters), from its ``locals()``."""
+    params = inspect.signature(fn).parameters.values()
+    return {p.name: values[p.name] for p in params if p.kind is p.KEYWORD_ONLY}
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Logits of ``model`` (eval mode) for ``x``, in float32 numpy."""
-    model.eval()
-    out = [model(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-    return torch.cat(out).numpy()
+def _teacher_file(art: Artifact) -> str:
+    """The name of the file in RUN/teacher that holds the teacher."""
+    return next(n for n in art.manifest["files"] if n.startswith("model."))
 
 
-def _fit(
-    model, objective, splits: Splits, teacher_logits, opts: dict, label: str, progress
-) -> list:
-    """Train ``model`` in place; keep the weights of the best validation epoch."""
-    gen = torch.Generator().manual_seed(opts["seed"])
-    x, y = torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train)
-    t = torch.from_numpy(teacher_logits) if teacher_logits is not None else torch.zeros(len(y), 0)
-    steps = max(1, math.ceil(len(y) / opts["batch_size"]))
-    optim = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=opts["weight_decay"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=max(1, opts["epochs"] * steps))
-    best, best_acc, history = copy.deepcopy(model.state_dict()), -1.0, []
-    for epoch in range(opts["epochs"]):
-        model.train()
-        order = torch.randperm(len(y), generator=gen)
-        sums: dict[str, float] = {}
-        for step in range(steps):
-            idx = order[step * opts["batch_size"] : (step + 1) * opts["batch_size"]]
-            loss, terms = objective(model(x[idx]), t[idx], y[idx])
-            if not math.isfinite(float(loss.detach())):
-                bad = [k for k, v in terms.items() if not math.isfinite(v)] or ["total"]
-                raise KdxError(
-                    f"{label}: non-finite loss ({', '.join(bad)}) at epoch {epoch + 1} step {step + 1};"
-                    " lower the learning rate or check the data for NaN"
-                )
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            sched.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v / steps
-        val_acc = accuracy(predict(model, splits.x_val), splits.y_val)
-        history.append({"epoch": epoch + 1, "val_accuracy": val_acc, **sums})
-        if val_acc > best_acc:
-            best, best_acc = copy.deepcopy(model.state_dict()), val_acc
-        info = " ".join(f"{k}={v:.3f}" for k, v in sums.items()) + f" val_acc={val_acc:.3f}"
-        progress(label, epoch + 1, opts["epochs"], info)
-    model.load_state_dict(best)
-    return history
+def teacher_sha256(art: Artifact) -> str:
+    """The sha256 of the teacher's weights (or model file), from its manifest."""
+    return art.manifest["files"][_teacher_file(art)]["sha256"]
 
 
-def _save_model(writer, model, splits: Splits, history: list) -> None:
-    torch.save(model.state_dict(), writer.path / "model.pt")
-    (writer.path / "history.json").write_text(json.dumps(history, indent=1))
-    writer.checks["val_accuracy"] = accuracy(predict(model, splits.x_val), splits.y_val)
-    writer.checks["test_accuracy"] = accuracy(predict(model, splits.x_test), splits.y_test)
-    writer.checks["epochs_run"] = len(history)
-
-
-def load_teacher(run_dir: Path, splits: Splits) -> tuple[torch.nn.Module, Artifact]:
-    """The trained teacher of a run directory, in eval mode."""
+def load_teacher(run_dir: Path, splits: Splits) -> tuple[nn.Module, Artifact]:
+    """The trained (or imported) teacher of a run directory, in eval mode."""
     art = Artifact.open(Path(run_dir) / "teacher", "teacher", f"kdexport train-teacher {run_dir}")
-    model = create_model(art.parameters["model"], splits.num_classes, splits.input_shape[0])
-    return load_checkpoint(model, art.file("model.pt"), art.parameters["model"]), art
+    spec, weights = art.parameters["model"], art.file(_teacher_file(art))
+    if is_model_file(spec):
+        return create_model(str(weights), 0, 0, art.parameters["trust_pickle"]), art
+    model = create_model(spec, splits.num_classes, splits.input_shape[0])
+    return load_checkpoint(model, weights, spec), art
 
 
-def load_student(run_dir: Path, splits: Splits) -> tuple[torch.nn.Module, Artifact]:
+def load_student(run_dir: Path, splits: Splits) -> tuple[nn.Module, Artifact]:
     """The distilled student of a run directory, in eval mode."""
     art = Artifact.open(Path(run_dir) / "student", "student", f"kdexport distill {run_dir}")
     model = create_model(art.parameters["student"], splits.num_classes, splits.input_shape[0])
     return load_checkpoint(model, art.file("model.pt"), art.parameters["student"]), art
+
+
+def _new_teacher(opts: dict, splits: Splits) -> nn.Module:
+    """The teacher of the [teacher] options, before training: built, loaded or imported."""
+    spec = opts["model"]
+    if is_model_file(spec) and (opts["epochs"] or opts["checkpoint"]):
+        raise KdxError(
+            f"teacher.model '{spec}' is a complete model file, used as it is: set "
+            "teacher.epochs = 0 and teacher.checkpoint = ''"
+        )
+    net = create_model(spec, splits.num_classes, splits.input_shape[0], opts["trust_pickle"])
+    return load_checkpoint(net, opts["checkpoint"], spec) if opts["checkpoint"] else net
+
+
+def _new_student(opts: dict, splits: Splits) -> nn.Module:
+    torch.manual_seed(opts["seed"])  # seeds the initial weights
+    net = create_model(opts["student"], splits.num_classes, splits.input_shape[0])
+    if opts["checkpoint"]:
+        load_checkpoint(net, opts["checkpoint"], opts["student"])
+    if not any(p.requires_grad for p in net.parameters()):
+        raise KdxError(f"distill.student '{opts['student']}' has no trainable parameters")
+    return net
+
+
+def _save_model(writer, net: nn.Module, splits: Splits, history: list) -> None:
+    torch.save(net.state_dict(), writer.path / "model.pt")
+    (writer.path / "history.json").write_text(json.dumps(history, indent=1))
+    writer.checks["val_accuracy"] = accuracy(predict(net, splits.x_val), splits.y_val)
+    writer.checks["test_accuracy"] = accuracy(predict(net, splits.x_test), splits.y_test)
+    writer.checks["epochs_run"] = len(history)
+
+
+def publish(c: Cluster, out: Path, kind: str, params: dict, parents: list, fill) -> Artifact:
+    """Process 0 writes the artifact (``fill(writer)``); the others wait, then open it."""
+    if c.main:
+        with Artifact.create(out, kind, params, parents) as writer:
+            fill(writer)
+        (out.parent / "checkpoints" / f"{kind}.pt").unlink(missing_ok=True)
+    c.barrier()
+    return writer.artifact if c.main else Artifact.open(out, kind, f"kdexport {kind}")
+
+
+def _cached_teacher(out: Path, params: dict) -> Artifact | None:
+    if not (out / "manifest.json").is_file():
+        return None
+    try:
+        cached = Artifact.open(out, "teacher", "")
+    except KdxError:
+        return None
+    return cached if cached.parameters == params else None
 
 
 def train_teacher(
@@ -110,101 +150,66 @@ def train_teacher(
     data: dict,
     retrain: bool = False,
     progress: Progress = _quiet,
+    resume: bool = False,
     *,
     model: str = "zoo:digits-cnn-large",
     checkpoint: str = "",
+    trust_pickle: bool = False,
     epochs: Annotated[int, _EPOCHS] = 12,
     lr: Annotated[float, _LR] = 2e-3,
     batch_size: Annotated[int, _BATCH] = 64,
     weight_decay: Annotated[float, Range(0.0)] = 5e-4,
+    schedule: Schedule = "cosine",
+    patience: Patience = 0,
+    augment: Augment = "none",
+    precision: Precision = "fp32",
+    device: Device = "auto",
     seed: Annotated[int, Range(0)] = 0,
 ) -> Artifact:
     """Train the teacher with CE (or import ``checkpoint`` and train it ``epochs`` more).
 
-    Writes RUN/teacher; a complete teacher with the same parameters and data is reused unless
-    ``retrain``.
+    ``model`` may also be a complete model file (TorchScript, .pt2, ONNX; a pickle only with
+    ``trust_pickle``), used as it is with ``epochs = 0``. Writes RUN/teacher; a complete teacher
+    with the same parameters and data is reused unless ``retrain``.
     """
+    opts = _options(train_teacher, locals())
     splits = load_splits(**data)
-    params = {
-        "model": model,
-        "checkpoint": checkpoint,
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        "weight_decay": weight_decay,
-        "seed": seed,
-        "data": data,
-        "data_fingerprint": splits.fingerprint(),
-    }
+    torch.manual_seed(seed)  # seeds the initial weights
+    net = _new_teacher(opts, splits)
+    params = {**opts, "data": data, "data_fingerprint": splits.fingerprint()}
+    if is_model_file(model):
+        params["model_sha256"] = sha256(Path(model))
     out = Path(run_dir) / "teacher"
-    if not retrain and (out / "manifest.json").is_file():
-        try:
-            cached = Artifact.open(out, "teacher", "")
-        except KdxError:
-            cached = None
-        if cached and cached.parameters == params:
-            progress("teacher (cached)", 1, 1, f"val_acc={cached.checks['val_accuracy']:.3f}")
-            return cached
-    torch.manual_seed(seed)  # seeds the initial weights and dropout
-    net = create_model(model, splits.num_classes, splits.input_shape[0])
-    if checkpoint:
-        load_checkpoint(net, checkpoint, model)
-    objective = Objective("kd", "alpha", kd_weight=0.0, temperature=1.0)
-    with Artifact.create(out, "teacher", params) as writer:
-        history = _fit(net, objective, splits, None, params, "teacher", progress)
-        _save_model(writer, net, splits, history)
-    return writer.artifact
+    if not retrain and (cached := _cached_teacher(out, params)):
+        progress("teacher (cached)", 1, 1, f"val_acc={cached.checks['val_accuracy']:.3f}")
+        return cached
+    with cluster(device) as c:
+        history = []
+        if epochs:
+            pool = Pool(torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train))
+            job = Job(net, Objective({"ce": 1.0}), pool, math.ceil(len(pool.y) / batch_size))
+            session = Session(
+                "teacher",
+                progress if c.main else _quiet,
+                c,
+                checkpoint=Path(run_dir) / "checkpoints" / "teacher.pt",
+                resume=resume,
+                identity=identity_of(stage="teacher", **params),
+            )
+            history = fit(job, _val(splits), opts, session)
 
+        def fill(writer) -> None:
+            if is_model_file(model):
+                shutil.copyfile(model, writer.path / f"model{Path(model).suffix}")
+                writer.checks.update(
+                    val_accuracy=accuracy(predict(net, splits.x_val), splits.y_val),
+                    test_accuracy=accuracy(predict(net, splits.x_test), splits.y_test),
+                    epochs_run=0,
+                )
+            else:
+                _save_model(writer, net.cpu(), splits, history)
 
-def distill(
-    run_dir: str | Path,
-    data: dict,
-    progress: Progress = _quiet,
-    *,
-    student: str = "zoo:digits-cnn-small",
-    checkpoint: str = "",
-    epochs: Annotated[int, _EPOCHS] = 40,
-    lr: Annotated[float, _LR] = 1e-2,
-    batch_size: Annotated[int, _BATCH] = 64,
-    weight_decay: Annotated[float, Range(0.0)] = 0.0,
-    kd_loss: Annotated[str, OneOf(("kd", "logit_mse"))] = "kd",
-    weighting: Annotated[str, OneOf(("alpha", "lambda"))] = "alpha",
-    kd_weight: Annotated[float, Range(0.0)] = 0.9,
-    temperature: Annotated[float, Range(0.0, 100.0, lo_open=True)] = 4.0,
-    seed: Annotated[int, Range(0)] = 0,
-) -> Artifact:
-    """Distill the run's teacher into ``student``; writes RUN/student.
-
-    ``checkpoint``: a state_dict to start the student from (default: fresh weights).
-    ``weighting="alpha"``: L = (1-w)·CE + w·KD (w = ``kd_weight`` must be <= 1);
-    ``weighting="lambda"``: L = CE + w·KD.
-    """
-    check_weighting(weighting, kd_weight)
-    splits = load_splits(**data)
-    teacher, teacher_art = load_teacher(run_dir, splits)
-    torch.manual_seed(seed)  # seeds the initial weights and dropout
-    net = create_model(student, splits.num_classes, splits.input_shape[0])
-    check_pair(teacher, net, splits)
-    params = {
-        "student": student,
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        "weight_decay": weight_decay,
-        "kd_loss": kd_loss,
-        "weighting": weighting,
-        "kd_weight": kd_weight,
-        "temperature": temperature,
-        "seed": seed,
-        "data": data,
-        "data_fingerprint": splits.fingerprint(),
-    }
-    teacher_logits = predict(teacher, splits.x_train)
-    objective = Objective(kd_loss, weighting, kd_weight, temperature)
-    with Artifact.create(Path(run_dir) / "student", "student", params, [teacher_art]) as writer:
-        history = _fit(net, objective, splits, teacher_logits, params, "distill", progress)
-        _save_model(writer, net, splits, history)
-    return writer.artifact
+        return publish(c, out, "teacher", params, [], fill)
 
 
 def check_weighting(weighting: str, kd_weight: float) -> None:
@@ -213,20 +218,185 @@ def check_weighting(weighting: str, kd_weight: float) -> None:
         raise KdxError(f"distill.kd_weight = {kd_weight} must be in [0, 1] with weighting 'alpha'")
 
 
-def check_pair(teacher, student, splits: Splits) -> None:
-    """Pre-flight: both models take the data's inputs and agree on the number of classes."""
-    x = torch.from_numpy(splits.x_val[:2])
-    shapes = {}
-    for name, m in (("teacher", teacher), ("student", student)):
-        try:
-            with torch.no_grad():
-                shapes[name] = tuple(m.eval()(x).shape)
-        except Exception as e:  # any failure here means the model does not fit the data
-            raise KdxError(
-                f"the {name} cannot run on inputs of shape {tuple(x.shape)}: {e}"
-            ) from None
-    if shapes["teacher"] != shapes["student"] or shapes["student"][1] != splits.num_classes:
+def _outputs(m: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    try:
+        with torch.no_grad():
+            return m(x)
+    except Exception as e:  # any failure here means the model does not fit the data
+        raise KdxError(f"the {name} cannot run on inputs of shape {tuple(x.shape)}: {e}") from None
+
+
+def _check_teacher_is_evaluating(teacher: nn.Module, x: torch.Tensor) -> None:
+    """A teacher in eval mode gives each sample the same outputs whatever else is in the batch."""
+    a, b = _outputs(teacher, "teacher", x), _outputs(teacher, "teacher", x[:2])
+    if not torch.allclose(a[:2].float(), b.float(), rtol=1e-3, atol=1e-4):
         raise KdxError(
-            f"teacher outputs {shapes['teacher']}, student {shapes['student']}; both need "
-            f"{splits.num_classes} classes"
+            "the teacher's outputs for a sample change with the rest of the batch or between "
+            "calls (dropout or batch norm in training mode?); give a teacher in eval mode"
         )
+
+
+def _feature_shapes(teacher, student, opts: dict, x: torch.Tensor) -> tuple | None:
+    """Pre-flight for a feature loss: both layers exist and their shapes can be adapted."""
+    if opts["feature_loss"] == "none":
+        return None
+    taps = [LayerTap(student, opts["student_layer"], "student")]
+    taps.append(LayerTap(teacher, opts["teacher_layer"], "teacher"))
+    for tap, m, name in zip(taps, (student, teacher), ("student", "teacher"), strict=True):
+        _outputs(m, name, x)
+        tap.close()
+    shapes = tuple(tuple(t.value.shape[1:]) for t in taps)
+    if problem := LOSSES[opts["feature_loss"]].mismatch(*shapes):
+        raise KdxError(f"distill.feature_loss '{opts['feature_loss']}': {problem}")
+    return shapes
+
+
+def check_models(teacher: nn.Module, student: nn.Module, splits: Splits, opts: dict):
+    """Pre-flight: the teacher evaluates, both fit the data and agree on the classes, the
+    feature-loss layers exist and can be adapted. Returns the feature shapes (or None)."""
+    x = torch.from_numpy(splits.x_val[:4])
+    eval_mode(teacher)
+    _check_teacher_is_evaluating(teacher, x)
+    t, s = _outputs(teacher, "teacher", x).shape, _outputs(eval_mode(student), "student", x).shape
+    if tuple(t) != tuple(s) or s[1] != splits.num_classes:
+        raise KdxError(
+            f"teacher outputs {tuple(t)}, student {tuple(s)}; both need {splits.num_classes} classes"
+        )
+    return _feature_shapes(teacher, student, opts, x)
+
+
+def check_recipe(data: dict, teacher: dict, student: dict) -> None:
+    """Fail before any training on what can be checked cheaply: data, models, checkpoints."""
+    check_weighting(student["weighting"], student["kd_weight"])
+    splits = load_splits(**data)
+    check_models(_new_teacher(teacher, splits), _new_student(student, splits), splits, student)
+
+
+def _student_pool(splits: Splits, opts: dict, data_seed: int, scratch: bool) -> Pool:
+    """KD: every training input and the transfer set, labels kept on the labeled share only.
+    Scratch: the labeled share alone."""
+    keep = labeled_subset(splits.y_train, opts["label_fraction"], data_seed)
+    if scratch:
+        x, y = splits.x_train[keep], splits.y_train[keep]
+    else:
+        x = np.concatenate([splits.x_train, splits.x_transfer])
+        y = np.full(len(x), UNLABELED, np.int64)
+        y[: len(keep)][keep] = splits.y_train[keep]
+    return Pool(torch.from_numpy(x), torch.from_numpy(y))
+
+
+def train_student(
+    run_dir: Path,
+    data_seed: int,
+    splits: Splits,
+    teacher: tuple[nn.Module, Artifact],
+    opts: dict,
+    session: Session,
+    scratch: bool = False,
+) -> tuple[nn.Module, list]:
+    """Train the student of ``opts`` with KD from ``teacher`` (or from scratch, CE only, on the
+    labeled share with the same number of steps); returns it with its history."""
+    net = _new_student(opts, splits)
+    model, art = teacher
+    shapes = check_models(model, net, splits, opts)
+    steps = math.ceil((len(splits.x_train) + len(splits.x_transfer)) / opts["batch_size"])
+    pool = _student_pool(splits, opts, data_seed, scratch)
+    if scratch:
+        return net, fit(Job(net, Objective({"ce": 1.0}), pool, steps), _val(splits), opts, session)
+    keys = ("kd_loss", "weighting", "kd_weight", "feature_loss", "feature_weight")
+    objective = Objective(term_weights(*(opts[k] for k in keys)), opts["temperature"], shapes)
+    taps = (
+        (
+            LayerTap(net, opts["student_layer"], "student"),
+            LayerTap(model, opts["teacher_layer"], "teacher"),
+        )
+        if shapes
+        else (None, None)
+    )
+    job = Job(net, objective, pool, steps, model.to(session.cluster.device), taps[1], taps[0])
+    if opts["augment"] == "none":
+        key = cache_key(
+            teacher_sha256(art),
+            pool.x.numpy(),
+            splits.preprocessing,
+            opts["teacher_layer"] if shapes else "",
+        )
+        logits, feature = teacher_outputs(
+            model, pool.x.numpy(), key, Path(run_dir) / "cache", taps[1], session.cluster.device
+        )
+        pool.teacher_logits = torch.from_numpy(logits)
+        pool.teacher_feature = None if feature is None else torch.from_numpy(feature)
+    try:
+        return net, fit(job, _val(splits), opts, session)
+    finally:
+        for tap in taps:
+            if tap:
+                tap.close()
+
+
+def _val(splits: Splits) -> tuple[np.ndarray, np.ndarray]:
+    return splits.x_val, splits.y_val
+
+
+def student_params(opts: dict, data: dict, splits: Splits) -> dict:
+    """What a student artifact (and a baseline of it) records as its parameters."""
+    return {**opts, "data": data, "data_fingerprint": splits.fingerprint()}
+
+
+def distill(
+    run_dir: str | Path,
+    data: dict,
+    progress: Progress = _quiet,
+    resume: bool = False,
+    *,
+    student: str = "zoo:digits-cnn-small",
+    checkpoint: str = "",
+    epochs: Annotated[int, _EPOCHS] = 40,
+    lr: Annotated[float, _LR] = 1e-2,
+    batch_size: Annotated[int, _BATCH] = 64,
+    weight_decay: Annotated[float, Range(0.0)] = 0.0,
+    kd_loss: Annotated[str, OneOf(LOGIT_LOSSES)] = "kd",
+    weighting: Annotated[str, OneOf(WEIGHTINGS)] = "alpha",
+    kd_weight: Annotated[float, Range(0.0)] = 0.9,
+    temperature: Annotated[float, Range(0.0, 100.0, lo_open=True)] = 4.0,
+    feature_loss: Annotated[str, OneOf(FEATURE_LOSSES)] = "none",
+    feature_weight: Annotated[float, Range(0.0)] = 1.0,
+    student_layer: str = "",
+    teacher_layer: str = "",
+    label_fraction: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 1.0,
+    schedule: Schedule = "cosine",
+    patience: Patience = 0,
+    augment: Augment = "none",
+    precision: Precision = "fp32",
+    device: Device = "auto",
+    seed: Annotated[int, Range(0)] = 0,
+) -> Artifact:
+    """Distill the run's teacher into ``student``; writes RUN/student (its weights alone).
+
+    ``checkpoint``: a state_dict to start the student from (default: fresh weights).
+    ``weighting="alpha"``: L = (1-w)·CE + w·KD (w = ``kd_weight`` must be <= 1);
+    ``weighting="lambda"``: L = CE + w·KD; a feature loss adds ``feature_weight``·F.
+    ``label_fraction``: the share of training labels the student sees (stratified, fixed by
+    data.seed); the other training inputs teach through the teacher's outputs alone.
+    """
+    opts = _options(distill, locals())
+    check_weighting(weighting, kd_weight)
+    splits = load_splits(**data)
+    teacher_pair = load_teacher(run_dir, splits)
+    params = student_params(opts, data, splits)
+    teacher_art = teacher_pair[1]
+    with cluster(device) as c:
+        session = Session(
+            "distill",
+            progress if c.main else _quiet,
+            c,
+            checkpoint=Path(run_dir) / "checkpoints" / "student.pt",
+            resume=resume,
+            identity=identity_of(stage="distill", teacher=teacher_sha256(teacher_art), **params),
+        )
+        net, history = train_student(run_dir, data["seed"], splits, teacher_pair, opts, session)
+
+        def fill(writer) -> None:
+            _save_model(writer, net.cpu(), splits, history)
+
+        return publish(c, Path(run_dir) / "student", "student", params, [teacher_art], fill)

@@ -7,21 +7,14 @@ from pathlib import Path
 
 from kdexport import recipe as recipes
 from kdexport.artifact import MANIFEST, write_text
+from kdexport.baseline import compare
 from kdexport.benchmark import benchmark
 from kdexport.compile import compile, select_targets
-from kdexport.data import load_splits
-from kdexport.distill import (
-    Progress,
-    _quiet,
-    check_pair,
-    check_weighting,
-    distill,
-    train_teacher,
-)
+from kdexport.distill import Progress, _quiet, check_recipe, distill, train_teacher
 from kdexport.errors import KdxError
 from kdexport.export import export
+from kdexport.parallel import in_torchrun
 from kdexport.report import report
-from kdexport.zoo import create_model, load_checkpoint
 
 
 def prepare_run(run_dir: str | Path, recipe: str | Path | None = None, overrides=()) -> dict:
@@ -48,16 +41,7 @@ def prepare_run(run_dir: str | Path, recipe: str | Path | None = None, overrides
 
 def preflight(r: dict) -> None:
     """Fail before any training on what can be checked cheaply: data, models, checkpoint, targets."""
-    check_weighting(r["distill"]["weighting"], r["distill"]["kd_weight"])
-    splits = load_splits(**r["data"])
-    shape = (splits.num_classes, splits.input_shape[0])
-    teacher = create_model(r["teacher"]["model"], *shape)
-    if r["teacher"]["checkpoint"]:
-        load_checkpoint(teacher, r["teacher"]["checkpoint"], r["teacher"]["model"])
-    student = create_model(r["distill"]["student"], *shape)
-    if r["distill"]["checkpoint"]:
-        load_checkpoint(student, r["distill"]["checkpoint"], r["distill"]["student"])
-    check_pair(teacher, student, splits)
+    check_recipe(r["data"], r["teacher"], r["distill"])
     select_targets(r["compile"]["targets"], r["compile"]["skip_unavailable"])
 
 
@@ -66,16 +50,25 @@ def distill_and_export(
     recipe: str | Path | None = None,
     overrides=(),
     progress: Progress = _quiet,
+    baseline_seeds: int = 0,
 ) -> dict:
     """Run every stage of ``recipe`` (default: models/digits.toml) into ``out``; return figures.
 
     A teacher already trained in ``out`` with the same parameters and data is reused.
+    ``baseline_seeds`` > 0 also compares KD with the student trained from scratch (RUN/baseline).
     """
+    if in_torchrun():
+        raise KdxError(
+            "distill-and-export runs in one process; under torchrun run `kdexport train-teacher` "
+            "and `kdexport distill`, then the other stages without torchrun"
+        )
     start = time.perf_counter()
     r = prepare_run(out, recipe, overrides)
     preflight(r)
     train_teacher(out, r["data"], progress=progress, **r["teacher"])
     distill(out, r["data"], progress=progress, **r["distill"])
+    if baseline_seeds:
+        compare(out, r["data"], r["distill"], baseline_seeds, progress)
     export(out, r["data"], progress=progress, **r["export"])
     compile(out, progress=progress, **r["compile"])
     benchmark(out, progress=progress, **r["benchmark"])

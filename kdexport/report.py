@@ -8,6 +8,8 @@ from pathlib import Path
 
 from kdexport import __version__
 from kdexport.artifact import FORMAT_VERSION, MANIFEST, Artifact, file_table, write_json, write_text
+from kdexport.baseline import markdown as distillation_markdown
+from kdexport.baseline import summary as distillation_summary
 from kdexport.chart import chart
 from kdexport.export import MODELS
 from kdexport.recipe import read_toml
@@ -71,6 +73,7 @@ def figures(run_dir: str | Path) -> dict:
         "skipped_targets": comp["skipped"],
         "torch": {m: {"accuracy": exp[m]["torch_accuracy"]} for m in MODELS},
         "training": {"teacher": arts["teacher"].checks, "student": arts["student"].checks},
+        "distillation": distillation_summary(run_dir, arts["student"]),
         "exporters": {m: exp[m]["exporter"] for m in MODELS},
         "ideal_speedup": exp["teacher"]["flops"] / exp["student"]["flops"],
         "benchmark_method": bench["method"],
@@ -220,6 +223,7 @@ def markdown(figs: dict) -> str:
         f"Latency method: {figs['benchmark_method']}.",
         "",
     ]
+    lines += distillation_markdown(figs["distillation"], figs["run_dir"])
     return "\n".join(lines)
 
 

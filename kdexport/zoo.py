@@ -1,15 +1,24 @@
 """Built-in architectures and ``create_model(spec)`` for every model-spec form.
 
-Spec forms: ``zoo:NAME`` (a factory below) and ``path/to/file.py:factory`` (user code, which runs
-because the user named it). A factory gets ``num_classes`` and ``in_channels`` if it takes them.
+Spec forms that build a model (and train it, or load a state_dict into it): ``zoo:NAME`` (a
+factory below) and ``path/to/file.py:factory`` (user code, which runs because the user named it);
+a factory gets ``num_classes`` and ``in_channels`` if it takes them.
+
+Spec forms that are a complete model file, used as they are: a TorchScript file (``.pt``,
+``.ts``, ...), a ``torch.export`` program (``.pt2``), an ONNX model (``.onnx``, run by ONNX
+Runtime, so a teacher from any framework can teach) and, only with ``trust_pickle``, a pickled
+full ``nn.Module`` (unpickling runs code from the file).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
+import pickle
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,6 +57,14 @@ def digits_cnn_small(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return _cnn([16, 32], 0, num_classes, in_channels)
 
 
+def digits_mlp(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """A 2.4 k-parameter MLP student (one hidden layer of 32) for 8x8 inputs: the size of model
+    a microcontroller runs, and one that learns little from a few labels alone."""
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(in_channels * 64, 32), nn.ReLU(), nn.Linear(32, num_classes)
+    )
+
+
 def mlp_tiny(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """A tiny MLP for tests (needs 8x8 inputs)."""
     return nn.Sequential(
@@ -58,40 +75,125 @@ def mlp_tiny(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
 ZOO = {
     "digits-cnn-large": digits_cnn_large,
     "digits-cnn-small": digits_cnn_small,
+    "digits-mlp": digits_mlp,
     "mlp-tiny": mlp_tiny,
 }
 
 
-def _user_factory(spec: str):
+def load_factory(spec: str, what: str = "model spec"):
+    """The callable that ``path/to/file.py:name`` names (importing the file runs it)."""
     path_text, _, name = spec.rpartition(":")
     path = Path(path_text)
     if not path.is_file():
-        raise KdxError(f"model spec '{spec}': {path} does not exist; give file.py:factory")
+        raise KdxError(f"{what} '{spec}': {path} does not exist; give file.py:factory")
     module_spec = importlib.util.spec_from_file_location(f"kdexport_user_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
     except Exception as e:  # user code: any failure is theirs to fix
-        raise KdxError(
-            f"model spec '{spec}': importing {path} failed ({type(e).__name__}: {e})"
-        ) from e
+        raise KdxError(f"{what} '{spec}': importing {path} failed ({type(e).__name__}: {e})") from e
     factory = getattr(module, name, None)
     if not callable(factory):
-        raise KdxError(f"model spec '{spec}': {path} has no callable '{name}'")
+        raise KdxError(f"{what} '{spec}': {path} has no callable '{name}'")
     return factory
 
 
-def create_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
-    """Build the model that ``spec`` names, in eval mode."""
+class OnnxModel(nn.Module):
+    """An ONNX model run by ONNX Runtime on the CPU, as a module: a teacher from any framework.
+
+    It has no parameters and cannot train; its outputs come back on the input's device.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__()
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise KdxError(f"{path}: an ONNX teacher needs the onnxruntime package") from None
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own types for bad files
+            raise KdxError(f"{path}: ONNX Runtime cannot load it ({str(e)[:200]})") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feed = {self.input_name: x.detach().float().cpu().numpy()}
+        return torch.from_numpy(np.asarray(self.session.run(None, feed)[0])).to(x.device)
+
+
+def is_model_file(spec: str) -> bool:
+    """Whether ``spec`` names a complete model file (used as it is) rather than a factory."""
+    return not spec.startswith("zoo:") and ".py:" not in spec
+
+
+def _torch_file(path: Path, trust_pickle: bool) -> nn.Module:
+    """A TorchScript file, or (trusted only) a pickled full module; a state_dict is refused."""
+    if zipfile.is_zipfile(path) and any("/code/" in n for n in zipfile.ZipFile(path).namelist()):
+        return torch.jit.load(str(path), map_location="cpu")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not trust_pickle:
+            raise KdxError(
+                f"{path} is a pickled model: loading it runs code from the file. Save a state_dict "
+                "(or TorchScript, .pt2, ONNX) instead, or set teacher.trust_pickle = true if you trust it"
+            ) from None
+        model = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(model, nn.Module):
+            raise KdxError(
+                f"{path} holds a {type(model).__name__}, not a torch nn.Module"
+            ) from None
+        return model
+    except Exception as e:  # torch raises many types for files that are not checkpoints
+        raise KdxError(
+            f"{path}: not a TorchScript, .pt2, ONNX or pickled model ({type(e).__name__})"
+        ) from None
+    raise KdxError(
+        f"{path} holds weights only; name the architecture as the model (zoo:NAME or "
+        "file.py:factory) and give this file as the checkpoint"
+    )
+
+
+def _model_file(spec: str, trust_pickle: bool) -> nn.Module:
+    path = Path(spec)
+    if not path.is_file():
+        raise KdxError(
+            f"model spec '{spec}': no such file; use zoo:NAME or path/to/file.py:factory, or a "
+            "TorchScript, .pt2 or .onnx model file"
+        )
+    if path.suffix == ".onnx":
+        return OnnxModel(path)
+    if path.suffix == ".pt2":
+        try:
+            return torch.export.load(path).module()
+        except Exception as e:  # the loader raises many types for bad files
+            raise KdxError(
+                f"{path}: not a loadable torch.export program ({type(e).__name__})"
+            ) from None
+    return _torch_file(path, trust_pickle)
+
+
+def eval_mode(model: nn.Module) -> nn.Module:
+    """``model.eval()``; an exported program (already captured in one mode) refuses it."""
+    try:
+        return model.eval()
+    except NotImplementedError:
+        return model
+
+
+def create_model(
+    spec: str, num_classes: int, in_channels: int, trust_pickle: bool = False
+) -> nn.Module:
+    """Build (or load) the model that ``spec`` names, in eval mode."""
+    if is_model_file(spec):
+        return eval_mode(_model_file(spec, trust_pickle))
     if spec.startswith("zoo:"):
         name = spec[4:]
         if name not in ZOO:
             raise KdxError(f"unknown zoo model '{name}'; known: {', '.join(sorted(ZOO))}")
         factory = ZOO[name]
-    elif ".py:" in spec:
-        factory = _user_factory(spec)
     else:
-        raise KdxError(f"model spec '{spec}': use zoo:NAME or path/to/file.py:factory")
+        factory = load_factory(spec)
     params = inspect.signature(factory).parameters
     given = {"num_classes": num_classes, "in_channels": in_channels}
     try:

@@ -1,0 +1,296 @@
+"""The training loop shared by teacher training and distillation.
+
+AdamW; an epoch is ``steps`` optimizer steps of exactly ``batch_size`` samples drawn from shuffled
+passes over the pool (so a scratch baseline on fewer samples gets the same budget); a cosine or
+step schedule over all steps; validation after every epoch, the best epoch's weights kept,
+early stopping after ``patience`` epochs without a better one.
+
+Every epoch ends with a checkpoint (written to a temporary file, then renamed). The shuffling,
+augmentation and dropout of epoch e are seeded from (seed, e), so a run killed at any point and
+continued with ``resume`` ends with the same weights as one that was never stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdexport.errors import KdxError
+from kdexport.losses import LayerTap, Objective, first_non_finite
+from kdexport.parallel import Cluster, autocast, check_precision
+from kdexport.zoo import eval_mode
+
+Progress = Callable[[str, int, int, str], None]
+SCHEDULES = ("cosine", "step")
+AUGMENTATIONS = ("none", "shift")
+
+
+def quiet(stage: str, done: int, total: int, info: str) -> None:
+    """A progress callback that shows nothing."""
+
+
+@dataclass
+class Pool:
+    """What the epochs draw batches from: inputs, labels (-1: unlabeled), cached teacher outputs."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    teacher_logits: torch.Tensor | None = None
+    teacher_feature: torch.Tensor | None = None
+
+
+@dataclass
+class Job:
+    """One training run: the model, its objective, its pool, and the teacher it learns from."""
+
+    model: nn.Module
+    objective: Objective
+    pool: Pool
+    steps: int
+    teacher: nn.Module | None = None
+    teacher_tap: LayerTap | None = None
+    student_tap: LayerTap | None = None
+
+
+@dataclass
+class Session:
+    """How a run reports and where it keeps its checkpoint; ``identity`` must match to resume."""
+
+    label: str
+    progress: Progress
+    cluster: Cluster
+    checkpoint: Path | None = None
+    resume: bool = False
+    identity: dict | None = None
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Logits of ``model`` (eval mode, on its own device) for ``x``, in float32 numpy."""
+    eval_mode(model)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    out = [
+        model(torch.from_numpy(x[i : i + batch_size]).to(device)).float().cpu()
+        for i in range(0, len(x), batch_size)
+    ]
+    return torch.cat(out).numpy()
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def _generator(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_seed(*parts))
+
+
+def _epoch_order(n: int, steps: int, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """``steps * batch`` indices: shuffled passes over 0..n-1, one after another."""
+    need = steps * batch
+    return torch.cat([torch.randperm(n, generator=gen) for _ in range(math.ceil(need / n))])[:need]
+
+
+def shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The ``shift`` augmentation: each sample moved by up to max(1, min(H, W) // 8) pixels,
+    zero-filled."""
+    n, _, h, w = x.shape
+    m = max(1, min(h, w) // 8)
+    dy, dx = (torch.randint(0, 2 * m + 1, (2, n), generator=gen)).to(x.device)
+    rows = torch.arange(h, device=x.device)[None] + dy[:, None]
+    cols = torch.arange(w, device=x.device)[None] + dx[:, None]
+    i = torch.arange(n, device=x.device)[:, None, None]
+    out = F.pad(x, (m, m, m, m)).permute(0, 2, 3, 1)[i, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _lr_factor(schedule: str, total: int) -> Callable[[int], float]:
+    if schedule == "cosine":
+        return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    milestones = (total // 2, 3 * total // 4)  # x0.1 at half and three quarters of the steps
+    return lambda step: 0.1 ** sum(step >= m for m in milestones)
+
+
+class _State:
+    """Everything a checkpoint holds: optimiser, schedule, scaler, best weights, history."""
+
+    def __init__(self, job: Job, opts: dict):
+        params = [*job.model.parameters(), *job.objective.parameters()]
+        self.optim = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=opts["weight_decay"])
+        total = max(1, opts["epochs"] * job.steps)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.optim, _lr_factor(opts["schedule"], total)
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=opts["precision"] == "fp16")
+        self.best = copy.deepcopy(job.model.state_dict())
+        self.best_acc, self.stale, self.history = -1.0, 0, []
+
+    def save(self, path: Path, job: Job, identity: dict) -> None:
+        state = {
+            "identity": identity,
+            "epoch": len(self.history),
+            "model": job.model.state_dict(),
+            "objective": job.objective.state_dict(),
+            "optim": self.optim.state_dict(),
+            "sched": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best": self.best,
+            "best_acc": self.best_acc,
+            "stale": self.stale,
+            "history": self.history,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def restore(self, path: Path, job: Job, identity: dict, device: torch.device) -> None:
+        try:
+            saved = torch.load(path, map_location=device, weights_only=True)
+        except Exception as e:  # torch raises many types for damaged files
+            raise KdxError(
+                f"{path}: unreadable checkpoint ({type(e).__name__}); rerun without --resume"
+            ) from None
+        if not isinstance(saved, dict) or saved.get("identity") != identity:
+            raise KdxError(
+                f"{path} is a checkpoint of another recipe ({_difference(saved, identity)}); "
+                "rerun without --resume to start over"
+            )
+        job.model.load_state_dict(saved["model"])
+        job.objective.load_state_dict(saved["objective"])
+        self.optim.load_state_dict(saved["optim"])
+        self.sched.load_state_dict(saved["sched"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.best, self.best_acc = saved["best"], saved["best_acc"]
+        self.stale, self.history = saved["stale"], saved["history"]
+
+
+def _difference(saved, identity: dict) -> str:
+    there = saved.get("identity") if isinstance(saved, dict) else None
+    if not isinstance(there, dict):
+        return "not a kdexport training checkpoint"
+    for key in sorted(set(there) | set(identity)):
+        if there.get(key) != identity.get(key):
+            return f"{key}: {there.get(key)!r} there, {identity.get(key)!r} here"
+    return "different"
+
+
+def identity_of(**parts) -> dict:
+    """A checkpoint identity in canonical (JSON) form, so that it compares equal after loading."""
+    return json.loads(json.dumps(parts, sort_keys=True))
+
+
+def _teacher_outputs(job: Job, x: torch.Tensor, idx: torch.Tensor):
+    pool = job.pool
+    if pool.teacher_logits is not None:
+        feature = pool.teacher_feature[idx] if pool.teacher_feature is not None else None
+        return pool.teacher_logits[idx], feature
+    if job.teacher is None:
+        return None, None
+    with torch.no_grad():
+        logits = job.teacher(x)
+    return logits, job.teacher_tap.value if job.teacher_tap else None
+
+
+def _step(net, job: Job, state: _State, x, y, idx, opts: dict, cluster: Cluster):
+    with autocast(opts["precision"], cluster.device):
+        logits = net(x)
+        t_logits, t_feature = _teacher_outputs(job, x, idx)
+        s_feature = job.student_tap.value if job.student_tap else None
+        loss, terms = job.objective(logits, t_logits, y, s_feature, t_feature)
+    bad = first_non_finite(loss, terms)
+    if bad is None:
+        state.optim.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        cluster.average_grads(job.objective.parameters())
+        state.scaler.step(state.optim)
+        state.scaler.update()
+        state.sched.step()
+    return bad, terms
+
+
+def _train_epoch(net, job: Job, state: _State, epoch: int, opts: dict, session: Session):
+    """One epoch of ``job.steps`` steps; returns the mean of each loss term."""
+    cluster, batch, seed = session.cluster, opts["batch_size"], opts["seed"]
+    torch.manual_seed(_seed(seed, epoch, cluster.rank, 0))  # dropout
+    order = _epoch_order(len(job.pool.y), job.steps, batch, _generator(seed, epoch, 1))
+    augment = _generator(seed, epoch, cluster.rank, 2)
+    net.train()
+    sums: dict[str, float] = {}
+    for step in range(job.steps):
+        idx = order[step * batch : (step + 1) * batch][cluster.rank :: cluster.world]
+        x = job.pool.x[idx]
+        if opts["augment"] == "shift":
+            x = shift(x, augment)
+        bad, terms = _step(net, job, state, x, job.pool.y[idx], idx, opts, cluster)
+        if bad:
+            raise KdxError(
+                f"{session.label}: the loss is not finite (term '{bad}') at epoch {epoch + 1}, "
+                f"step {step + 1} of {job.steps}; lower the learning rate or check the data for NaN"
+            )
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v / job.steps
+    return sums
+
+
+@torch.no_grad()
+def _validate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Top-1 accuracy and mean negative log-likelihood on the validation split."""
+    logits = torch.from_numpy(predict(model, x))
+    labels = torch.from_numpy(y)
+    return float((logits.argmax(1) == labels).float().mean()), float(
+        F.cross_entropy(logits, labels)
+    )
+
+
+def _to(job: Job, device: torch.device) -> None:
+    job.model.to(device)
+    job.objective.to(device)
+    if job.teacher is not None:
+        job.teacher.to(device)
+    p = job.pool
+    for name in ("x", "y", "teacher_logits", "teacher_feature"):
+        if getattr(p, name) is not None:
+            setattr(p, name, getattr(p, name).to(device))
+
+
+def fit(job: Job, val: tuple[np.ndarray, np.ndarray], opts: dict, session: Session) -> list:
+    """Train ``job.model`` in place; load the best validation epoch's weights; return the history."""
+    cluster = session.cluster
+    check_precision(opts["precision"], cluster.device)
+    if opts["batch_size"] < cluster.world:
+        raise KdxError(f"batch_size {opts['batch_size']} < {cluster.world} processes; raise it")
+    _to(job, cluster.device)
+    state = _State(job, opts)
+    if session.resume and session.checkpoint and session.checkpoint.is_file():
+        state.restore(session.checkpoint, job, session.identity, cluster.device)
+    net = cluster.wrap(job.model)
+    for epoch in range(len(state.history), opts["epochs"]):
+        if 0 < opts["patience"] <= state.stale:
+            break
+        start = time.perf_counter()
+        terms = _train_epoch(net, job, state, epoch, opts, session)
+        train_s = time.perf_counter() - start
+        val_acc, val_nll = (cluster.from_main(v) for v in _validate(job.model, *val))
+        record = {"epoch": epoch + 1, "val_accuracy": val_acc, "val_nll": val_nll, **terms}
+        state.history.append({**record, "train_s": train_s})
+        improved = val_acc > state.best_acc
+        state.stale = 0 if improved else state.stale + 1
+        if improved:
+            state.best, state.best_acc = copy.deepcopy(job.model.state_dict()), val_acc
+        if cluster.main and session.checkpoint:
+            state.save(session.checkpoint, job, session.identity)
+        info = " ".join(f"{k}={v:.3f}" for k, v in terms.items()) + f" val_acc={val_acc:.3f}"
+        session.progress(session.label, epoch + 1, opts["epochs"], info)
+    job.model.load_state_dict(state.best)
+    return state.history

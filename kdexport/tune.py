@@ -1,0 +1,105 @@
+"""A small search over the KD temperature and weight, scored on the validation split.
+
+Every (temperature, kd_weight) pair trains the student with KD for each of ``seeds`` seeds; the
+pair with the best mean validation accuracy wins (ties: the lower mean validation NLL at the
+chosen epochs). The test split is never looked at. All trials go to RUN/tune; the winner is
+written into RUN/recipe.toml, so the next ``kdexport distill RUN`` trains with it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from pathlib import Path
+
+from kdexport import recipe as recipes
+from kdexport.artifact import Artifact, write_text
+from kdexport.data import load_splits
+from kdexport.distill import check_weighting, load_teacher, publish, student_params, train_student
+from kdexport.errors import KdxError
+from kdexport.parallel import cluster
+from kdexport.trainer import Progress, Session, quiet
+
+TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
+KD_WEIGHTS = (0.5, 0.9)
+
+
+def _best_epoch(history: list) -> dict:
+    """The epoch whose weights the run kept: the first with the best validation accuracy."""
+    return max(history, key=lambda h: (h["val_accuracy"], -h["epoch"]))
+
+
+def _check_grid(temperatures, kd_weights, weighting: str) -> None:
+    if not temperatures or not kd_weights:
+        raise KdxError("give at least one temperature and one KD weight to search over")
+    if min(temperatures) <= 0:
+        raise KdxError(f"temperatures {list(temperatures)} must all be > 0")
+    if min(kd_weights) < 0:
+        raise KdxError(f"KD weights {list(kd_weights)} must all be >= 0")
+    check_weighting(weighting, max(kd_weights))
+
+
+def _record(run_dir: Path, best: dict) -> None:
+    """Write the winner into the run's recipe.toml (when the run has one)."""
+    path = run_dir / "recipe.toml"
+    if path.is_file():
+        sets = [
+            f"distill.temperature={best['temperature']}",
+            f"distill.kd_weight={best['kd_weight']}",
+        ]
+        write_text(path, recipes.dumps(recipes.load(path, sets)))
+
+
+def tune(
+    run_dir: str | Path,
+    data: dict,
+    distill_options: dict,
+    temperatures=TEMPERATURES,
+    kd_weights=KD_WEIGHTS,
+    seeds: int = 1,
+    progress: Progress = quiet,
+) -> Artifact:
+    """Search ``temperatures`` x ``kd_weights``; write RUN/tune and the winner into the recipe."""
+    _check_grid(temperatures, kd_weights, distill_options["weighting"])
+    if seeds < 1:
+        raise KdxError(f"--seeds {seeds}: give at least 1")
+    splits = load_splits(**data)
+    teacher = load_teacher(run_dir, splits)
+    trials = []
+    with cluster(distill_options["device"]) as c:
+        for t, w in itertools.product(temperatures, kd_weights):
+            kept = []
+            for i in range(seeds):
+                opts = {**distill_options, "temperature": float(t), "kd_weight": float(w)}
+                opts["seed"] += i
+                session = Session(
+                    f"T={t:g} w={w:g} seed {opts['seed']}", progress if c.main else quiet, c
+                )
+                kept.append(
+                    _best_epoch(
+                        train_student(run_dir, data["seed"], splits, teacher, opts, session)[1]
+                    )
+                )
+            trials.append(
+                {
+                    "temperature": float(t),
+                    "kd_weight": float(w),
+                    "val_accuracy": statistics.fmean(e["val_accuracy"] for e in kept),
+                    "val_nll": statistics.fmean(e["val_nll"] for e in kept),
+                    "best_epochs": [e["epoch"] for e in kept],
+                }
+            )
+        best = max(trials, key=lambda r: (r["val_accuracy"], -r["val_nll"]))
+        params = {**student_params(distill_options, data, splits), "seeds": seeds}
+        checks = {"trials": trials, "best": best, "score": "mean validation accuracy, then NLL"}
+        art = publish(
+            c,
+            Path(run_dir) / "tune",
+            "tune",
+            params,
+            [teacher[1]],
+            lambda w: w.checks.update(checks),
+        )
+    if c.main:
+        _record(Path(run_dir), best)
+    return art
