@@ -8,7 +8,6 @@ manifest is complete, and an interrupted stage leaves the previous artifact unto
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -18,18 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kdexport.bundle_runner import sha256  # one hashing routine for workstation and device
 from kdexport.errors import KdxError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_table(root: Path) -> dict[str, dict[str, Any]]:

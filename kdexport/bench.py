@@ -12,11 +12,11 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from kdexport.bundle_runner import measure, summarize, timed
 
 METHOD = (
     "inputs bound once (ONNX Runtime IO binding / OpenVINO shared-memory tensor), synchronous "
@@ -26,47 +26,9 @@ METHOD = (
 )
 UNSTABLE_CV = 0.05  # repeats whose medians spread more than this are flagged
 
-
-def _timed(call: Callable[[], object], iters: int, seconds: float) -> list[float]:
-    """Run ``call`` at least ``iters`` times and ``seconds`` long; each latency in ms."""
-    times: list[float] = []
-    clock = time.perf_counter_ns
-    end = clock() + int(seconds * 1e9)
-    while len(times) < iters or clock() < end:
-        t0 = clock()
-        call()
-        times.append((clock() - t0) / 1e6)
-    return times
-
-
-def measure(calls: dict[str, Callable], opts: dict) -> dict[str, list[float]]:
-    """Warm up each call, then time them interleaved in ``rounds`` slices."""
-    for call in calls.values():
-        _timed(call, opts["warmup_iters"], opts["warmup_s"])
-    samples: dict[str, list[float]] = {k: [] for k in calls}
-    rounds = opts["rounds"]
-    for _ in range(rounds):
-        for name, call in calls.items():
-            samples[name] += _timed(
-                call, -(-opts["min_iters"] // rounds), opts["min_time_s"] / rounds
-            )
-    return samples
-
-
-def summarize(ms: list[float]) -> dict[str, float]:
-    """p50/p90/p99, mean, standard deviation and coefficient of variation, in ms."""
-    a = np.asarray(ms)
-    mean, std = float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
-    p50, p90, p99 = (float(v) for v in np.percentile(a, [50, 90, 99]))
-    return {
-        "p50_ms": p50,
-        "p90_ms": p90,
-        "p99_ms": p99,
-        "mean_ms": mean,
-        "std_ms": std,
-        "cv": std / mean if mean else 0.0,
-        "iterations": len(a),
-    }
+# The timing loop itself lives in the bundle runner, which must run on devices with only numpy
+# and onnxruntime: one copy of the method serves the workstation and the device.
+__all__ = ["METHOD", "fingerprint", "measure", "median_ci95", "pooled", "summarize", "timed"]
 
 
 def median_ci95(ms: list[float]) -> tuple[float, float]:

@@ -306,7 +306,7 @@ def predict(root: Path, input_path: Path, top: int = 3, target: str | None = Non
     return {"input": str(input_path), "shape": list(x.shape), "predictions": samples}
 
 
-def _timed(call, iters: int, seconds: float) -> list:
+def timed(call, iters: int, seconds: float) -> list:
     """Run ``call`` at least ``iters`` times and ``seconds`` long; each latency in ms."""
     times = []
     clock = time.perf_counter_ns
@@ -321,12 +321,12 @@ def _timed(call, iters: int, seconds: float) -> list:
 def measure(calls: dict, opts: dict) -> dict:
     """Warm up each call, then time them interleaved in ``rounds`` slices."""
     for call in calls.values():
-        _timed(call, opts["warmup_iters"], opts["warmup_s"])
+        timed(call, opts["warmup_iters"], opts["warmup_s"])
     samples = {k: [] for k in calls}
     rounds = opts["rounds"]
     for _ in range(rounds):
         for name, call in calls.items():
-            samples[name] += _timed(
+            samples[name] += timed(
                 call, -(-opts["min_iters"] // rounds), opts["min_time_s"] / rounds
             )
     return samples

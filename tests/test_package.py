@@ -362,8 +362,6 @@ def test_runner_is_python_39_and_measures_as_kdexport_benchmark():
         for a in n.names
     }
     assert imported - set(sys.stdlib_module_names) == {"numpy", "onnxruntime", "PIL"}
-    ms = [0.5, 0.1, 0.3, 0.9, 0.2, 0.25]
-    assert bundle_runner.summarize(ms) == bench.summarize(ms)
     assert bundle_runner.METHOD.startswith(bench.METHOD.split(" (")[0])
 
 
