@@ -275,7 +275,9 @@ def package(
     if golden_samples < 1:
         raise KdxError("golden_samples must be >= 1")
     if dest.parent.is_file():
-        raise KdxError(f"{dest.parent} is a file, not a folder; choose another path for {dest.name}")
+        raise KdxError(
+            f"{dest.parent} is a file, not a folder; choose another path for {dest.name}"
+        )
     if not dest.parent.is_dir():
         raise KdxError(f"{dest.parent}: no such folder; create it first or choose another path")
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
