@@ -9,6 +9,7 @@ continues with ``resume`` from ``RUN/checkpoints/STAGE.pt``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -36,6 +37,7 @@ from kdexport.losses import (
     term_weights,
 )
 from kdexport.parallel import DEVICES, PRECISIONS, Cluster, cluster
+from kdexport.qat import fake_quantized
 from kdexport.recipe import OneOf, Range
 from kdexport.teacher_cache import cache_key, teacher_outputs
 from kdexport.trainer import (
@@ -98,6 +100,11 @@ def load_student(run_dir: Path, splits: Splits) -> tuple[nn.Module, Artifact]:
 def _new_teacher(opts: dict, splits: Splits) -> nn.Module:
     """The teacher of the [teacher] options, before training: built, loaded or imported."""
     spec = opts["model"]
+    if is_model_file(spec) and not Path(spec).is_file():
+        raise KdxError(
+            f"teacher.model '{spec}': no such model file; use zoo:NAME, path/to/file.py:factory "
+            "or an existing .onnx/.pt2/TorchScript file"
+        )
     if is_model_file(spec) and (opts["epochs"] or opts["checkpoint"]):
         raise KdxError(
             f"teacher.model '{spec}' is a complete model file, used as it is: set "
@@ -327,7 +334,9 @@ def train_student(
         pool.teacher_logits = torch.from_numpy(logits)
         pool.teacher_feature = None if feature is None else torch.from_numpy(feature)
     try:
-        return net, fit(job, _val(splits), opts, session)
+        with fake_quantized(net) if opts["quant_aware"] else contextlib.nullcontext():
+            history = fit(job, _val(splits), opts, session)
+        return net, history
     finally:
         for tap in taps:
             if tap:
@@ -369,6 +378,7 @@ def distill(
     augment: Augment = "none",
     precision: Precision = "fp32",
     device: Device = "auto",
+    quant_aware: bool = False,
     seed: Annotated[int, Range(0)] = 0,
 ) -> Artifact:
     """Distill the run's teacher into ``student``; writes RUN/student (its weights alone).
@@ -378,6 +388,8 @@ def distill(
     ``weighting="lambda"``: L = CE + w·KD; a feature loss adds ``feature_weight``·F.
     ``label_fraction``: the share of training labels the student sees (stratified, fixed by
     data.seed); the other training inputs teach through the teacher's outputs alone.
+    ``quant_aware``: the student trains under simulated INT8 (``kdexport.qat``), so that the
+    INT8 targets lose less accuracy when they quantize it.
     """
     opts = _options(distill, locals())
     check_weighting(weighting, kd_weight)

@@ -61,6 +61,17 @@ def kdx(*args: str, code: int | None = 0):
     return result
 
 
+def fails(*args, message: str):
+    """Run the CLI expecting exit 1 with one error line (last; progress may precede it) naming
+    ``message``, and no traceback."""
+    result = kdx(*args, code=1)
+    lines = result.stderr.strip().splitlines()
+    assert [ln for ln in lines if ln.startswith("error: ")] == lines[-1:], result.stderr
+    assert message in lines[-1], lines[-1]
+    assert "Traceback" not in result.output + result.stderr
+    return result
+
+
 @pytest.fixture(scope="session")
 def fast_cli_run(tmp_path_factory) -> tuple[Path, dict]:
     """The whole pipeline through the CLI, two epochs each: (run directory, --json figures)."""

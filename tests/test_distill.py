@@ -6,8 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import kdx
-from test_bad_input import _fails
+from conftest import fails, kdx
 
 from kdexport import recipe
 from kdexport.data import load_splits
@@ -107,7 +106,7 @@ def test_feature_loss_trains_and_the_adapter_is_not_exported(tmp_path, models, l
 def test_feature_layers_are_checked_before_training(tmp_path, models):
     base = ["--out", tmp_path / "run", "--set", f"distill.student={models}:conv"]
     base += ["--set", "distill.feature_loss='hint'", "--set", "teacher.model=zoo:digits-cnn-small"]
-    _fails(
+    fails(
         "distill-and-export",
         *base,
         "--set",
@@ -116,7 +115,7 @@ def test_feature_layers_are_checked_before_training(tmp_path, models):
         "distill.teacher_layer='2'",
         message="distill.student_layer '9' is not a layer of the student; its layers: '0', '1'",
     )
-    _fails(
+    fails(
         "distill-and-export",
         *base,
         "--set",
@@ -192,7 +191,7 @@ def test_shift_moves_each_sample_by_at_most_one_pixel():
 
 
 def test_non_finite_loss_names_the_step_and_term(run, models):
-    _fails(
+    fails(
         "distill",
         run,
         "--set",
@@ -220,7 +219,7 @@ def test_preflight_errors(tmp_path, models, sets, message):
     if "bf16" in sets[0] and torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present: bf16 is allowed")
     args = [a for s in [*TINY, *sets] for a in ("--set", s.format(models=models))]
-    _fails("distill-and-export", "--out", tmp_path / "run", *args, message=message)
+    fails("distill-and-export", "--out", tmp_path / "run", *args, message=message)
 
 
 def test_cuda_device_without_a_gpu(run):

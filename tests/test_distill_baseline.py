@@ -4,8 +4,7 @@ search on the validation split) and the report's section, which says plainly whe
 import json
 
 import pytest
-from conftest import kdx
-from test_bad_input import _fails
+from conftest import fails, kdx
 
 from kdexport import recipe
 from kdexport.baseline import compare, markdown, summary, verdict
@@ -55,8 +54,8 @@ def test_tune_records_trials_and_writes_the_winner(tmp_path):
         best["kd_weight"],
     )
     assert f"best: T={best['temperature']:g}" in out
-    _fails("tune", run, "--temperature", "0", message="temperatures [0.0] must all be > 0")
-    _fails("tune", run, "--kd-weight", "2", message="must be in [0, 1] with weighting 'alpha'")
+    fails("tune", run, "--temperature", "0", message="temperatures [0.0] must all be > 0")
+    fails("tune", run, "--kd-weight", "2", message="must be in [0, 1] with weighting 'alpha'")
 
 
 def test_report_section_kd_vs_scratch_vs_teacher(run_copy):

@@ -9,8 +9,7 @@ import sys
 import time
 
 import torch
-from conftest import kdx
-from test_bad_input import _fails
+from conftest import fails, kdx
 
 SETS = [
     "teacher.model=zoo:mlp-tiny",
@@ -60,7 +59,7 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path):
 
     first = _kill_after(_distill(killed), checkpoint, 1)
     assert not (killed / "student").exists()
-    _fails(
+    fails(
         "distill",
         killed,
         "--resume",

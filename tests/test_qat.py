@@ -27,3 +27,16 @@ def test_fake_quantized_round_trip():
     assert set(model.state_dict()) == keys
     assert not any("kdx_out_fq" in n for n, _ in model.named_modules())
     assert model.eval()(x).shape == (8, 10)
+
+
+def test_quant_aware_distillation_exports_a_plain_student(run_copy):
+    from kdexport.distill import distill
+    from kdexport.export import export
+    from kdexport.recipe import load
+
+    r = load(run_copy / "recipe.toml", ["distill.quant_aware=true", "distill.epochs=1"])
+    art = distill(run_copy, r["data"], **r["distill"])
+    assert art.parameters["quant_aware"] is True
+    state = torch.load(art.file("model.pt"), weights_only=True)
+    assert set(state) == set(create_model("zoo:digits-cnn-small", 10, 1).state_dict())
+    assert export(run_copy, r["data"], **r["export"]).checks["student"]["parity"]["passed"]
