@@ -61,7 +61,10 @@ class Target:
 
 
 def _builtin_dir() -> Path:
-    return Path(str(resources.files("kdexport._targets")))
+    try:
+        return Path(str(resources.files("kdexport._targets")))
+    except ModuleNotFoundError:  # run from a source tree (tools/gpu_check.py), not installed
+        return Path(__file__).resolve().parent.parent / "targets"
 
 
 def builtin_names() -> list[str]:
