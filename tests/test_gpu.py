@@ -248,17 +248,7 @@ import kdexport.evaluate, kdexport.export, kdexport.fp16, kdexport.targets, kdex
 
 @pytest.mark.parametrize(
     "blocked",
-    [
-        OPTIONAL,
-        pytest.param(
-            [*OPTIONAL, "tomli_w"],
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="kdexport/recipe.py imports tomli_w at the top; once it is imported where "
-                "it is used (recipe.dumps), remove this mark",
-            ),
-        ),
-    ],
+    [OPTIONAL, [*OPTIONAL, "tomli_w"]],
 )
 def test_gpu_check_imports_need_no_optional_package(blocked):
     code = _BLOCKED_IMPORTS.format(blocked=set(blocked))

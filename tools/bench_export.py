@@ -5,8 +5,9 @@ accuracy for the teacher-sized model and a mid-sized student.
 
 Its last line is one JSON object: ``suite`` (architecture -> target -> exported, max_abs_diff,
 top1_agreement) and ``int8`` (model -> target -> latency_ratio int8/fp32 p50, accuracy_drop in
-points, shipped). Latency ratios are measured side by side in one run (the INT8 gate's
-interleaved timing), never asserted in tests.
+points, shipped) and ``qat_vs_ptq`` (target -> INT8 accuracy of the mid-sized student after
+post-training quantization and after quantization-aware distillation). Latency ratios are
+measured side by side in one run (the INT8 gate's interleaved timing), never asserted in tests.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kdexport.pipeline import distill_and_export  # noqa: E402
 from kdexport.targets import load_target  # noqa: E402
 
 CPU_TARGETS = ("ort-cpu", "openvino-cpu")
+INT8_TARGETS = ("ort-cpu-int8", "openvino-cpu-int8")
 OPTS = {"opset": 18, "example_batch": 4, "tolerance": 1e-4, "external_data_mb": 1800}
 
 
@@ -70,10 +72,10 @@ def suite() -> dict:
     return out
 
 
-def int8(out_dir: Path) -> dict:
-    """Default teacher and a mid-sized student (tests/suite_models.py:mid_cnn), INT8 vs fp32."""
+def _mid_run(out_dir: Path, *extra: str) -> dict:
+    """The default teacher and a mid-sized student (tests/suite_models.py:mid_cnn), INT8 vs fp32."""
     student = Path(__file__).resolve().parents[1] / "tests" / "suite_models.py"
-    figs = distill_and_export(
+    return distill_and_export(
         out_dir,
         overrides=[
             f"distill.student={student}:mid_cnn",
@@ -81,10 +83,17 @@ def int8(out_dir: Path) -> dict:
             "compile.targets=['ort-cpu', 'openvino-cpu', 'ort-cpu-int8', 'openvino-cpu-int8']",
             "benchmark.batch_sizes=[1]",
             "benchmark.min_time_s=0.2",
+            "benchmark.memory=false",
+            *extra,
         ],
     )
+
+
+def int8(out_dir: Path) -> tuple[dict, dict]:
+    """INT8 vs fp32 for the teacher and the mid-sized student; returns (figures, result)."""
+    figs = _mid_run(out_dir)
     result = {"teacher": {}, "mid_student": {}}
-    for target in ("ort-cpu-int8", "openvino-cpu-int8"):
+    for target in INT8_TARGETS:
         for model, key in (("teacher", "teacher"), ("student", "mid_student")):
             f = figs["targets"][target][model]
             result[key][target] = {
@@ -97,6 +106,27 @@ def int8(out_dir: Path) -> dict:
                 f"int8 {key} {target}: int8/fp32 p50 {f['latency_ratio']:.2f}, "
                 f"accuracy drop {f['accuracy_drop_points']:.2f} points, shipped {f['shipped']}"
             )
+    return figs, result
+
+
+def qat_vs_ptq(ptq: dict, ptq_dir: Path, out_dir: Path) -> dict:
+    """The same student distilled under simulated INT8 (distill.quant_aware), then quantized by
+    the same INT8 targets: its INT8 accuracy against the post-training-quantized student's."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ptq_dir / "teacher", out_dir / "teacher")  # the same teacher, reused
+    qat = _mid_run(out_dir, "distill.quant_aware=true")
+    result = {}
+    for target in INT8_TARGETS:
+        p, q = ptq["targets"][target]["student"], qat["targets"][target]["student"]
+        result[target] = {
+            "ptq_int8_accuracy": p["accuracy"],
+            "qat_int8_accuracy": q["accuracy"],
+            "ptq_fp32_accuracy": p["fp32_accuracy"],
+            "qat_fp32_accuracy": q["fp32_accuracy"],
+        }
+        print(
+            f"{target}: INT8 accuracy, post-training {p['accuracy']:.2%} vs quantization-aware {q['accuracy']:.2%}"
+        )
     return result
 
 
@@ -105,7 +135,12 @@ def main() -> int:
     parser.add_argument("--out", default="runs/bench-export")
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
-    figures = {"suite": suite(), "int8": int8(Path(args.out))}
+    ptq, int8_figures = int8(Path(args.out) / "ptq")
+    figures = {
+        "suite": suite(),
+        "int8": int8_figures,
+        "qat_vs_ptq": qat_vs_ptq(ptq, Path(args.out) / "ptq", Path(args.out) / "qat"),
+    }
     print(json.dumps(figures, sort_keys=True))
     return 0
 
