@@ -7,8 +7,7 @@ import shutil
 import onnx
 import pytest
 import torch
-from conftest import kdx
-from test_bad_input import _fails
+from conftest import fails, kdx
 
 from kdexport import recipe
 from kdexport.distill import distill, train_teacher
@@ -68,7 +67,7 @@ def test_a_pickled_teacher_needs_trust(trained, tmp_path):
     art, files, _ = trained
     sets = [*TINY, f"teacher.model={files['pickle']}", "teacher.epochs=0"]
     args = [a for s in sets for a in ("--set", s)]
-    _fails(
+    fails(
         "train-teacher", tmp_path / "run", *args, message="is a pickled model: loading it runs code"
     )
     assert not (tmp_path / "run" / "teacher").exists()
@@ -111,7 +110,7 @@ def test_bad_teachers(trained, tmp_path, sets, message):
     bad.write_bytes(b"not onnx")
     names = {k: str(v) for k, v in files.items()} | {"bad": str(bad)}
     args = [a for s in [*TINY, *sets] for a in ("--set", s.format(**names))]
-    _fails("distill-and-export", "--out", tmp_path / "run", *args, message=message)
+    fails("distill-and-export", "--out", tmp_path / "run", *args, message=message)
 
 
 def test_an_edited_model_file_is_imported_again(trained, tmp_path):
