@@ -231,7 +231,7 @@ class LayerTap:
             raise KdxError(
                 f"distill.{role}_layer '{name}' is not a layer of the {role}; its layers: {known}"
             )
-        self.value: torch.Tensor | None = None
+        self.name, self.value = name, None
         try:
             self._handle = layers[name].register_forward_hook(self._keep)
         except Exception as e:  # TorchScript and exported programs refuse hooks

@@ -15,9 +15,10 @@ from pathlib import Path
 from kdexport import recipe as recipes
 from kdexport.artifact import Artifact, write_text
 from kdexport.data import load_splits
-from kdexport.distill import check_weighting, load_teacher, publish, student_params, train_student
+from kdexport.distill import load_teacher, publish, student_params, train_student
 from kdexport.errors import KdxError
 from kdexport.parallel import cluster
+from kdexport.preflight import check_weighting
 from kdexport.trainer import Progress, Session, quiet
 
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)

@@ -182,12 +182,19 @@ def test_step_schedule_and_augmentation_train(run):
 
 
 def test_shift_moves_each_sample_by_at_most_one_pixel():
-    x = torch.zeros(64, 1, 8, 8)
-    x[:, 0, 4, 4] = 1.0
+    x = torch.rand(32, 3, 8, 8)
     out = shift(x, torch.Generator().manual_seed(0))
-    assert out.shape == x.shape and (out.sum((1, 2, 3)) == 1).all()
-    pos = out[:, 0].flatten(1).argmax(1)
-    assert set((pos // 8).tolist()) == {3, 4, 5} and set((pos % 8).tolist()) == {3, 4, 5}
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    moves = set()
+    for i in range(len(x)):
+        (move,) = [
+            (dy, dx)
+            for dy in range(3)
+            for dx in range(3)
+            if torch.equal(padded[i, :, dy : dy + 8, dx : dx + 8], out[i])
+        ]
+        moves.add(move)
+    assert len(moves) > 4  # random moves, each sample its own
 
 
 def test_non_finite_loss_names_the_step_and_term(run, models):

@@ -13,7 +13,7 @@ SETS = [
     "teacher.model=zoo:digits-cnn-small",
     "teacher.epochs=2",
     "teacher.device='cpu'",
-    "distill.student=zoo:digits-mlp",
+    "distill.student=zoo:mlp-tiny",
     "distill.epochs=8",
     "distill.device='cpu'",
 ]
