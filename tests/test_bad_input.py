@@ -339,7 +339,7 @@ CASES = [
         "name",
         _pipeline("teacher.model=resnet"),
         1,
-        "no such model file; use zoo:NAME, path/to/file.py:factory",
+        "model spec 'resnet': no such file; use zoo:NAME",
     ),
     (
         "unknown-precision",
