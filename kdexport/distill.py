@@ -29,7 +29,6 @@ from kdexport.evaluate import accuracy
 from kdexport.losses import (
     FEATURE_LOSSES,
     LOGIT_LOSSES,
-    LOSSES,
     UNLABELED,
     WEIGHTINGS,
     LayerTap,
@@ -37,6 +36,7 @@ from kdexport.losses import (
     term_weights,
 )
 from kdexport.parallel import DEVICES, PRECISIONS, Cluster, cluster
+from kdexport.preflight import check_models, check_weighting
 from kdexport.qat import fake_quantized
 from kdexport.recipe import OneOf, Range
 from kdexport.teacher_cache import cache_key, teacher_outputs
@@ -52,7 +52,7 @@ from kdexport.trainer import (
     predict,
 )
 from kdexport.trainer import quiet as _quiet
-from kdexport.zoo import create_model, eval_mode, is_model_file, load_checkpoint
+from kdexport.zoo import create_model, is_model_file, load_checkpoint
 
 _EPOCHS = Range(0, 10_000)
 _LR = Range(0.0, 10.0, lo_open=True)
@@ -214,59 +214,6 @@ def train_teacher(
         return publish(c, out, "teacher", params, [], fill)
 
 
-def check_weighting(weighting: str, kd_weight: float) -> None:
-    """The seed's form (1 - w)·CE + w·KD needs w in [0, 1]."""
-    if weighting == "alpha" and kd_weight > 1:
-        raise KdxError(f"distill.kd_weight = {kd_weight} must be in [0, 1] with weighting 'alpha'")
-
-
-def _outputs(m: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
-    try:
-        with torch.no_grad():
-            return m(x)
-    except Exception as e:  # any failure here means the model does not fit the data
-        raise KdxError(f"the {name} cannot run on inputs of shape {tuple(x.shape)}: {e}") from None
-
-
-def _check_teacher_is_evaluating(teacher: nn.Module, x: torch.Tensor) -> None:
-    """A teacher in eval mode gives each sample the same outputs whatever else is in the batch."""
-    a, b = _outputs(teacher, "teacher", x), _outputs(teacher, "teacher", x[:2])
-    if not torch.allclose(a[:2].float(), b.float(), rtol=1e-3, atol=1e-4):
-        raise KdxError(
-            "the teacher's outputs for a sample change with the rest of the batch or between "
-            "calls (dropout or batch norm in training mode?); give a teacher in eval mode"
-        )
-
-
-def _feature_shapes(teacher, student, opts: dict, x: torch.Tensor) -> tuple | None:
-    """Pre-flight for a feature loss: both layers exist and their shapes can be adapted."""
-    if opts["feature_loss"] == "none":
-        return None
-    taps = [LayerTap(student, opts["student_layer"], "student")]
-    taps.append(LayerTap(teacher, opts["teacher_layer"], "teacher"))
-    for tap, m, name in zip(taps, (student, teacher), ("student", "teacher"), strict=True):
-        _outputs(m, name, x)
-        tap.close()
-    shapes = tuple(tuple(t.value.shape[1:]) for t in taps)
-    if problem := LOSSES[opts["feature_loss"]].mismatch(*shapes):
-        raise KdxError(f"distill.feature_loss '{opts['feature_loss']}': {problem}")
-    return shapes
-
-
-def check_models(teacher: nn.Module, student: nn.Module, splits: Splits, opts: dict):
-    """Pre-flight: the teacher evaluates, both fit the data and agree on the classes, the
-    feature-loss layers exist and can be adapted. Returns the feature shapes (or None)."""
-    x = torch.from_numpy(splits.x_val[:4])
-    eval_mode(teacher)
-    _check_teacher_is_evaluating(teacher, x)
-    t, s = _outputs(teacher, "teacher", x).shape, _outputs(eval_mode(student), "student", x).shape
-    if tuple(t) != tuple(s) or s[1] != splits.num_classes:
-        raise KdxError(
-            f"teacher outputs {tuple(t)}, student {tuple(s)}; both need {splits.num_classes} classes"
-        )
-    return _feature_shapes(teacher, student, opts, x)
-
-
 def check_recipe(data: dict, teacher: dict, student: dict) -> None:
     """Fail before any training on what can be checked cheaply: data, models, checkpoints."""
     check_weighting(student["weighting"], student["kd_weight"])
@@ -307,35 +254,32 @@ def train_student(
         return net, fit(Job(net, Objective({"ce": 1.0}), pool, steps), _val(splits), opts, session)
     keys = ("kd_loss", "weighting", "kd_weight", "feature_loss", "feature_weight")
     objective = Objective(term_weights(*(opts[k] for k in keys)), opts["temperature"], shapes)
-    taps = (
-        (
-            LayerTap(net, opts["student_layer"], "student"),
-            LayerTap(model, opts["teacher_layer"], "teacher"),
-        )
-        if shapes
-        else (None, None)
-    )
-    job = Job(net, objective, pool, steps, model.to(session.cluster.device), taps[1], taps[0])
-    if opts["augment"] == "none":
-        key = cache_key(
-            teacher_sha256(art),
-            pool.x.numpy(),
-            splits.preprocessing,
-            opts["teacher_layer"] if shapes else "",
-        )
-        logits, feature = teacher_outputs(
-            model, pool.x.numpy(), key, Path(run_dir) / "cache", taps[1], session.cluster.device
-        )
-        pool.teacher_logits = torch.from_numpy(logits)
-        pool.teacher_feature = None if feature is None else torch.from_numpy(feature)
+    device = session.cluster.device
+    s_tap, t_tap = (None, None)
+    if shapes:
+        s_tap = LayerTap(net, opts["student_layer"], "student")
+        t_tap = LayerTap(model, opts["teacher_layer"], "teacher")
     try:
+        job = Job(net, objective, pool, steps, model.to(device), t_tap, s_tap)
+        if opts["augment"] == "none":
+            _cache_teacher_outputs(job, art, Path(run_dir) / "cache", splits, device)
         with fake_quantized(net) if opts["quant_aware"] else contextlib.nullcontext():
             history = fit(job, _val(splits), opts, session)
         return net, history
     finally:
-        for tap in taps:
+        for tap in (s_tap, t_tap):
             if tap:
                 tap.close()
+
+
+def _cache_teacher_outputs(job: Job, art: Artifact, cache_dir: Path, splits: Splits, device):
+    """Fill the pool with the teacher's outputs over it (inputs that do not change)."""
+    x = job.pool.x.numpy()
+    layer = job.teacher_tap.name if job.teacher_tap else ""
+    key = cache_key(teacher_sha256(art), x, splits.preprocessing, layer)
+    logits, feature = teacher_outputs(job.teacher, x, key, cache_dir, job.teacher_tap, device)
+    job.pool.teacher_logits = torch.from_numpy(logits)
+    job.pool.teacher_feature = None if feature is None else torch.from_numpy(feature)
 
 
 def _val(splits: Splits) -> tuple[np.ndarray, np.ndarray]:

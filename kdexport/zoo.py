@@ -150,8 +150,8 @@ def _model_file(spec: str, trust_pickle: bool) -> nn.Module:
     path = Path(spec)
     if not path.is_file():
         raise KdxError(
-            f"model spec '{spec}': no such model file; use zoo:NAME, path/to/file.py:factory or "
-            "an existing .onnx/.pt2/TorchScript file"
+            f"model spec '{spec}': no such file; use zoo:NAME, path/to/file.py:factory or an "
+            "existing .onnx/.pt2/TorchScript model file"
         )
     if path.suffix == ".onnx":
         return OnnxModel(path)

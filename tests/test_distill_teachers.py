@@ -90,7 +90,7 @@ def test_a_pickled_teacher_needs_trust(trained, tmp_path):
         (["teacher.model={bad}", "teacher.epochs=0"], "ONNX Runtime cannot load it"),
         (
             ["teacher.model=missing.onnx", "teacher.epochs=0"],
-            "model spec 'missing.onnx': no such model file",
+            "model spec 'missing.onnx': no such file",
         ),
         (
             [

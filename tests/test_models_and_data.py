@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import fails
 from PIL import Image
 
 from kdexport.data import labeled_subset, load_splits
@@ -207,3 +208,33 @@ def test_labeled_subset_is_stratified_and_fixed():
 def test_bad_sources(source, message):
     with pytest.raises(KdxError, match=message):
         load_splits(source=source)
+
+
+def _no_images(tmp):
+    (tmp / "imgs" / "cat").mkdir(parents=True)
+
+
+def _unreadable(tmp):
+    _image_folder(tmp / "imgs")
+    (tmp / "imgs" / "cat" / "0.png").write_bytes(b"not a png")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [(_no_images, "no PNG or JPEG images"), (_unreadable, "0.png: not a readable image")],
+)
+def test_bad_image_folders_fail_in_one_line(tmp_path, make, message):
+    make(tmp_path)
+    out = tmp_path / "run"
+    source = f"data.source='{tmp_path / 'imgs'}'"
+    fails("distill-and-export", "--out", out, "--set", source, message=message)
+    assert not (out / "teacher").exists()
+
+
+def test_labels_out_of_range_fail_in_one_line(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((30, 1, 8, 8), np.float32), y=np.arange(30) % 12)
+    sets = [f"data.source='{tmp_path / 'd.npz'}'", "data.num_classes=10"]
+    args = [a for s in sets for a in ("--set", s)]
+    fails(
+        "train-teacher", tmp_path / "run", *args, message="label 11 is out of range for 10 classes"
+    )

@@ -10,10 +10,12 @@ label-scarce case is also run with the default CNN student (no search), for comp
 
 The cache ratio is the median KD epoch (teacher outputs cached) over the median scratch epoch of
 the same student and the same number of steps, measured side by side in this process: short
-runs (3 epochs) of each, alternating, 6 of each; training time only (no validation). It is
-measured for the default recipe's student and for the label-scarce one; the uncached ratio runs
-the default one with random augmentation, where the teacher runs on every batch. Prints one line
-per goal and, last, one JSON object with the figures. Exit status 1 if a goal is missed.
+runs (3 epochs) of each, alternating, 6 of each; training time only (no validation), on one
+thread (with two, OpenMP's hand-offs swamp a small model's steps and other processes' load
+decides the figure). It is measured for the default recipe's student and for the label-scarce
+one; the uncached ratio runs the default one with random augmentation, where the teacher runs
+on every batch. Prints one line per goal and, last, one JSON object with the figures. Exit
+status 1 if a goal is missed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from kdexport import recipe as recipes
 from kdexport.baseline import compare
@@ -82,6 +86,8 @@ def _epoch_ratio(out: Path, name: str, overrides=(), rounds: int = 6) -> dict:
     splits = load_splits(**data)
     teacher = load_teacher(out / name, splits)
     times = {"kd": [], "scratch": []}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with cluster(opts["device"]) as c:
         for _ in range(rounds):
             for mode in times:
@@ -90,6 +96,7 @@ def _epoch_ratio(out: Path, name: str, overrides=(), rounds: int = 6) -> dict:
                     out / name, data["seed"], splits, teacher, opts, session, mode == "scratch"
                 )
                 times[mode] += [h["train_s"] for h in history]
+    torch.set_num_threads(threads)
     medians = {m: statistics.median(t) for m, t in times.items()}
     return {"ratio": medians["kd"] / medians["scratch"], "epoch_train_s": medians}
 
