@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from kdexport import __version__
-from kdexport.artifact import Artifact, sha256
+from kdexport.artifact import Artifact
 from kdexport.data import load_splits
-from kdexport.distill import Progress, _quiet, load_student, load_teacher, predict
+from kdexport.distill import Progress, _quiet, load_student, load_teacher, predict, teacher_sha256
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy, parity
 from kdexport.onnxfile import check_onnx_file, run_reference
@@ -155,6 +155,17 @@ def export_onnx(
     return {"exporter": exporter, **facts}
 
 
+def _copy_onnx_teacher(art: Artifact, dest: Path, meta: dict) -> dict:
+    """An ONNX teacher ships as it is (no torch graph to export): a copy with our metadata."""
+    import onnx
+
+    model = onnx.load(str(art.file("model.onnx")))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **meta})
+    onnx.save(model, str(dest))
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    return {"exporter": "copied", "params": params, **check_onnx_file(dest)}
+
+
 def export(
     run_dir: str | Path,
     data: dict,
@@ -191,7 +202,7 @@ def export(
         "teacher": json.dumps(
             {
                 "model": teacher_art.parameters["model"],
-                "sha256": sha256(teacher_art.file("model.pt")),
+                "sha256": teacher_sha256(teacher_art),
             }
         ),
     }
@@ -216,9 +227,14 @@ def export(
         reference = {}
         for i, (name, model) in enumerate((("teacher", teacher), ("student", student))):
             model_opts = {**opts, "static": static and name == "student"}
-            facts = export_onnx(
-                model, w.path / f"{name}.onnx", example, x, model_opts, {**meta, "role": name}
-            )
+            if name == "teacher" and str(teacher_art.parameters["model"]).endswith(".onnx"):
+                facts = _copy_onnx_teacher(
+                    teacher_art, w.path / "teacher.onnx", {**meta, "role": name}
+                )
+            else:
+                facts = export_onnx(
+                    model, w.path / f"{name}.onnx", example, x, model_opts, {**meta, "role": name}
+                )
             reference[name] = predict(model, x)
             check = parity(run_reference(w.path / f"{name}.onnx", x), reference[name], tolerance)
             if not check["passed"]:
@@ -227,8 +243,8 @@ def export(
                 **facts,
                 "parity": check,
                 "torch_accuracy": accuracy(reference[name], y),
-                "params": sum(p.numel() for p in model.parameters()),
-                "flops": count_flops(model, example),
+                "params": facts.pop("params", None) or sum(p.numel() for p in model.parameters()),
+                "flops": None if facts["exporter"] == "copied" else count_flops(model, example),
             }
             progress("export", i + 1, len(MODELS), f"{name}.onnx via {facts['exporter']}")
         np.savez(w.path / "io_sample.npz", x=x, y=y, **reference)

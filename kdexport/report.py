@@ -75,7 +75,9 @@ def figures(run_dir: str | Path) -> dict:
         "training": {"teacher": arts["teacher"].checks, "student": arts["student"].checks},
         "distillation": distillation_summary(run_dir, arts["student"]),
         "exporters": {m: exp[m]["exporter"] for m in MODELS},
-        "ideal_speedup": exp["teacher"]["flops"] / exp["student"]["flops"],
+        "ideal_speedup": exp["teacher"]["flops"] / exp["student"]["flops"]
+        if exp["teacher"]["flops"]
+        else None,
         "benchmark_method": bench["method"],
         "environment": bench["environment"],
     }
@@ -89,7 +91,7 @@ def _row(target: str, model: str, f: dict, speedup: float | None) -> list[str]:
         f"{f['max_abs_diff']:.1e}",
         f"{f['top1_agreement']:.0%}",
         f"{f['params']:,}",
-        f"{f['flops'] / 1e6:.2f} M",
+        f"{f['flops'] / 1e6:.2f} M" if f["flops"] else "-",
     ]
     if not f["shipped"]:
         return [*head, "-", "-", "-", "-", "not shipped"]
@@ -202,7 +204,9 @@ def markdown(figs: dict) -> str:
     lines += [
         "",
         f"Ideal speed-up from FLOPs (teacher / student): {figs['ideal_speedup']:.1f}x; "
-        "the measured speed-ups above are lower where fixed per-inference costs dominate.",
+        "the measured speed-ups above are lower where fixed per-inference costs dominate."
+        if figs["ideal_speedup"]
+        else "Ideal speed-up: unknown (an ONNX teacher has no torch graph to count FLOPs on).",
         "",
         "![latency per target](report.png)",
         "",

@@ -129,3 +129,18 @@ def test_metadata(fast_cli_run):
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["role"] == "teacher" and json.loads(meta["preprocessing"])["layout"] == "NCHW"
     assert meta["kdexport_version"]
+
+
+def test_onnx_teacher_is_copied_not_exported(fast_cli_run, tmp_path):
+    from conftest import FAST
+
+    from kdexport.pipeline import distill_and_export
+
+    teacher = fast_cli_run[0] / "export" / "teacher.onnx"
+    sets = [*FAST, f"teacher.model={teacher}", "teacher.epochs=0", "compile.targets=['ort-cpu']"]
+    figs = distill_and_export(tmp_path / "run", overrides=sets)
+    assert figs["exporters"]["teacher"] == "copied" and figs["ideal_speedup"] is None
+    assert (
+        figs["targets"]["ort-cpu"]["teacher"]["params"]
+        > 100 * figs["targets"]["ort-cpu"]["student"]["params"]
+    )
