@@ -10,12 +10,10 @@ repeats' medians over 5% flags the figure as unstable.
 from __future__ import annotations
 
 import importlib.metadata
-import os
-import platform
-from pathlib import Path
 
 import numpy as np
 
+from kdexport import bundle_runner
 from kdexport.bundle_runner import measure, summarize, timed
 
 METHOD = (
@@ -76,30 +74,12 @@ def _gpus() -> list[dict]:
 
 
 def fingerprint() -> dict:
-    """The machine and software a figure was measured on."""
-    cpu, flags = platform.processor(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    """The machine and software a figure was measured on: the device runner's fingerprint (CPU
+    and flags, cores, OS) with every relevant library's version and the GPUs."""
     versions = {}
     for dist in ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "numpy"):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             continue
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "machine": platform.machine(),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_flags": [f for f in wanted if f in flags],
-        "gpus": _gpus(),
-        "versions": versions,
-    }
+    return {**bundle_runner.fingerprint(), "gpus": _gpus(), "versions": versions}
