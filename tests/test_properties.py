@@ -3,19 +3,27 @@ input into either a valid object or the project's own error (KdxError), never an
 
 import json
 import tarfile
+import tempfile
 
 import pytest
 import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from kdexport import recipe
 from kdexport.artifact import Artifact
 from kdexport.errors import KdxError
 from kdexport.package import verify
 
-SETTINGS = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+# Hypothesis keeps a folder of its own (.hypothesis/ in the working folder by default): put it in
+# the system's temporary folder, not in the repository.
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="kdexport-hypothesis-"))
+SETTINGS = settings(  # no example database: tests write nothing outside their tmp folders
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 SCALARS = st.one_of(
     st.integers(-10, 10**6), st.floats(allow_nan=True), st.text(max_size=12), st.booleans()

@@ -1,0 +1,32 @@
+"""The wheel carries the target profiles and recipes, as kdexport/_targets and kdexport/_models."""
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ("pyproject.toml", "README.md", "kdexport", "targets", "models")
+
+
+def test_wheel_ships_profiles_and_recipes(tmp_path):
+    src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
+    skip = shutil.ignore_patterns("__pycache__", "_models", "_targets")
+    src.mkdir()
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=skip)
+        else:
+            shutil.copy(ROOT / name, src / name)
+    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run(
+        [*cmd, "-w", str(tmp_path), str(src)], check=True, capture_output=True, timeout=300
+    )
+    (wheel,) = tmp_path.glob("kdexport-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    targets = {p.name for p in (ROOT / "targets").glob("*.toml")}
+    models = {p.name for p in (ROOT / "models").glob("*.toml")}
+    assert {f"kdexport/_targets/{t}" for t in targets} <= names
+    assert {f"kdexport/_models/{m}" for m in models} <= names
+    assert not any(n.startswith(("targets/", "models/", "tests/")) for n in names)
