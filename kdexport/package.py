@@ -26,7 +26,15 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from kdexport import __version__, bundle_runner
-from kdexport.artifact import Artifact, file_table, replace_dir, sha256, write_json, write_text
+from kdexport.artifact import (
+    Artifact,
+    file_table,
+    leftovers,
+    replace_dir,
+    sha256,
+    write_json,
+    write_text,
+)
 from kdexport.errors import KdxError
 from kdexport.onnxfile import check_onnx_file, external_data_files
 
@@ -280,6 +288,8 @@ def package(
         )
     if not dest.parent.is_dir():
         raise KdxError(f"{dest.parent}: no such folder; create it first or choose another path")
+    for stale in leftovers(dest):  # an earlier packaging was killed while writing
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     try:
         manifest = build(run_dir, staging / "bundle", list(targets), with_teacher, golden_samples)
