@@ -134,21 +134,23 @@ def gelu_layernorm_cnn(num_classes=10, in_channels=1):
 
 
 def mid_cnn(num_classes=10, in_channels=1):
-    """A mid-sized student (about 100 k parameters) for the INT8 benchmark."""
+    """A mid-sized student for the INT8 benchmark: 216 k parameters and 5.3 M multiply-adds, a
+    quarter of the default teacher (the 6 k-parameter default student is too small for INT8 to
+    pay at batch 1)."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, 32, 3, padding=1),
-        nn.BatchNorm2d(32),
+        nn.Conv2d(in_channels, 48, 3, padding=1),
+        nn.BatchNorm2d(48),
         nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.BatchNorm2d(64),
+        nn.Conv2d(48, 96, 3, padding=1),
+        nn.BatchNorm2d(96),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3, padding=1),
-        nn.BatchNorm2d(128),
+        nn.Conv2d(96, 192, 3, padding=1),
+        nn.BatchNorm2d(192),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(512, num_classes),
+        nn.Linear(768, num_classes),
     )
 
 
