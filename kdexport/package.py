@@ -37,6 +37,7 @@ from kdexport.artifact import (
 )
 from kdexport.errors import KdxError
 from kdexport.onnxfile import check_onnx_file, external_data_files
+from kdexport.report import markdown_table
 
 BUNDLE_FORMAT = bundle_runner.BUNDLE_FORMAT
 MTIME = 946684800  # 2000-01-01T00:00Z on every member: the same run gives the same bytes
@@ -516,8 +517,6 @@ def fleet_markdown(fleet: dict) -> str:
         "Latency measured on each device by the bundle's `run.py bench` (batch-size rows); "
         "the speed-up is teacher p50 / student p50 on the same device.",
         "",
-        "| " + " | ".join(FLEET_HEADER) + " |",
-        "|" + "---|" * len(FLEET_HEADER),
+        *markdown_table(FLEET_HEADER, fleet_cells(fleet)),
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in fleet_cells(fleet)]
     return "\n".join(lines) + "\n"

@@ -189,6 +189,13 @@ HEADER = [
 ]
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
+
+
 def markdown(figs: dict) -> str:
     lines = [
         f"# kdexport run: {figs['run_dir']}",
@@ -196,10 +203,8 @@ def markdown(figs: dict) -> str:
         "Accuracy on the test split and parity against PyTorch, measured on each compiled "
         "model; latency of the compiled models on this machine.",
         "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "---|" * len(HEADER),
+        *markdown_table(HEADER, rows(figs)),
     ]
-    lines += ["| " + " | ".join(r) + " |" for r in rows(figs)]
     lines += ["", *(f"- {line}" for line in notes(figs))]
     lines += [
         "",
@@ -212,10 +217,8 @@ def markdown(figs: dict) -> str:
         "",
         "## Latency detail",
         "",
-        "| " + " | ".join(DETAIL_HEADER) + " |",
-        "|" + "---|" * len(DETAIL_HEADER),
+        *markdown_table(DETAIL_HEADER, detail_rows(figs)),
     ]
-    lines += ["| " + " | ".join(r) + " |" for r in detail_rows(figs)]
     t, s = figs["torch"]["teacher"]["accuracy"], figs["torch"]["student"]["accuracy"]
     env = figs["environment"]
     lines += [
