@@ -72,6 +72,16 @@ def fails(*args, message: str):
     return result
 
 
+def teacher_copies(tmp_path: Path, sets: list[str], *names: str) -> list[Path]:
+    """Train one teacher with ``sets`` overrides, then copy that run directory once per name."""
+    base = tmp_path / "base"
+    kdx("train-teacher", base, *(a for s in sets for a in ("--set", s)))
+    copies = [tmp_path / n for n in names]
+    for copy in copies:
+        shutil.copytree(base, copy)
+    return copies
+
+
 @pytest.fixture(scope="session")
 def fast_cli_run(tmp_path_factory) -> tuple[Path, dict]:
     """The whole pipeline through the CLI, two epochs each: (run directory, --json figures)."""

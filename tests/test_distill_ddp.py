@@ -3,11 +3,10 @@ each training a shard of every batch, reach the single-process accuracy within a
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
-from conftest import kdx
+from conftest import kdx, teacher_copies
 
 SETS = [
     "teacher.model=zoo:digits-cnn-small",
@@ -24,11 +23,7 @@ def _student(run) -> dict:
 
 
 def test_two_processes_match_one(tmp_path):
-    base = tmp_path / "base"
-    kdx("train-teacher", base, *(a for s in SETS for a in ("--set", s)))
-    one, two = tmp_path / "one", tmp_path / "two"
-    shutil.copytree(base, one)
-    shutil.copytree(base, two)
+    one, two = teacher_copies(tmp_path, SETS, "one", "two")
     kdx("distill", one)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd = [*torchrun, "-m", "kdexport.cli", "distill", str(two)]

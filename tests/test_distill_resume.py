@@ -2,14 +2,13 @@
 that was never stopped; a checkpoint of another recipe is refused and kept."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import torch
-from conftest import fails, kdx
+from conftest import fails, teacher_copies
 
 SETS = [
     "teacher.model=zoo:mlp-tiny",
@@ -50,11 +49,7 @@ def _weights(run) -> dict:
 
 
 def test_resume_after_sigkill_gives_the_same_weights(tmp_path):
-    base = tmp_path / "base"
-    kdx("train-teacher", base, *(a for s in SETS for a in ("--set", s)))
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    shutil.copytree(base, whole)
-    shutil.copytree(base, killed)
+    whole, killed = teacher_copies(tmp_path, SETS, "whole", "killed")
     checkpoint = killed / "checkpoints" / "student.pt"
 
     first = _kill_after(_distill(killed), checkpoint, 1)
