@@ -42,6 +42,7 @@ from kdexport.recipe import OneOf, Range
 from kdexport.teacher_cache import cache_key, teacher_outputs
 from kdexport.trainer import (
     AUGMENTATIONS,
+    PLACEMENTS,
     SCHEDULES,
     Job,
     Pool,
@@ -62,6 +63,7 @@ Patience = Annotated[int, Range(0)]
 Augment = Annotated[str, OneOf(AUGMENTATIONS)]
 Precision = Annotated[str, OneOf(PRECISIONS)]
 Device = Annotated[str, OneOf(DEVICES)]
+Placement = Annotated[str, OneOf(PLACEMENTS)]
 
 
 def _options(fn: Callable, values: dict) -> dict:
@@ -125,6 +127,7 @@ def _save_model(writer, net: nn.Module, splits: Splits, history: list) -> None:
     writer.checks["val_accuracy"] = accuracy(predict(net, splits.x_val), splits.y_val)
     writer.checks["test_accuracy"] = accuracy(predict(net, splits.x_test), splits.y_test)
     writer.checks["epochs_run"] = len(history)
+    writer.checks["data_placement"] = history[-1]["data"] if history else None
 
 
 def publish(c: Cluster, out: Path, kind: str, params: dict, parents: list, fill) -> Artifact:
@@ -166,6 +169,7 @@ def train_teacher(
     augment: Augment = "none",
     precision: Precision = "fp32",
     device: Device = "auto",
+    data_placement: Placement = "auto",
     seed: Annotated[int, Range(0)] = 0,
 ) -> Artifact:
     """Train the teacher with CE (or import ``checkpoint`` and train it ``epochs`` more).
@@ -317,6 +321,7 @@ def distill(
     augment: Augment = "none",
     precision: Precision = "fp32",
     device: Device = "auto",
+    data_placement: Placement = "auto",
     quant_aware: bool = False,
     seed: Annotated[int, Range(0)] = 0,
 ) -> Artifact:

@@ -34,6 +34,10 @@ from kdexport.zoo import eval_mode
 Progress = Callable[[str, int, int, str], None]
 SCHEDULES = ("cosine", "step")
 AUGMENTATIONS = ("none", "shift")
+PLACEMENTS = ("auto", "device", "host")
+AUTO_DEVICE_SHARE = (
+    0.25  # "auto" copies the pool to the GPU if it takes at most this share of free memory
+)
 
 
 def quiet(stage: str, done: int, total: int, info: str) -> None:
@@ -42,12 +46,63 @@ def quiet(stage: str, done: int, total: int, info: str) -> None:
 
 @dataclass
 class Pool:
-    """What the epochs draw batches from: inputs, labels (-1: unlabeled), cached teacher outputs."""
+    """What the epochs draw batches from: inputs, labels (-1: unlabeled), cached teacher outputs.
+
+    ``placement`` says where it stays while training on a GPU: ``"device"`` (copied once into
+    the GPU's memory, the fastest) or ``"pinned host"`` (each batch gathered into page-locked
+    memory and copied while the GPU works on the previous one); ``"cpu"`` when training on the CPU.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
     teacher_logits: torch.Tensor | None = None
     teacher_feature: torch.Tensor | None = None
+    placement: str = "cpu"
+
+    def _tensors(self) -> list[tuple[str, torch.Tensor]]:
+        names = ("x", "y", "teacher_logits", "teacher_feature")
+        return [(n, getattr(self, n)) for n in names if getattr(self, n) is not None]
+
+    def place(self, device: torch.device, option: str) -> None:
+        """Put the pool where training on ``device`` reads it, as ``option`` (``PLACEMENTS``) says:
+        ``"auto"`` is ``"device"`` when the pool takes at most ``AUTO_DEVICE_SHARE`` of the GPU's
+        free memory, else ``"host"``."""
+        if device.type != "cuda":
+            self.placement = "cpu"
+            return
+        size = sum(t.nbytes for _, t in self._tensors())
+        if option == "auto":
+            free, _ = torch.cuda.mem_get_info(device)
+            option = "device" if size <= AUTO_DEVICE_SHARE * free else "host"
+        if option == "host":
+            self.placement = "pinned host"
+            return
+        try:
+            for name, t in self._tensors():
+                setattr(self, name, t.to(device))
+        except torch.cuda.OutOfMemoryError:
+            raise KdxError(
+                f"the training data ({size / 2**30:.2f} GiB) does not fit in the GPU's memory; "
+                "set data_placement = 'host' (or 'auto') to keep it in pinned host memory"
+            ) from None
+        self.placement = "device"
+
+    def batch(self, idx: torch.Tensor, device: torch.device) -> tuple:
+        """Rows ``idx`` of x, y, teacher logits and feature (None where absent), on ``device``."""
+        return tuple(
+            None if t is None else _take(t, idx, device)
+            for t in (self.x, self.y, self.teacher_logits, self.teacher_feature)
+        )
+
+
+def _take(t: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t[idx]`` on ``device``: from host memory, gathered into a pinned buffer (PyTorch's caching
+    host allocator does not reuse it before the copy is done) and copied without blocking."""
+    if t.device == device:
+        return t[idx]
+    staged = torch.empty((len(idx), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
+    torch.index_select(t, 0, idx, out=staged)
+    return staged.to(device, non_blocking=True)
 
 
 @dataclass
@@ -190,22 +245,20 @@ def identity_of(**parts) -> dict:
     return json.loads(json.dumps(parts, sort_keys=True))
 
 
-def _teacher_outputs(job: Job, x: torch.Tensor, idx: torch.Tensor):
-    pool = job.pool
-    if pool.teacher_logits is not None:
-        feature = pool.teacher_feature[idx] if pool.teacher_feature is not None else None
-        return pool.teacher_logits[idx], feature
-    if job.teacher is None:
-        return None, None
+def _teacher_outputs(job: Job, x: torch.Tensor, cached: tuple):
+    """The teacher's logits and feature for ``x``: the cached ones, else computed now."""
+    if cached[0] is not None or job.teacher is None:
+        return cached
     with torch.no_grad():
         logits = job.teacher(x)
     return logits, job.teacher_tap.value if job.teacher_tap else None
 
 
-def _step(net, job: Job, state: _State, x, y, idx, opts: dict, cluster: Cluster):
+def _step(net, job: Job, state: _State, batch: tuple, opts: dict, cluster: Cluster):
+    x, y, *cached = batch
     with autocast(opts["precision"], cluster.device):
         logits = net(x)
-        t_logits, t_feature = _teacher_outputs(job, x, idx)
+        t_logits, t_feature = _teacher_outputs(job, x, cached)
         s_feature = job.student_tap.value if job.student_tap else None
         loss, terms = job.objective(logits, t_logits, y, s_feature, t_feature)
     bad = first_non_finite(loss, terms)
@@ -229,10 +282,10 @@ def _train_epoch(net, job: Job, state: _State, epoch: int, opts: dict, session: 
     sums: dict[str, float] = {}
     for step in range(job.steps):
         idx = order[step * batch : (step + 1) * batch][cluster.rank :: cluster.world]
-        x = job.pool.x[idx]
+        x, *rest = job.pool.batch(idx, cluster.device)
         if opts["augment"] == "shift":
             x = shift(x, augment)
-        bad, terms = _step(net, job, state, x, job.pool.y[idx], idx, opts, cluster)
+        bad, terms = _step(net, job, state, (x, *rest), opts, cluster)
         if bad:
             raise KdxError(
                 f"{session.label}: the loss is not finite (term '{bad}') at epoch {epoch + 1}, "
@@ -253,15 +306,12 @@ def _validate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, fl
     )
 
 
-def _to(job: Job, device: torch.device) -> None:
+def _to(job: Job, device: torch.device, placement: str) -> None:
     job.model.to(device)
     job.objective.to(device)
     if job.teacher is not None:
         job.teacher.to(device)
-    p = job.pool
-    for name in ("x", "y", "teacher_logits", "teacher_feature"):
-        if getattr(p, name) is not None:
-            setattr(p, name, getattr(p, name).to(device))
+    job.pool.place(device, placement)
 
 
 def fit(job: Job, val: tuple[np.ndarray, np.ndarray], opts: dict, session: Session) -> list:
@@ -270,7 +320,7 @@ def fit(job: Job, val: tuple[np.ndarray, np.ndarray], opts: dict, session: Sessi
     check_precision(opts["precision"], cluster.device)
     if opts["batch_size"] < cluster.world:
         raise KdxError(f"batch_size {opts['batch_size']} < {cluster.world} processes; raise it")
-    _to(job, cluster.device)
+    _to(job, cluster.device, opts["data_placement"])
     state = _State(job, opts)
     if session.resume and session.checkpoint and session.checkpoint.is_file():
         state.restore(session.checkpoint, job, session.identity, cluster.device)
@@ -283,7 +333,7 @@ def fit(job: Job, val: tuple[np.ndarray, np.ndarray], opts: dict, session: Sessi
         train_s = time.perf_counter() - start
         val_acc, val_nll = (cluster.from_main(v) for v in _validate(job.model, *val))
         record = {"epoch": epoch + 1, "val_accuracy": val_acc, "val_nll": val_nll, **terms}
-        state.history.append({**record, "train_s": train_s})
+        state.history.append({**record, "train_s": train_s, "data": job.pool.placement})
         improved = val_acc > state.best_acc
         state.stale = 0 if improved else state.stale + 1
         if improved:

@@ -12,7 +12,7 @@ from kdexport import recipe
 from kdexport.data import load_splits
 from kdexport.distill import _student_pool, distill, load_teacher, train_teacher
 from kdexport.errors import KdxError
-from kdexport.trainer import _lr_factor, predict, shift
+from kdexport.trainer import AUTO_DEVICE_SHARE, Pool, _lr_factor, predict, shift
 from kdexport.zoo import create_model
 
 TINY = [
@@ -163,6 +163,7 @@ def test_label_scarce_student_trains_on_the_teacher_alone(run):
     art = distill(run, r["data"], **r["distill"])
     assert art.parameters["label_fraction"] == 0.1
     assert art.checks["epochs_run"] == 2
+    assert art.checks["data_placement"] == "cpu"
 
 
 def test_early_stopping(run):
@@ -235,6 +236,32 @@ def test_cuda_device_without_a_gpu(run):
     r = _recipe(run, "distill.device='cuda'")
     with pytest.raises(KdxError, match="device = 'cuda' but PyTorch sees no CUDA GPU"):
         distill(run, r["data"], **r["distill"])
+
+
+def test_data_placement_on_a_gpu_follows_the_free_memory(monkeypatch):
+    """ "auto" keeps data larger than a quarter of the GPU's free memory on the host (pinned per
+    batch); on the CPU the data stays where it is."""
+    pool = Pool(torch.zeros(1000, 64), torch.zeros(1000, dtype=torch.int64))  # 264,000 bytes
+    size = pool.x.nbytes + pool.y.nbytes
+    free = size / AUTO_DEVICE_SHARE - 1
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 10 * free))
+    pool.place(torch.device("cuda", 0), "auto")
+    assert pool.placement == "pinned host" and pool.x.device.type == "cpu"
+    pool.place(torch.device("cpu"), "device")
+    assert pool.placement == "cpu"
+    x, y, logits, feature = pool.batch(torch.tensor([3, 1]), torch.device("cpu"))
+    assert x.shape == (2, 64) and y.shape == (2,) and logits is None and feature is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("placement", ["device", "host"])
+def test_data_placement_on_cuda(run, placement):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    r = _recipe(run, "distill.device='cuda'", f"distill.data_placement='{placement}'")
+    art = distill(run, r["data"], **r["distill"])
+    assert art.checks["data_placement"] == {"device": "device", "host": "pinned host"}[placement]
+    assert art.checks["test_accuracy"] > 0.5
 
 
 @pytest.mark.gpu

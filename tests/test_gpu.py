@@ -295,6 +295,28 @@ def test_fp16_with_float16_io_on_the_gpu(cuda, tiny_onnx, tmp_path):
 
 
 @pytest.mark.gpu
+def test_batches_from_host_memory_come_through_pinned_buffers():
+    import torch
+
+    from kdexport.trainer import Pool
+
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch sees no CUDA GPU")
+    x, y = torch.randn(500, 1, 8, 8), torch.arange(500)
+    pool = Pool(x, y, teacher_logits=torch.randn(500, 10))
+    device = torch.device("cuda", 0)
+    pool.place(device, "host")
+    assert pool.placement == "pinned host" and pool.x.device.type == "cpu"
+    idx = torch.randperm(500)[:64]
+    bx, by, logits, feature = pool.batch(idx, device)
+    torch.cuda.synchronize()
+    assert bx.device == device and by.device == device and logits.device == device
+    assert torch.equal(bx.cpu(), x[idx]) and torch.equal(by.cpu(), y[idx]) and feature is None
+    pool.place(device, "device")
+    assert pool.placement == "device" and pool.x.device == device
+
+
+@pytest.mark.gpu
 def test_out_of_range_device_id(cuda, tmp_path):
     reason = load_target(_profile(tmp_path, _cuda_profile(device_id=99))).unavailable_reason()
     assert "device_id 99 is" in reason and "nvidia-smi -L" in reason, reason

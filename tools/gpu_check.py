@@ -10,7 +10,8 @@ check never stops the run), and the JSON rewritten after each one:
 - ``environment``, ``providers``: versions, GPUs, the onnxruntime build in use, and whether each
   GPU target (ort-cuda, ort-cuda-fp16, ort-tensorrt) can start here, or why not;
 - ``distill``: a short train-teacher + distill on the GPU (bf16 autocast) through kdexport's own
-  stages, on torch-generated data (10 classes of noisy 8x8 patterns);
+  stages, on torch-generated data (10 classes of noisy 8x8 patterns); the student twice, with its
+  data in the GPU's memory and in pinned host memory;
 - ``export``: teacher and student to ONNX (kdexport.export.export_onnx);
 - ``parity``: every GPU target's compiled teacher and student against PyTorch on CUDA (TF32 off)
   on 512 held-out inputs, with the provider that actually ran each model;
@@ -159,7 +160,8 @@ def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def distill_check(run: Path, device: str, precision: str, epochs: tuple[int, int]) -> dict:
-    """train-teacher and distill through kdexport's stages, on ``device`` with autocast."""
+    """train-teacher and distill through kdexport's stages, on ``device`` with autocast; the
+    student twice: its data in the GPU's memory, then in pinned host memory (per batch)."""
     import torch
 
     from kdexport.distill import distill, train_teacher
@@ -170,17 +172,34 @@ def distill_check(run: Path, device: str, precision: str, epochs: tuple[int, int
     common = {"device": device, "precision": precision, "batch_size": 64}
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    out = {"device": device, "precision": precision}
     t0 = time.perf_counter()
-    teacher = train_teacher(run, data, model=MODELS["teacher"], epochs=epochs[0], **common)
-    t1 = time.perf_counter()
-    student = distill(run, data, student=MODELS["student"], epochs=epochs[1], **common)
-    t2 = time.perf_counter()
-    out = {"device": device, "precision": precision, "teacher_s": t1 - t0, "student_s": t2 - t1}
-    for name, art in (("teacher", teacher), ("student", student)):
-        out[name] = {k: art.checks.get(k) for k in ("val_accuracy", "test_accuracy", "epochs_run")}
+    art = train_teacher(run, data, model=MODELS["teacher"], epochs=epochs[0], **common)
+    out["teacher"] = {"wall_s": time.perf_counter() - t0, **_trained(art)}
+    for placement in ("device", "host"):
+        t0 = time.perf_counter()
+        art = distill(
+            run,
+            data,
+            student=MODELS["student"],
+            epochs=epochs[1],
+            data_placement=placement,
+            **common,
+        )
+        history = json.loads((art.path / "history.json").read_text())
+        out[f"student_data_{placement}"] = {
+            "wall_s": time.perf_counter() - t0,
+            "epoch_train_s_median": float(np.median([h["train_s"] for h in history])),
+            **_trained(art),
+        }
     if device == "cuda":
         out["cuda_peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def _trained(art) -> dict:
+    keys = ("val_accuracy", "test_accuracy", "epochs_run", "data_placement")
+    return {k: art.checks.get(k) for k in keys}
 
 
 def models(run: Path, trained: bool) -> tuple[dict, dict]:
@@ -313,14 +332,16 @@ def _importable(module: str) -> bool:
 
 
 def pytest_check(out_dir: Path) -> dict:
-    """The tests marked gpu, in a child process; without conftest's packages, those that can."""
+    """The tests marked gpu, in a child process; without conftest's packages, those of
+    tests/test_gpu.py that need no fixture of conftest.py."""
     if not _importable("pytest"):
         raise RuntimeError("pytest is not installed here; the gpu tests were not run")
     args = [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", "-rA", "-q"]
     missing = [m for m in CONFTEST_NEEDS if not _importable(m)]
     if missing:  # conftest.py runs the whole pipeline through the CLI: leave those tests out
-        args += ["--noconftest", "-k", "not pipeline"]
-    args.append("tests/test_gpu.py")
+        args += ["--noconftest", "-k", "not pipeline", "tests/test_gpu.py"]
+    else:
+        args.append("tests")
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -332,7 +353,11 @@ def pytest_check(out_dir: Path) -> dict:
     result = {
         "returncode": done.returncode,
         "summary": lines[-1] if lines else "",
-        "left_out": f"pipeline tests (conftest needs {', '.join(missing)})" if missing else None,
+        "left_out": (
+            f"tests outside test_gpu.py and the pipeline test (conftest needs {', '.join(missing)})"
+            if missing
+            else None
+        ),
         "results": [ln for ln in lines if ln.startswith(("PASSED", "FAILED", "ERROR", "SKIPPED"))],
     }
     if done.returncode not in (0, 5):
