@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdexport.backends import import_onnxruntime
 from kdexport.errors import KdxError
 
 
@@ -80,8 +81,7 @@ def _value_info(value) -> dict:
 
 def run_reference(path: Path, x: np.ndarray) -> np.ndarray:
     """Outputs of an ONNX model on ONNX Runtime's CPU provider with no graph rewrites."""
-    import onnxruntime as ort
-
+    ort = import_onnxruntime("checking the exported model against PyTorch")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdexport.backends import import_onnxruntime
 from kdexport.errors import KdxError
 
 
@@ -98,10 +99,7 @@ class OnnxModel(nn.Module):
 
     def __init__(self, path: Path):
         super().__init__()
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise KdxError(f"{path}: an ONNX teacher needs the onnxruntime package") from None
+        ort = import_onnxruntime(f"{path}: an ONNX teacher")
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own types for bad files

@@ -514,3 +514,17 @@ def test_interrupted_stage_is_named(run_copy):
     shutil.move(run_copy / "export", run_copy / ".export.killed.tmp")
     result = kdx("compile", run_copy, code=1)
     assert "was interrupted while being written" in result.stderr
+
+
+def test_output_cut_short_by_the_reader_is_quiet():
+    """`kdexport targets | head -1`: the closed pipe ends the command without an error line."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "kdexport.cli", "targets"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        proc.stdout.readline()
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode()
+    assert proc.returncode in (0, 141), stderr
+    assert "error" not in stderr and "Traceback" not in stderr, stderr

@@ -182,6 +182,51 @@ def test_onnxruntime_builds_installed_together(tmp_path):
     )
 
 
+_WITHOUT_ONNXRUNTIME = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "onnxruntime":
+            raise ModuleNotFoundError(f"No module named '{name}'")
+sys.meta_path.insert(0, Block())
+from kdexport.errors import KdxError
+from kdexport.onnxfile import run_reference
+try:
+    run_reference("model.onnx", None)
+except KdxError as e:
+    print(e)
+sys.argv = ["kdexport", "targets"]
+from kdexport.cli import main
+main()
+"""
+
+
+def test_without_onnxruntime_the_install_is_named():
+    """onnxruntime comes with the [cpu] or [gpu] extra: where neither is installed, the
+    ONNX Runtime targets and the export check say how to install one."""
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_ONNXRUNTIME], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("checking the exported model against PyTorch needs the onnxruntime")
+    ort_lines = [
+        next(ln for ln in lines if f"target '{name}' needs the onnxruntime package" in ln)
+        for name in ("ort-cpu", "ort-cuda")
+    ]
+    for line in [lines[0], *ort_lines]:
+        assert "pip install 'kdexport[cpu]', or 'kdexport[gpu]' for CUDA" in line, line
+
+
+def test_wheel_names_onnxruntime_by_extra():
+    import importlib.metadata
+
+    requires = importlib.metadata.requires("kdexport")
+    assert 'onnxruntime>=1.20; extra == "cpu"' in requires
+    assert 'onnxruntime-gpu[cuda,cudnn]>=1.20; extra == "gpu"' in requires
+    assert not [r for r in requires if r.startswith("onnxruntime") and "extra ==" not in r]
+
+
 def test_gpu_start_failures_are_one_line_with_the_fix():
     error = (
         "[ONNXRuntimeError] : 1 : FAIL : Invalid device ID: 3, must be between 0 (inclusive) "

@@ -5,6 +5,10 @@
 # PyTorch: a machine without an NVIDIA GPU gets the CPU build (a plain `torch` requirement would
 # pull a multi-GB CUDA build). To choose another build, install it into .venv first, or set
 # KDEXPORT_TORCH to pip arguments, e.g. KDEXPORT_TORCH="torch==2.13.0" for the default CUDA build.
+#
+# ONNX Runtime: the [gpu] extra (onnxruntime-gpu) where nvidia-smi runs, else [cpu] (onnxruntime);
+# KDEXPORT_ORT=cpu or gpu chooses. The two builds cannot share .venv: switching removes both
+# first, then installs the one chosen.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$root/.venv"
@@ -26,9 +30,20 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 
+ort=${KDEXPORT_ORT:-$(command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)}
+case "$ort" in
+  cpu) other=onnxruntime-gpu ;;
+  gpu) other=onnxruntime ;;
+  *) echo "KDEXPORT_ORT=$ort: use cpu or gpu" >&2; exit 2 ;;
+esac
+
 stamp="$venv/.kdexport-installed"
-want=$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)
+want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1) $ort"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  "${pip[@]}" -e "$root[test]"
+  if "$venv/bin/python" -m pip show -q "$other" 2>/dev/null; then
+    # Both builds own the same files: remove both, so that the one wanted is installed whole.
+    "$venv/bin/python" -m pip uninstall -y -q onnxruntime onnxruntime-gpu
+  fi
+  "${pip[@]}" -e "$root[$ort,test]"
   echo "$want" > "$stamp"
 fi

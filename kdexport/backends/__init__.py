@@ -18,9 +18,10 @@ import numpy as np
 
 from kdexport.errors import KdxError
 
-BACKENDS = {
-    "onnxruntime": ("kdexport.backends.ort", "onnxruntime"),
-    "openvino": ("kdexport.backends.openvino", "openvino"),
+ORT_INSTALL = "pip install 'kdexport[cpu]', or 'kdexport[gpu]' for CUDA (from a clone: pip install -e '.[cpu]')"
+BACKENDS = {  # name -> (module, the package it needs, how to install that)
+    "onnxruntime": ("kdexport.backends.ort", "onnxruntime", ORT_INSTALL),
+    "openvino": ("kdexport.backends.openvino", "openvino", "pip install openvino"),
 }
 
 
@@ -42,10 +43,18 @@ def backend(name: str, target_name: str = "") -> ModuleType:
         raise KdxError(
             f"target '{target_name}': unknown backend '{name}'; known: {', '.join(BACKENDS)}"
         )
-    module, package = BACKENDS[name]
+    module, package, install = BACKENDS[name]
     try:
         return importlib.import_module(module)
     except ImportError as e:
         raise KdxError(
-            f"target '{target_name}' needs the {package} package ({e}); pip install {package}"
+            f"target '{target_name}' needs the {package} package ({e}); {install}"
         ) from None
+
+
+def import_onnxruntime(purpose: str) -> ModuleType:
+    """The onnxruntime module (whichever build is installed), or a KdxError saying how to get it."""
+    try:
+        return importlib.import_module("onnxruntime")
+    except ImportError as e:
+        raise KdxError(f"{purpose} needs the onnxruntime package ({e}); {ORT_INSTALL}") from None
