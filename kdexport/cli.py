@@ -411,7 +411,7 @@ def import_results_cmd(results, out, as_json):
     from rich.console import Console
     from rich.table import Table
 
-    from kdexport.package import FLEET_HEADER, fleet_cells, import_results
+    from kdexport.fleet import FLEET_HEADER, fleet_cells, import_results
 
     fleet = import_results(list(results), out)
     table = Table(*FLEET_HEADER, title=f"kdexport fleet: {fleet['devices']} devices")

@@ -25,7 +25,8 @@ from conftest import kdx
 from kdexport import bench, bundle_runner
 from kdexport.artifact import sha256
 from kdexport.errors import KdxError
-from kdexport.package import MTIME, extract, import_results, package, verify
+from kdexport.fleet import import_results
+from kdexport.package import MTIME, extract, package, verify
 
 BLOCKED = "torch,kdexport,onnx,sklearn,openvino,click,rich"
 # Runs run.py with the imports above failing, so that needing one of them fails the test.
