@@ -277,6 +277,14 @@ def test_gpu_check_without_cuda_writes_why(tmp_path):
     assert all(g["passed"] is None for k, g in report["goals"].items() if "parity" in k)
 
 
+def test_gpu_device_check_without_the_wheel_parts_says_so(tmp_path):
+    env = {**os.environ, "ORTGPU_PARTS": str(tmp_path), "ORTGPU_SITE": str(tmp_path / "site")}
+    args = ["bash", "tools/gpu_device_check.sh", "onnxruntime_gpu-1.31.1-cp312-cp312-x.whl"]
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"no parts in {tmp_path}: copy .gpuwheel/part-* there"
+
+
 # The packages tools/gpu_check.py cannot count on (the GPU machine has none of them).
 OPTIONAL = ["sklearn", "click", "rich", "openvino", "nncf", "matplotlib"]
 _BLOCKED_IMPORTS = """
