@@ -91,7 +91,8 @@ def test_compile_for_cuda_where_there_is_none_is_one_line(run_copy):
     result = kdx("compile", run_copy, "--target", "ort-cuda", code=None)
     _one_line_error(result, "target 'ort-cuda' is not available here: this onnxruntime")
     assert (
-        "CUDAExecutionProvider" in result.stderr and "pip install onnxruntime-gpu" in result.stderr
+        "CUDAExecutionProvider" in result.stderr
+        and "pip install 'onnxruntime-gpu[cuda,cudnn]'" in result.stderr
     )
 
 
@@ -167,7 +168,10 @@ def test_onnxruntime_builds_installed_together(tmp_path):
     both_here = {"onnxruntime": init, "onnxruntime-gpu": init}
     problem = ort_backend.install_problem(both_here, init)
     assert "onnxruntime and onnxruntime-gpu are both installed and conflict" in problem
-    assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu" in problem
+    fix = (
+        "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu[cuda,cudnn]'"
+    )
+    assert fix in problem and "(or onnxruntime, for the CPU alone)" in problem
     # pip install --target DIR on PYTHONPATH: two folders, the first on sys.path is imported
     apart = {"onnxruntime": init, "onnxruntime-gpu": other / "onnxruntime" / "__init__.py"}
     assert ort_backend.install_problem(apart, other / "onnxruntime" / "__init__.py") is None

@@ -43,10 +43,10 @@ _CHOICES = {
     "arena_extend_strategy": ("kNextPowerOfTwo", "kSameAsRequested"),
 }
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-GPU_INSTALL = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
+GPU_BUILD = "'onnxruntime-gpu[cuda,cudnn]'"  # with the CUDA and cuDNN libraries it was built for
+GPU_INSTALL = f"pip uninstall -y onnxruntime && pip install {GPU_BUILD}"
 _CUDA_FIX = (
-    "pip install 'onnxruntime-gpu[cuda,cudnn]' (the CUDA and cuDNN libraries it was built for), "
-    "or use ort-cpu"
+    f"pip install {GPU_BUILD} (the CUDA and cuDNN libraries it was built for), or use ort-cpu"
 )
 _TRT_FIX = "install TensorRT for this CUDA version (pip install tensorrt), or use ort-cuda"
 
@@ -141,7 +141,8 @@ def install_problem(dists: dict[str, Path], module: str | Path) -> str | None:
     if len(here) > 1:
         return (
             f"{' and '.join(here)} are both installed and conflict (one overwrites the other's "
-            f"files); keep one: pip uninstall -y {' '.join(here)} && pip install onnxruntime-gpu"
+            f"files); keep one: pip uninstall -y {' '.join(here)} && pip install {GPU_BUILD} "
+            "(or onnxruntime, for the CPU alone)"
         )
     return None
 
