@@ -35,9 +35,8 @@ Progress = Callable[[str, int, int, str], None]
 SCHEDULES = ("cosine", "step")
 AUGMENTATIONS = ("none", "shift")
 PLACEMENTS = ("auto", "device", "host")
-AUTO_DEVICE_SHARE = (
-    0.25  # "auto" copies the pool to the GPU if it takes at most this share of free memory
-)
+# "auto" copies the pool to the GPU if it takes at most this share of the GPU's free memory
+AUTO_DEVICE_SHARE = 0.25
 
 
 def quiet(stage: str, done: int, total: int, info: str) -> None:
@@ -59,9 +58,10 @@ class Pool:
     teacher_feature: torch.Tensor | None = None
     placement: str = "cpu"
 
+    TENSORS = ("x", "y", "teacher_logits", "teacher_feature")
+
     def _tensors(self) -> list[tuple[str, torch.Tensor]]:
-        names = ("x", "y", "teacher_logits", "teacher_feature")
-        return [(n, getattr(self, n)) for n in names if getattr(self, n) is not None]
+        return [(n, getattr(self, n)) for n in self.TENSORS if getattr(self, n) is not None]
 
     def place(self, device: torch.device, option: str) -> None:
         """Put the pool where training on ``device`` reads it, as ``option`` (``PLACEMENTS``) says:
@@ -90,8 +90,7 @@ class Pool:
     def batch(self, idx: torch.Tensor, device: torch.device) -> tuple:
         """Rows ``idx`` of x, y, teacher logits and feature (None where absent), on ``device``."""
         return tuple(
-            None if t is None else _take(t, idx, device)
-            for t in (self.x, self.y, self.teacher_logits, self.teacher_feature)
+            None if (t := getattr(self, n)) is None else _take(t, idx, device) for n in self.TENSORS
         )
 
 

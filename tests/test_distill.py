@@ -253,13 +253,17 @@ def test_data_placement_on_a_gpu_follows_the_free_memory(monkeypatch):
     assert x.shape == (2, 64) and y.shape == (2,) and logits is None and feature is None
 
 
+def _distill_on_cuda(run, *sets):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    r = _recipe(run, "distill.device='cuda'", *sets)
+    return distill(run, r["data"], **r["distill"])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("placement", ["device", "host"])
 def test_data_placement_on_cuda(run, placement):
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    r = _recipe(run, "distill.device='cuda'", f"distill.data_placement='{placement}'")
-    art = distill(run, r["data"], **r["distill"])
+    art = _distill_on_cuda(run, f"distill.data_placement='{placement}'")
     assert art.checks["data_placement"] == {"device": "device", "host": "pinned host"}[placement]
     assert art.checks["test_accuracy"] > 0.5
 
@@ -267,7 +271,5 @@ def test_data_placement_on_cuda(run, placement):
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_on_cuda(run, precision):
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    r = _recipe(run, "distill.device='cuda'", f"distill.precision='{precision}'")
-    assert distill(run, r["data"], **r["distill"]).checks["test_accuracy"] > 0.5
+    art = _distill_on_cuda(run, f"distill.precision='{precision}'")
+    assert art.checks["test_accuracy"] > 0.5
