@@ -90,8 +90,15 @@ def _recipe_options(fn):
 _run_arg = click.argument("run_dir", default=DEFAULT_RUN, type=click.Path(file_okay=False))
 
 
-def _print_table(figs: dict) -> None:
+def _console():
+    """Where tables and their notes go: what they hold (paths, reasons, pip extras such as
+    onnxruntime-gpu[cuda,cudnn]) is printed as it is, never read as rich markup."""
     from rich.console import Console
+
+    return Console(width=200, markup=False)
+
+
+def _print_table(figs: dict) -> None:
     from rich.table import Table
 
     from kdexport.report import HEADER, notes, rows
@@ -99,7 +106,7 @@ def _print_table(figs: dict) -> None:
     table = Table(*HEADER, title=f"kdexport: {figs['run_dir']}")
     for row in rows(figs):
         table.add_row(*row)
-    console = Console(width=200)
+    console = _console()
     console.print(table)
     for line in notes(figs):
         console.print(line)
@@ -408,7 +415,6 @@ def verify_cmd(bundle, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the table as one JSON line last.")
 def import_results_cmd(results, out, as_json):
     """Merge `python run.py bench` results from devices into one fleet table."""
-    from rich.console import Console
     from rich.table import Table
 
     from kdexport.fleet import FLEET_HEADER, fleet_cells, import_results
@@ -417,7 +423,7 @@ def import_results_cmd(results, out, as_json):
     table = Table(*FLEET_HEADER, title=f"kdexport fleet: {fleet['devices']} devices")
     for row in fleet_cells(fleet):
         table.add_row(*row)
-    Console(width=200).print(table)
+    _console().print(table)
     if out:
         click.echo(f"fleet table: {out}")
     if as_json:
@@ -430,7 +436,6 @@ def import_results_cmd(results, out, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON line last.")
 def compare_cmd(run_a, run_b, as_json):
     """Show two complete runs side by side (e.g. the same recipe on two machines)."""
-    from rich.console import Console
     from rich.table import Table
 
     from kdexport.compare import compare
@@ -439,7 +444,7 @@ def compare_cmd(run_a, run_b, as_json):
     table = Table(*result["header"], title=f"A = {run_a}   B = {run_b}")
     for row in result["rows"]:
         table.add_row(*row)
-    console = Console(width=200)
+    console = _console()
     console.print(table)
     for key, machine in result["machines"].items():
         console.print(f"{key}: {machine}")

@@ -83,6 +83,17 @@ def test_targets_lists_the_gpu_targets_with_reasons():
         assert "CUDAExecutionProvider" in CUDA_REASON and "onnxruntime-gpu" in CUDA_REASON
 
 
+def test_report_prints_why_a_target_was_skipped_as_it_is(run_copy):
+    """The fix names onnxruntime-gpu[cuda,cudnn]: rich must not read the brackets as markup."""
+    from conftest import kdx
+
+    if not CUDA_REASON:
+        pytest.skip("CUDA is available here")
+    printed = " ".join(kdx("report", run_copy).stdout.split())  # rich wraps long lines
+    assert "onnxruntime-gpu[cuda,cudnn]" in CUDA_REASON
+    assert f"skipped ort-cuda: {' '.join(CUDA_REASON.split())}" in printed
+
+
 def test_compile_for_cuda_where_there_is_none_is_one_line(run_copy):
     from conftest import kdx
 
