@@ -9,6 +9,7 @@ allocations do not hide in another's.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -27,8 +28,8 @@ from kdexport.distill import Progress, _quiet
 from kdexport.errors import KdxError
 from kdexport.export import MODELS
 from kdexport.onnxfile import check_onnx_file
+from kdexport.profiles import Target, load_target
 from kdexport.recipe import Range
-from kdexport.targets import Target, load_target
 
 QUICK = {
     "warmup_iters": 2,
@@ -96,7 +97,13 @@ def peak_memory(path: Path, target: Target, batch: np.ndarray) -> dict:
             json.dumps(target.as_dict()),
             tmp,
         ]
-        done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        # The child imports this same kdexport, installed or run from a source tree.
+        here = str(Path(__file__).resolve().parent.parent)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
+        }
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     if done.returncode:
         raise KdxError(
             f"memory probe of {path.name} on {target.name} failed: {done.stderr.strip()[-300:]}"

@@ -82,7 +82,7 @@ def _recipe_options(fn):
         "--recipe",
         type=click.Path(dir_okay=False),
         default=None,
-        help="Recipe TOML (default: the run's recipe.toml, else models/digits.toml).",
+        help="Recipe TOML (default: the run's recipe.toml, else kdexport/recipes/digits.toml).",
     )(fn)
     return fn
 
@@ -465,7 +465,7 @@ def status_cmd(run_dir):
 @cli.command("targets")
 def targets_cmd():
     """List the targets; say which are available here, and why not."""
-    from kdexport.targets import builtin_names, load_target
+    from kdexport.profiles import builtin_names, load_target
 
     for name in builtin_names():
         target = load_target(name)

@@ -21,7 +21,7 @@ from kdexport.distill import Progress, _quiet
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy, parity
 from kdexport.export import MODELS
-from kdexport.targets import Target, load_target
+from kdexport.profiles import Target, load_target
 
 
 def open_export(run_dir: Path) -> Artifact:

@@ -14,19 +14,48 @@ import numpy as np
 from kdexport.backends import import_onnxruntime
 from kdexport.errors import KdxError
 
+# Models kdexport builds itself (probes, tests) state their IR version and opset: low enough for
+# the oldest onnxruntime kdexport supports (1.20 reads IR 10), whatever onnx writes by default.
+IR_VERSION, OPSET = 8, 17
+
+
+def make_model(graph, opset: int = OPSET, ir_version: int = IR_VERSION):
+    """An ONNX ModelProto of ``graph`` with an explicit IR version and default-domain opset."""
+    from onnx import helper
+
+    opsets = [helper.make_opsetid("", opset)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=ir_version)
+
+
+def _graph_tensors(graph):
+    """Every TensorProto of a graph: initializers, sparse ones, node attributes, subgraphs."""
+    from onnx import AttributeProto
+
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR:
+                yield attr.t
+            yield from attr.tensors
+            if attr.type == AttributeProto.GRAPH:
+                yield from _graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _graph_tensors(sub)
+
 
 def external_data_files(path: Path, model=None) -> list[Path]:
     """The external data files an ONNX model refers to, each checked to stay in its folder."""
     import onnx
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors
 
     model = model if model is not None else onnx.load(str(path), load_external_data=False)
     folder = path.parent.resolve()
     files = set()
-    for tensor in _get_all_tensors(model):
+    for tensor in _graph_tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        location = ExternalDataInfo(tensor).location
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         target = (folder / location).resolve()
         if os.path.isabs(location) or folder not in target.parents:
             raise KdxError(

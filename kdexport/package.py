@@ -318,6 +318,8 @@ def _open_tar(archive: Path) -> tarfile.TarFile:
 def _check_member(m: tarfile.TarInfo) -> str | None:
     """Why ``m`` may not be unpacked, if it may not."""
     parts = PurePosixPath(m.name).parts
+    if not parts or parts == (".",):
+        return "has an empty name"
     if m.name.startswith(("/", "\\")) or (parts and ":" in parts[0]):
         return "has an absolute path"
     if ".." in parts or "\\" in m.name:

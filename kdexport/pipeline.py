@@ -52,7 +52,7 @@ def distill_and_export(
     progress: Progress = _quiet,
     baseline_seeds: int = 0,
 ) -> dict:
-    """Run every stage of ``recipe`` (default: models/digits.toml) into ``out``; return figures.
+    """Run every stage of ``recipe`` (default: kdexport/recipes/digits.toml) into ``out``; return figures.
 
     A teacher already trained in ``out`` with the same parameters and data is reused.
     ``baseline_seeds`` > 0 also compares KD with the student trained from scratch (RUN/baseline).

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import tomllib
 import typing
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from kdexport.errors import KdxError
 
@@ -121,11 +119,17 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key.strip(), value
 
 
+# The built-in recipes sit beside this module, found the same way from a source tree, an
+# editable install and a wheel (which ships them as package data).
+BUILTIN_DIR = Path(__file__).resolve().parent / "recipes"
+
+
 def builtin_recipe_path(name: str) -> Path:
-    """The path of a recipe shipped in models/ (e.g. 'digits')."""
-    path = Path(str(resources.files("kdexport._models").joinpath(f"{name}.toml")))
+    """The path of a recipe shipped in kdexport/recipes/ (e.g. 'digits')."""
+    path = BUILTIN_DIR / f"{name}.toml"
     if not path.is_file():
-        raise KdxError(f"no built-in recipe '{name}'")
+        known = ", ".join(sorted(p.stem for p in BUILTIN_DIR.glob("*.toml")))
+        raise KdxError(f"no built-in recipe '{name}'; known: {known}")
     return path
 
 

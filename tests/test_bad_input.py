@@ -16,6 +16,7 @@ import torch
 from conftest import FAST_ARGS, fails, kdx
 
 from kdexport.artifact import leftovers
+from kdexport.onnxfile import make_model
 
 
 def _npz(tmp: Path, **arrays) -> str:
@@ -59,7 +60,7 @@ def _onnx_input(shape):
             [onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [vi[0]], [vi[1]]
         )
         onnx.save(
-            onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]),
+            make_model(graph),
             str(tmp / "m.onnx"),
         )
         return tmp / "m.onnx"
@@ -496,7 +497,7 @@ def test_pipeline_fails_before_training(tmp_path):
 
 
 def test_unavailable_target(run_copy):
-    from kdexport.targets import load_target
+    from kdexport.profiles import load_target
 
     if load_target("ort-cuda").unavailable_reason() is None:
         pytest.skip("CUDA is available here")

@@ -10,6 +10,7 @@ from conftest import kdx
 from kdexport.bench import median_ci95, pooled
 from kdexport.benchmark import benchmark
 from kdexport.compile import compile
+from kdexport.onnxfile import make_model
 
 QUICK = {"warmup_iters": 1, "warmup_s": 0.0, "min_iters": 20, "min_time_s": 0.0, "rounds": 2}
 
@@ -68,9 +69,7 @@ def _identity(path, shape):
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [vi[0]], [vi[1]]
     )
-    onnx.save(
-        onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path)
-    )
+    onnx.save(make_model(graph), str(path))
     return path
 
 
@@ -86,7 +85,7 @@ def _identity(path, shape):
     ],
 )
 def test_benchmark_bad_input(tmp_path, shape, args, message):
-    from kdexport.targets import load_target
+    from kdexport.profiles import load_target
 
     if message is None:
         reason = load_target("ort-cuda").unavailable_reason()

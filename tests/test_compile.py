@@ -6,7 +6,7 @@ from kdexport.artifact import Artifact
 from kdexport.benchmark import benchmark
 from kdexport.compile import compile
 from kdexport.errors import KdxError
-from kdexport.targets import builtin_names, load_target
+from kdexport.profiles import builtin_names, load_target
 
 AVAILABLE = [n for n in builtin_names() if load_target(n).unavailable_reason() is None]
 
@@ -89,10 +89,10 @@ def test_bad_profiles(tmp_path, profile, message):
 
 
 def test_bad_quantization_method(run_copy, tmp_path):
-    from kdexport.targets import _builtin_dir
+    from kdexport.profiles import BUILTIN_DIR
 
     path = tmp_path / "bad-int8.toml"
-    text = (_builtin_dir() / "ort-cpu-int8.toml").read_text()
+    text = (BUILTIN_DIR / "ort-cpu-int8.toml").read_text()
     path.write_text(text.replace('method = "minmax"', 'method = "kl"'))
     with pytest.raises(KdxError, match="quantization.method 'kl' is not one of minmax"):
         compile(run_copy, targets=[str(path)], skip_unavailable=False)

@@ -12,7 +12,7 @@ from kdexport.artifact import Artifact
 from kdexport.compile import compile
 from kdexport.errors import KdxError
 from kdexport.export import export, export_onnx
-from kdexport.onnxfile import check_onnx_file
+from kdexport.onnxfile import check_onnx_file, make_model
 from kdexport.recipe import load
 
 
@@ -86,7 +86,7 @@ def _external_model(tmp_path, location):
     vi = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in ("x", "y")]
     graph = onnx.helper.make_graph([node], "g", [vi[0]], [vi[1]], [t])
     path = tmp_path / "m.onnx"
-    onnx.save(onnx.helper.make_model(graph), str(path))
+    onnx.save(make_model(graph), str(path))
     return path
 
 

@@ -8,7 +8,7 @@ from suite_models import SUITE
 
 from kdexport.compile import compile_model
 from kdexport.export import export_onnx, predict
-from kdexport.targets import load_target
+from kdexport.profiles import load_target
 
 OPTS = {"opset": 18, "example_batch": 4, "tolerance": 1e-4, "external_data_mb": 1800}
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from kdexport.backends import ort as ort_backend
-from kdexport.targets import load_target
+from kdexport.profiles import load_target
 
 REPO = Path(__file__).resolve().parents[1]
 CUDA_REASON = load_target("ort-cuda").unavailable_reason()
@@ -310,7 +310,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named '{{name}}' (blocked)")
 sys.meta_path.insert(0, Block())
 import kdexport.backends.ort, kdexport.benchmark, kdexport.bench, kdexport.distill
-import kdexport.evaluate, kdexport.export, kdexport.fp16, kdexport.targets, kdexport.zoo
+import kdexport.evaluate, kdexport.export, kdexport.fp16, kdexport.profiles, kdexport.zoo
 """
 
 

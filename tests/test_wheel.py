@@ -1,4 +1,4 @@
-"""The wheel carries the target profiles and recipes, as kdexport/_targets and kdexport/_models."""
+"""The wheel carries the target profiles and recipes, beside the code as in the source tree."""
 
 import shutil
 import subprocess
@@ -7,12 +7,12 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "kdexport", "targets", "models")
+SOURCES = ("pyproject.toml", "README.md", "kdexport")
 
 
 def test_wheel_ships_profiles_and_recipes(tmp_path):
     src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
-    skip = shutil.ignore_patterns("__pycache__", "_models", "_targets")
+    skip = shutil.ignore_patterns("__pycache__")
     src.mkdir()
     for name in SOURCES:
         if (ROOT / name).is_dir():
@@ -25,8 +25,6 @@ def test_wheel_ships_profiles_and_recipes(tmp_path):
     )
     (wheel,) = tmp_path.glob("kdexport-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    targets = {p.name for p in (ROOT / "targets").glob("*.toml")}
-    models = {p.name for p in (ROOT / "models").glob("*.toml")}
-    assert {f"kdexport/_targets/{t}" for t in targets} <= names
-    assert {f"kdexport/_models/{m}" for m in models} <= names
-    assert not any(n.startswith(("targets/", "models/", "tests/")) for n in names)
+    data = {str(p.relative_to(ROOT)) for p in (ROOT / "kdexport").glob("*/*.toml")}
+    assert {"kdexport/targets/ort-cpu.toml", "kdexport/recipes/digits.toml"} <= data <= names
+    assert not any(n.startswith("tests/") for n in names)

@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/bench_distill.py [--out runs/bench-distill] [--seeds 3]
 
-For each recipe (models/digits-label-scarce.toml, models/digits.toml): train the teacher once
+For each recipe (kdexport/recipes/digits-label-scarce.toml, kdexport/recipes/digits.toml): train the teacher once
 (both recipes share its section), search temperature x KD weight on the validation split
 (``kdexport tune``, one seed per trial), then train the student with KD and from scratch for
 --seeds seeds, alternately (``kdexport distill --baseline``), and read their test accuracy. The
@@ -27,6 +27,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, installed or not
 
 import torch
 

@@ -22,14 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, installed or not
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from suite_models import SUITE  # noqa: E402
+from suite_models import SUITE
 
-from kdexport.compile import compile_model  # noqa: E402
-from kdexport.errors import KdxError  # noqa: E402
-from kdexport.export import export_onnx, predict  # noqa: E402
-from kdexport.pipeline import distill_and_export  # noqa: E402
-from kdexport.targets import load_target  # noqa: E402
+from kdexport.compile import compile_model
+from kdexport.errors import KdxError
+from kdexport.export import export_onnx, predict
+from kdexport.pipeline import distill_and_export
+from kdexport.profiles import load_target
 
 CPU_TARGETS = ("ort-cpu", "openvino-cpu")
 INT8_TARGETS = ("ort-cpu-int8", "openvino-cpu-int8")

@@ -24,13 +24,15 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, installed or not
+
 import numpy as np
 
 from kdexport.artifact import Artifact
 from kdexport.benchmark import time_models
 from kdexport.bundle_runner import timed
 from kdexport.pipeline import distill_and_export
-from kdexport.targets import load_target
+from kdexport.profiles import load_target
 
 OPTS = {
     "batch_sizes": [1],

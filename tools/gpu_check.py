@@ -43,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # kdexport from this source tree, installed or not
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 GPU_TARGETS = ["ort-cuda", "ort-cuda-fp16", "ort-tensorrt"]
 MODELS = {"teacher": "zoo:digits-cnn-large", "student": "zoo:digits-cnn-small"}
@@ -141,7 +141,7 @@ def environment() -> dict:
 
 
 def providers(names: list[str]) -> dict:
-    from kdexport.targets import load_target
+    from kdexport.profiles import load_target
 
     return {"targets": {n: {"unavailable": load_target(n).unavailable_reason()} for n in names}}
 
@@ -265,7 +265,7 @@ def compile_check(target_name: str, work: Path, x: np.ndarray, ref: dict, ref_cp
     """Compile teacher and student for the target; parity against PyTorch; what ran them."""
     from kdexport.backends import backend
     from kdexport.evaluate import parity
-    from kdexport.targets import load_target
+    from kdexport.profiles import load_target
 
     target = load_target(target_name)
     module = backend(target.backend, target.name)
@@ -290,7 +290,7 @@ def compile_check(target_name: str, work: Path, x: np.ndarray, ref: dict, ref_cp
 def latency_check(target_name: str, compiled: dict, x: np.ndarray, timing: dict) -> dict:
     from kdexport.backends import backend
     from kdexport.benchmark import time_models
-    from kdexport.targets import load_target
+    from kdexport.profiles import load_target
 
     target = load_target(target_name)
     module = backend(target.backend, target.name)

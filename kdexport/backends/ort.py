@@ -27,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from kdexport.errors import KdxError
-from kdexport.onnxfile import external_data_files
+from kdexport.onnxfile import external_data_files, make_model
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -229,7 +229,6 @@ def _new_session(source, opts, chain: list):
 @functools.cache
 def _probe(p: str, options: tuple) -> str | None:
     """Open a one-node session: a provider can be listed yet fail to load its libraries."""
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -238,10 +237,10 @@ def _probe(p: str, options: tuple) -> str | None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(graph)  # explicit IR version: an older onnxruntime-gpu refuses a newer one
     device = int(dict(options).get("device_id", 0))
     try:
-        sess = _new_session(onnx._serialize(model), None, _chain(p, dict(options)))
+        sess = _new_session(model.SerializeToString(), None, _chain(p, dict(options)))
     except Exception as e:  # provider libraries that fail to load raise RuntimeError or worse
         return start_problem(p, str(e), device)
     if sess.get_providers()[0] != p:

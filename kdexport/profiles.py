@@ -1,4 +1,4 @@
-"""Deployment targets: profiles as data (one TOML per target in targets/), checked on load.
+"""Deployment targets: profiles as data (one TOML per target in kdexport/targets/), checked on load.
 
 A profile names a backend, device, precision and backend options, and for INT8 the
 quantization settings. ``load_target`` takes a built-in name (``ort-cpu``) or the path of a
@@ -8,7 +8,6 @@ user's own profile (``my-box.toml``).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +59,13 @@ class Target:
         return asdict(self)
 
 
-def _builtin_dir() -> Path:
-    try:
-        return Path(str(resources.files("kdexport._targets")))
-    except ModuleNotFoundError:  # run from a source tree (tools/gpu_check.py), not installed
-        return Path(__file__).resolve().parent.parent / "targets"
+# The built-in profiles sit beside this module: one lookup for a source tree, an editable
+# install and a wheel (which ships them as package data).
+BUILTIN_DIR = Path(__file__).resolve().parent / "targets"
 
 
 def builtin_names() -> list[str]:
-    return sorted(p.stem for p in _builtin_dir().glob("*.toml"))
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))
 
 
 def load_target(name_or_path: str) -> Target:
@@ -76,7 +73,7 @@ def load_target(name_or_path: str) -> Target:
     if name_or_path.endswith(".toml"):
         path = Path(name_or_path)
     else:
-        path = _builtin_dir() / f"{name_or_path}.toml"
+        path = BUILTIN_DIR / f"{name_or_path}.toml"
         if not path.is_file():
             raise KdxError(
                 f"unknown target '{name_or_path}'; known: {', '.join(builtin_names())} (or a .toml path)"

@@ -1,1 +1,0 @@
-"""Data, not code: recipes (one TOML per teacher->student pair), shipped as package data."""
