@@ -113,7 +113,7 @@ def peak_memory(path: Path, target: Target, batch: np.ndarray) -> dict:
 
 def _memory_child(path: str, target_json: str, folder: str) -> None:
     """In the child: baseline after imports, then peak after loading and running the model."""
-    target = Target(**json.loads(target_json))
+    target = Target.from_dict(json.loads(target_json))
     x = np.load(Path(folder) / "x.npy")
     module = backend(target.backend, target.name)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -183,7 +183,7 @@ def benchmark(
     with Artifact.create(Path(run_dir) / "benchmark", "benchmark", opts, [compiled]) as w:
         w.checks.update(method=METHOD, environment=fingerprint(), targets={})
         for i, name in enumerate(names):
-            target = Target(**compiled.checks["targets"][name]["profile"])
+            target = Target.from_dict(compiled.checks["targets"][name]["profile"])
             w.checks["targets"][name] = _bench_target(compiled, target, x, opts)
             progress("benchmark", i + 1, len(names), name)
     return w.artifact

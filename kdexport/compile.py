@@ -2,9 +2,9 @@
 
 Every compiled model runs on the held-out sample of ``io_sample.npz`` and is compared with
 PyTorch's outputs and with the labels (accuracy). fp32/fp16 forms must meet their precision's
-parity bounds (see ``targets.PARITY``), or the stage fails with the figures and writes nothing.
-INT8 forms go through the quantization gate instead; one that fails it is not shipped: its files
-are removed and the manifest says why.
+parity bounds (see ``profiles.PARITY``), or the stage fails with the figures and writes nothing.
+INT8 forms must meet their parity bound and the quantization gate (accuracy drop, speed); one
+that fails is not shipped: its files are removed and the manifest says why.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _build(onnx_path: Path, out_dir: Path, name: str, target: Target, sample, ca
     main = module.compile(onnx_path, out_dir, name, target, calibration)
     runner = module.load(main, target)
     outputs = runner.run(sample["x"])
-    check = parity(outputs, sample[name], target.tolerance, target.min_agreement)
+    check = parity(outputs, sample[name], target.atol, target.rtol, target.min_agreement)
     files = [p for p in out_dir.iterdir() if p.stem == name]
     result = {
         "file": main.name,
@@ -67,7 +67,7 @@ def _int8_gate(onnx_path: Path, name: str, target: Target, sample, int8_runner, 
     from kdexport.quantize import gate
 
     fp32 = dataclasses.replace(
-        target, name=f"{target.name}-fp32", precision="fp32", tolerance=1e-4, min_agreement=1.0
+        target, name=f"{target.name}-fp32", precision="fp32", atol=1e-4, rtol=0.0, min_agreement=1.0
     )
     with tempfile.TemporaryDirectory() as tmp:
         fp32_runner, fp32_result = _build(onnx_path, Path(tmp), name, fp32, sample, None)
@@ -98,6 +98,11 @@ def compile_model(
             )
         return {**result, "shipped": True}
     decision = _int8_gate(onnx_path, name, target, sample, runner, result)
+    if not result["parity"]["passed"]:
+        decision["shipped"] = False
+        decision["reason"] = (
+            f"differs from PyTorch beyond the INT8 bound ({result['parity']['summary']})"
+        )
     del runner  # release the files before they may be removed
     if not decision["shipped"]:
         for p in out_dir.iterdir():

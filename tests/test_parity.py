@@ -33,6 +33,24 @@ def test_parity_figures():
     assert not parity(ref * np.nan, ref, 1.0)["passed"]
 
 
+def test_parity_bound_scales_with_the_reference():
+    """numpy's allclose convention: |a - b| <= atol + rtol·|b|, element by element."""
+    ref = np.array([[20.0, -3.0, 0.01], [0.5, 10.0, -0.02]])
+    actual = ref + np.array([[0.2, 0.04, 0.01], [0.015, -0.1, 0.0]])
+    check = parity(actual, ref, atol=0.02, rtol=0.01)
+    # bounds: [[0.22, 0.05, 0.0201], [0.025, 0.12, 0.0202]]: every element within
+    assert check["passed"] and check["frac_out_of_bound"] == 0.0
+    assert np.allclose(actual, ref, atol=0.02, rtol=0.01)
+    assert check["max_abs_diff"] == pytest.approx(0.2)
+    assert check["worst_element"] == {"index": [0, 0], "actual": 20.2, "reference": 20.0}
+    assert check["max_rel_diff"] == pytest.approx(1.0)  # 0.01 off a reference of 0.01
+    tight = parity(actual, ref, atol=0.02, rtol=0.0)  # an absolute bound alone: 3 of 6 beyond
+    assert not tight["passed"] and tight["frac_out_of_bound"] == pytest.approx(0.5)
+    assert "50.00% of elements beyond atol 0.02" in tight["summary"]
+    low = parity(ref, ref, atol=1.0, rtol=0.0, min_agreement=None)
+    assert low["passed"] and low["min_agreement"] is None
+
+
 def test_export_catches_an_altered_export(run_copy, monkeypatch):
     real = export_module._torch_export
 
