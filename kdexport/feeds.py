@@ -21,7 +21,20 @@ from kdexport.errors import KdxError
 
 BATCH = "batch"  # an axis set by the batch size
 Feed = dict[str, np.ndarray]
-_KINDS = "float16 float32 float64 int8 int16 int32 int64 uint8 uint16 uint32 uint64 bool".split()
+_KINDS = [
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+]
 
 
 @dataclass
@@ -115,8 +128,11 @@ def _is_batch(dim, axis: int, batch_name) -> bool:
     return dim == batch_name and (axis == 0 or dim is not None)
 
 
-def _example(value: dict, single: bool) -> str:
-    dims = ",".join(str(d if d is not None else "?") for d in value["shape"])
+def _example(value: dict, single: bool, batch_name) -> str:
+    dims = ",".join(
+        "1" if _is_batch(d, axis, batch_name) else str(d or "?")
+        for axis, d in enumerate(value["shape"])
+    )
     return f"--shape {dims}" if single else f"--shape {value['name']}={dims}"
 
 
@@ -169,7 +185,7 @@ def resolve(facts: dict, given: dict, file: str) -> Inputs:
                 raise KdxError(
                     f"input '{value['name']}' has shape {value['shape']}: axis {axis} "
                     f"('{dim or '?'}') is symbolic; give the full shape, e.g. "
-                    f"{_example(value, single)} with a number for each name"
+                    f"{_example(value, single, batch_name)} with a number for each name"
                 )
         shapes[value["name"]] = dims
     dtypes = {v["name"]: v["dtype"] for v in facts["inputs"]}
