@@ -27,6 +27,7 @@ from kdexport.bench import METHOD, fingerprint, measure, pooled
 from kdexport.distill import Progress, _quiet
 from kdexport.errors import KdxError
 from kdexport.export import MODELS
+from kdexport.feeds import Feed, Inputs, resolve
 from kdexport.onnxfile import check_onnx_file
 from kdexport.profiles import Target, load_target
 from kdexport.recipe import Range
@@ -46,7 +47,7 @@ def _batch(x: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(x[np.arange(size) % len(x)])
 
 
-def _cold_start(load: Callable, x1: np.ndarray):
+def _cold_start(load: Callable, x1: np.ndarray | Feed):
     t0 = time.perf_counter()
     runner = load()
     t1 = time.perf_counter()
@@ -54,22 +55,26 @@ def _cold_start(load: Callable, x1: np.ndarray):
     return runner, {"load_s": t1 - t0, "first_inference_s": time.perf_counter() - t1}
 
 
-def time_models(loaders: dict[str, Callable], x: np.ndarray, opts: dict) -> dict:
+def time_models(
+    loaders: dict[str, Callable], x: np.ndarray | Callable[[int], Feed], opts: dict
+) -> dict:
     """Time each model (name -> loader of a fresh runner) at every batch size, interleaved.
 
-    Per batch size and repeat every model gets a fresh session; compute-only (bound inputs)
-    and end-to-end (numpy in and out) latency are pooled over the repeats.
+    ``x`` is a sample batch (cycled to each size) or a function of the size that gives the
+    inputs by name. Per batch size and repeat every model gets a fresh session; compute-only
+    (bound inputs) and end-to-end (numpy in and out) latency are pooled over the repeats.
     """
+    inputs = x if callable(x) else (lambda size: _batch(x, size))
     result: dict[str, dict] = {n: {"latency": {}} for n in loaders}
     e2e_opts = {**opts, "min_time_s": opts["min_time_s"] / 2}
     for size in opts["batch_sizes"]:
-        xb = _batch(x, size)
+        xb = inputs(size)
         bound: dict[str, list] = {n: [] for n in loaders}
         e2e: dict[str, list] = {n: [] for n in loaders}
         for _ in range(opts["repeats"]):
             runners = {}
             for n, load in loaders.items():
-                runners[n], cold = _cold_start(load, _batch(x, 1))
+                runners[n], cold = _cold_start(load, inputs(1))
                 result[n].setdefault("cold_start", cold)
                 result[n].setdefault("runtime", runners[n].info)
             for n, samples in measure({n: r.bind(xb) for n, r in runners.items()}, opts).items():
@@ -85,10 +90,13 @@ def time_models(loaders: dict[str, Callable], x: np.ndarray, opts: dict) -> dict
     return result
 
 
-def peak_memory(path: Path, target: Target, batch: np.ndarray) -> dict:
+def peak_memory(path: Path, target: Target, batch: np.ndarray | Feed) -> dict:
     """Peak resident memory of a fresh process that loads ``path`` and runs it 50 times."""
     with tempfile.TemporaryDirectory() as tmp:
-        np.save(Path(tmp) / "x.npy", batch)
+        # Positional arrays and their names apart: input names may hold '/' (gpu_0/data_0).
+        feed = batch if isinstance(batch, dict) else {"": batch}
+        np.savez(Path(tmp) / "x.npz", *feed.values())
+        (Path(tmp) / "names.json").write_text(json.dumps(list(feed)))
         args = [
             sys.executable,
             "-m",
@@ -114,7 +122,10 @@ def peak_memory(path: Path, target: Target, batch: np.ndarray) -> dict:
 def _memory_child(path: str, target_json: str, folder: str) -> None:
     """In the child: baseline after imports, then peak after loading and running the model."""
     target = Target.from_dict(json.loads(target_json))
-    x = np.load(Path(folder) / "x.npy")
+    names = json.loads((Path(folder) / "names.json").read_text())
+    with np.load(Path(folder) / "x.npz") as f:
+        arrays = [f[f"arr_{i}"] for i in range(len(names))]
+    x = arrays[0] if names == [""] else dict(zip(names, arrays, strict=True))
     module = backend(target.backend, target.name)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     runner = module.load(Path(path), target)
@@ -189,48 +200,45 @@ def benchmark(
     return w.artifact
 
 
-def _input_shape(facts: dict, shape: list[int] | None) -> tuple[list, str]:
-    """The model's input shape with the batch axis left free; asks for --shape when needed."""
-    first = facts["inputs"][0]
-    dims = shape or first["shape"]
-    if len(dims) != len(first["shape"]):
+def _batch_sizes(inputs: Inputs, file: str, opts: dict, given: bool) -> list[int]:
+    """The batch sizes to time: the options', --shape's, or the model's fixed batch."""
+    sizes = opts["batch_sizes"]
+    if inputs.batch is None:
+        return sizes if given or inputs.shape_batch is None else [inputs.shape_batch]
+    if given and set(sizes) != {inputs.batch}:
+        bad = next(b for b in sizes if b != inputs.batch)
+        if not inputs.batch_axis:
+            raise KdxError(
+                f"{file} has no batch axis ({inputs.describe()}); batch size {bad} is not "
+                "possible: drop --batch-sizes, it is timed at its fixed shape"
+            )
         raise KdxError(
-            f"--shape has {len(dims)} dims but input '{first['name']}' has {len(first['shape'])}"
+            f"{file} has a static batch of {inputs.batch}; batch size {bad} is not possible"
         )
-    if any(not isinstance(d, int) for d in dims[1:]):
-        raise KdxError(
-            f"input '{first['name']}' has shape {first['shape']}: give the full shape, e.g. --shape 1,3,224,224"
-        )
-    return dims, first["dtype"]
+    return [inputs.batch]
 
 
 def benchmark_onnx(
     path: str | Path,
     targets: list[str],
-    shape: list[int] | None,
+    shape: list[int] | dict[str | None, list[int]] | None,
     opts: dict,
     batch_sizes_given: bool = True,
 ) -> dict:
     """Time one ONNX model on each target (compiled into a temporary folder) on random inputs.
 
-    A model with a static batch axis is timed at that batch unless batch sizes were given.
+    ``shape``: one input's full shape, or input name -> shape (``kdexport.feeds``). A model
+    with a static batch axis is timed at that batch unless batch sizes were given.
     """
     path = Path(path)
     facts = check_onnx_file(path)
-    dims, dtype = _input_shape(facts, shape)
-    if isinstance(dims[0], int) and not shape and set(opts["batch_sizes"]) != {dims[0]}:
-        if batch_sizes_given:
-            bad = next(b for b in opts["batch_sizes"] if b != dims[0])
-            raise KdxError(
-                f"{path.name} has a static batch of {dims[0]}; batch size {bad} is not possible"
-            )
-        opts = {**opts, "batch_sizes": [dims[0]]}
-    x = (
-        np.random.default_rng(0)
-        .standard_normal((max(opts["batch_sizes"]), *dims[1:]))
-        .astype(dtype)
-    )
+    given = {None: shape} if isinstance(shape, list) else dict(shape or {})
+    inputs = resolve(facts, given, path.name)
+    opts = {**opts, "batch_sizes": _batch_sizes(inputs, path.name, opts, batch_sizes_given)}
     results = {"model": str(path), "method": METHOD, "environment": fingerprint(), "targets": {}}
+    results["inputs"] = {
+        n: {"dtype": inputs.dtypes[n], "shape": s} for n, s in inputs.shapes.items()
+    }
     for name in targets:
         target = load_target(name)
         if reason := target.unavailable_reason():
@@ -239,16 +247,26 @@ def benchmark_onnx(
             raise KdxError(
                 f"target '{target.name}' needs calibration data: benchmark a run directory instead"
             )
-        module = backend(target.backend, target.name)
-        with tempfile.TemporaryDirectory() as tmp:
-            main = module.compile(path, Path(tmp), "model", target, None)
-            timed = time_models(
-                {"model": lambda m=main, t=target, mod=module: mod.load(m, t)}, x, opts
-            )
-            if opts["memory"]:
-                timed["model"]["memory"] = peak_memory(main, target, _batch(x, 1))
-        results["targets"][target.name] = timed
+        results["targets"][target.name] = _time_file(path, target, inputs, opts)
     return results
+
+
+def _time_file(path: Path, target: Target, inputs: Inputs, opts: dict) -> dict:
+    """Compile ``path`` for ``target`` into a temporary folder and time it; a runtime that
+    cannot run the model on the generated inputs is a KdxError naming the target and why."""
+    module = backend(target.backend, target.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        main = module.compile(path, Path(tmp), "model", target, None)
+        try:
+            timed = time_models({"model": lambda: module.load(main, target)}, inputs.feed, opts)
+        except module.RUNTIME_ERRORS as e:
+            raise KdxError(
+                f"target '{target.name}': {module.RUNTIME} cannot run {path.name} on inputs "
+                f"{inputs.describe()} (random: see kdexport.feeds): {module.explain(e)}"
+            ) from None
+        if opts["memory"]:
+            timed["model"]["memory"] = peak_memory(main, target, inputs.feed(1))
+    return timed
 
 
 if __name__ == "__main__":

@@ -318,7 +318,11 @@ def _latency_lines(checks: dict) -> list[str]:
     help="For a .onnx SOURCE: target to time (repeatable; default ort-cpu).",
 )
 @click.option(
-    "--shape", help="For a .onnx SOURCE with symbolic dims: the full input shape, e.g. 1,3,224,224."
+    "--shape",
+    "shapes",
+    multiple=True,
+    help="For a .onnx SOURCE with symbolic dims: the full input shape, e.g. 1,3,224,224, or "
+    "NAME=DIMS per input (repeatable), e.g. --shape input_ids=1,128 --shape mask=1,128.",
 )
 @click.option(
     "--batch-sizes",
@@ -328,18 +332,19 @@ def _latency_lines(checks: dict) -> list[str]:
     "--quick", is_flag=True, help="Few iterations, one repeat, no memory probe: a smoke test."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON line last.")
-def benchmark_cmd(source, recipe, overrides, targets, shape, batch_sizes, quick, as_json):
+def benchmark_cmd(source, recipe, overrides, targets, shapes, batch_sizes, quick, as_json):
     """Time models: a run directory's teacher and student on every compiled target, or any
     ONNX file (`kdexport benchmark model.onnx --target openvino-cpu`)."""
     from kdexport import recipe as recipes
     from kdexport.benchmark import QUICK, benchmark, benchmark_onnx
+    from kdexport.feeds import parse_shapes
     from kdexport.pipeline import prepare_run
 
     extra = [f"benchmark.batch_sizes=[{batch_sizes}]"] if batch_sizes else []
     extra += [f"benchmark.{k}={json.dumps(v)}" for k, v in QUICK.items()] if quick else []
     if source.endswith(".onnx"):
         r = recipes.load(recipe, (*extra, *overrides))
-        dims = [int(d) for d in shape.split(",")] if shape else None
+        dims = parse_shapes(shapes)
         given = bool(batch_sizes) or any(o.startswith("benchmark.batch_sizes") for o in overrides)
         checks = benchmark_onnx(source, list(targets) or ["ort-cpu"], dims, r["benchmark"], given)
     else:

@@ -67,8 +67,36 @@ def external_data_files(path: Path, model=None) -> list[Path]:
     return sorted(files)
 
 
+def _version_problem(path: Path, model) -> str | None:
+    """An IR version or opset newer than this onnx package knows, as one line with the fix."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    opset = _opset(model)
+    if model.ir_version > onnx.IR_VERSION:
+        return (
+            f"{path.name} has IR version {model.ir_version}, newer than this onnx "
+            f"{onnx.__version__} reads ({onnx.IR_VERSION}): upgrade onnx and the runtimes, "
+            f"or re-save the model with IR version {onnx.IR_VERSION} or older"
+        )
+    if opset is not None and opset > newest:
+        return (
+            f"{path.name} uses opset {opset}, newer than this onnx {onnx.__version__} knows "
+            f"({newest}): re-export at opset {newest} or older, or upgrade onnx and the runtimes"
+        )
+    return None
+
+
+def _opset(model) -> int | None:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def check_onnx_file(path: str | Path) -> dict:
-    """Load and fully check an ONNX file; return opset, IR version, inputs and outputs."""
+    """Load and fully check an ONNX file; return opset, IR version, inputs and outputs.
+
+    ``inputs`` are what a caller feeds: graph inputs that are also initializers (every model of
+    IR version 3 lists its weights so) have a default value and are left out.
+    """
     import onnx
 
     path = Path(path)
@@ -82,30 +110,42 @@ def check_onnx_file(path: str | Path) -> dict:
         ) from None
     if not model.graph.node:
         raise KdxError(f"{path}: not a readable ONNX model (empty graph); re-export it")
+    if problem := _version_problem(path, model):
+        raise KdxError(problem)
     external = external_data_files(path, model)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # checker raises ValidationError, InferenceError and others
         raise KdxError(f"{path}: fails the ONNX checker ({str(e).splitlines()[0][:200]})") from None
+    weights = {t.name for t in model.graph.initializer}
+    weights |= {s.values.name for s in model.graph.sparse_initializer}
     return {
-        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+        "opset": _opset(model),
         "ir_version": model.ir_version,
-        "inputs": [_value_info(v) for v in model.graph.input],
+        "inputs": [_value_info(v) for v in model.graph.input if v.name not in weights],
         "outputs": [_value_info(v) for v in model.graph.output],
         "external_data": [p.name for p in external],
     }
 
 
 def _value_info(value) -> dict:
+    """Name, dtype and shape of a graph input or output. A dim is an int when fixed, its name
+    when symbolic, None when unknown; the dtype of what is not a tensor is its kind
+    (``sequence``, ``map``, ``optional``), of a tensor numpy's name or ONNX's (``string``)."""
     import onnx
 
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return {"name": value.name, "dtype": (kind or "unknown").removesuffix("_type"), "shape": []}
     tt = value.type.tensor_type
     shape = [d.dim_param or d.dim_value or None for d in tt.shape.dim]
-    return {
-        "name": value.name,
-        "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name,
-        "shape": shape,
-    }
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
+    except (KeyError, TypeError, ValueError):  # no numpy dtype (or an unknown enum value)
+        dtype = onnx.TensorProto.DataType.Name(tt.elem_type).lower() if tt.elem_type else "unknown"
+    if tt.elem_type == onnx.TensorProto.STRING:
+        dtype = "string"
+    return {"name": value.name, "dtype": dtype, "shape": shape}
 
 
 def run_reference(path: Path, x: np.ndarray) -> np.ndarray:

@@ -4,6 +4,8 @@ Each backend module provides:
   unavailable_reason(target) -> str | None
   compile(onnx_path, out_dir, name, target) -> Path       (the compiled form's main file)
   load(compiled_path, target) -> Runner                   (see ``Runner`` below)
+  RUNTIME, RUNTIME_ERRORS, explain(error) -> str          its name, what it raises for a model
+                                                          it cannot run, and that as one line
 ONNX Runtime's CPU and CUDA targets are one backend with another execution provider.
 """
 
@@ -30,10 +32,11 @@ class Runner(Protocol):
 
     info: dict  # what actually runs: provider or device, executed precision, threads
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Outputs for ``x``, end to end (input conversion and copies included)."""
+    def run(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        """The first output for ``x`` (the first input's array, or input name -> array), end
+        to end (input conversion and copies included)."""
 
-    def bind(self, x: np.ndarray) -> Callable[[], None]:
+    def bind(self, x: np.ndarray | dict[str, np.ndarray]) -> Callable[[], None]:
         """Bind ``x`` once; the returned call runs one inference and waits for it."""
 
 

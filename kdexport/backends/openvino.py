@@ -14,6 +14,9 @@ import openvino as ov
 
 from kdexport.errors import KdxError
 
+RUNTIME = "OpenVINO"
+RUNTIME_ERRORS = (RuntimeError,)  # OpenVINO's errors (OpConversionFailure and others) are these
+
 # profile precision -> (OpenVINO inference precision hint, weights compressed to f16 in the IR).
 # INT8 layers run in int8 whatever the hint; the hint pins the precision of the others.
 _PRECISIONS = {
@@ -22,6 +25,21 @@ _PRECISIONS = {
     "bf16": ("bf16", False),
     "int8": ("f32", False),
 }
+
+
+def explain(e: Exception) -> str:
+    """OpenVINO's error as one line: its summary (the ops it has no conversion for) when given,
+    else the message without the source locations."""
+    text = str(e)
+    if "Summary:" in text:
+        text = text.split("Summary:", 1)[1].replace("--", "")
+        text += "; OpenVINO cannot convert these ops: replace them or use ort-cpu"
+    lines = [
+        ln
+        for ln in text.splitlines()
+        if ln.strip() and not ln.startswith(("Exception from", "Check "))
+    ]
+    return " ".join(" ".join(lines).split())[:300]
 
 
 def unavailable_reason(target) -> str | None:
@@ -43,7 +61,7 @@ def compile(onnx_path: Path, out_dir: Path, name: str, target, calibration=None)
         model = ov.Core().read_model(str(onnx_path))
     except RuntimeError as e:
         raise KdxError(
-            f"target '{target.name}': OpenVINO cannot read {onnx_path.name}: {str(e)[:300]}"
+            f"target '{target.name}': OpenVINO cannot read {onnx_path.name}: {explain(e)}"
         ) from None
     if target.precision == "int8":
         from kdexport.quantize import quantize_openvino
@@ -54,6 +72,9 @@ def compile(onnx_path: Path, out_dir: Path, name: str, target, calibration=None)
 
 
 class Runner:
+    """A compiled model on the target. ``run`` and ``bind`` take one array (the first input)
+    or a dict input name -> array."""
+
     def __init__(self, path: Path, target):
         core = ov.Core()
         config = {
@@ -76,12 +97,17 @@ class Runner:
             "openvino": ov.get_version(),
         }
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self.request.infer({0: x})[0].copy()
+    def run(self, x) -> np.ndarray:
+        return self.request.infer(x if isinstance(x, dict) else {0: x})[0].copy()
 
-    def bind(self, x: np.ndarray):
-        # A tensor that shares the numpy buffer: nothing is copied inside the timed call.
-        self.request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x), shared_memory=True))
+    def bind(self, x):
+        # Tensors that share the numpy buffers: nothing is copied inside the timed call.
+        if not isinstance(x, dict):
+            self.request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x), shared_memory=True))
+        for name, value in (x if isinstance(x, dict) else {}).items():
+            self.request.set_tensor(
+                name, ov.Tensor(np.ascontiguousarray(value), shared_memory=True)
+            )
         return self.request.infer
 
 

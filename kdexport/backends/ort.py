@@ -20,11 +20,13 @@ import functools
 import importlib.metadata
 import io
 import json
+import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from kdexport.errors import KdxError
 from kdexport.onnxfile import external_data_files, make_model
@@ -42,7 +44,37 @@ _CHOICES = {
     "cudnn_conv_algo_search": ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),
     "arena_extend_strategy": ("kNextPowerOfTwo", "kSameAsRequested"),
 }
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+RUNTIME = "ONNX Runtime"
+# What ONNX Runtime raises for a model or inputs it cannot run (its own types, not RuntimeError).
+RUNTIME_ERRORS = (
+    RuntimeError,
+    ort_errors.Fail,
+    ort_errors.InvalidArgument,
+    ort_errors.InvalidGraph,
+    ort_errors.NotImplemented,
+    ort_errors.RuntimeException,
+    ort_errors.EPFail,
+)
+# ONNX Runtime's message -> the fix, for what users bring most often (issue 12).
+_FIXES = {
+    "Could not find an implementation": "ONNX Runtime has no kernel for this op at this opset "
+    "and type: convert the model to a newer opset (onnx.version_converter) or use openvino-cpu",
+    "is not a registered function/op": "ONNX Runtime does not know this op: use a target whose "
+    "runtime does (openvino-cpu) or replace the op",
+    "max supported IR version": "re-save the model with an older IR version, or upgrade onnxruntime",
+    "Current official support for domain": "re-export at an opset this onnxruntime supports, "
+    "or upgrade onnxruntime",
+}
+_CPP_FRAME = re.compile(r"/\S+\.(?:h|cc|cpp):\d+ .*?\) (?=[A-Z])")
+
+
+def explain(e: Exception) -> str:
+    """ONNX Runtime's error as one line without its C++ frames, with the fix when known."""
+    text = " ".join(_CPP_FRAME.sub("", str(e)).split())[:300]
+    fix = next((f for key, f in _FIXES.items() if key in str(e)), None)
+    return f"{text}; {fix}" if fix else text
+
+
 GPU_BUILD = "'onnxruntime-gpu[cuda,cudnn]'"  # with the CUDA and cuDNN libraries it was built for
 GPU_INSTALL = f"pip uninstall -y onnxruntime && pip install {GPU_BUILD}"
 _CUDA_FIX = (
@@ -269,7 +301,7 @@ def _session(path: Path, target, opts: ort.SessionOptions, cpu_only: bool = Fals
         sess = _new_session(str(path), opts, chain)
     except Exception as e:  # ORT raises its own exception types for bad models and providers
         raise KdxError(
-            f"target '{target.name}': ONNX Runtime cannot load {path.name}: {' '.join(str(e).split())[:300]}"
+            f"target '{target.name}': ONNX Runtime cannot load {path.name}: {explain(e)}"
         ) from None
     wanted = CPU if cpu_only else provider(target)
     if sess.get_providers()[0] != wanted:
@@ -317,9 +349,37 @@ def compile(onnx_path: Path, out_dir: Path, name: str, target, calibration=None)
             "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
         )
     _session(source, target, opts, cpu_only=tensorrt)
+    _drop_dangling_inputs(out)
     if tensorrt:  # the engine must build here, not first at benchmark time
         _session(out, target, _session_options(target, "disable"))
     return out
+
+
+def _names_read(graph) -> set[str]:
+    """Every name a node of ``graph`` or of its subgraphs reads."""
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
+                names |= _names_read(sub)
+    return names
+
+
+def _drop_dangling_inputs(path: Path) -> None:
+    """ONNX Runtime saves a model of IR version 3 (weights listed as graph inputs) with the
+    inputs of the initializers it folded away still declared, which then become required
+    inputs with no value: drop graph inputs that nothing reads and no initializer backs."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    keep = _names_read(graph) | {t.name for t in graph.initializer} | {o.name for o in graph.output}
+    dangling = [v for v in graph.input if v.name not in keep]
+    if dangling:
+        for value in dangling:
+            graph.input.remove(value)
+        onnx.save(model, str(path))
 
 
 def nodes_by_provider(path: Path, target) -> dict[str, int]:
@@ -333,10 +393,11 @@ def nodes_by_provider(path: Path, target) -> dict[str, int]:
     with tempfile.TemporaryDirectory() as tmp:
         opts.profile_file_prefix = str(Path(tmp) / "profile")
         sess = _session(path, target, opts)
-        first = sess.get_inputs()[0]
-        shape = [d if isinstance(d, int) else 1 for d in first.shape]
-        feeds = {first.name: np.zeros(shape, _DTYPES.get(first.type, np.float32))}
-        sess.run(None, feeds, _graph_run_options(-1) if cuda_graph(target) else None)
+        feed = {
+            i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], _dtype(i.type))
+            for i in sess.get_inputs()
+        }
+        sess.run(None, feed, _graph_run_options(-1) if cuda_graph(target) else None)
         events = json.loads(Path(sess.end_profiling()).read_text())
     counts: dict[str, int] = {}
     for e in events:
@@ -344,6 +405,16 @@ def nodes_by_provider(path: Path, target) -> dict[str, int]:
         if e.get("cat") == "Node" and provider and e["name"].endswith("_kernel_time"):
             counts[provider] = counts.get(provider, 0) + 1
     return counts
+
+
+def _dtype(onnx_type: str) -> np.dtype:
+    """numpy's dtype for ONNX Runtime's type string, e.g. tensor(float16); float32 if unknown."""
+    name = onnx_type.removeprefix("tensor(").removesuffix(")")
+    name = {"float": "float32", "double": "float64"}.get(name, name)
+    try:
+        return np.dtype(name)
+    except TypeError:
+        return np.dtype(np.float32)
 
 
 def cuda_graph(target) -> bool:
@@ -409,14 +480,17 @@ class CudaGraphs:
 
 
 class Runner:
+    """A session on the target. ``run`` and ``bind`` take one array (fed to the first input,
+    as the run directory's models have one) or a dict input name -> array."""
+
     def __init__(self, path: Path, target):
         # The saved model is already optimised: load it as it is.
         self.sess = _session(path, target, _session_options(target, "disable"))
         gpu = provider(target) in GPU_PROVIDERS
         self.device, self.device_id = ("cuda", device_id(target)) if gpu else ("cpu", 0)
         self.graphs = CudaGraphs(self.sess, "cuda", self.device_id) if cuda_graph(target) else None
-        first = self.sess.get_inputs()[0]
-        self.input, self.dtype = first.name, _DTYPES.get(first.type, np.float32)
+        self.dtypes = {i.name: _dtype(i.type) for i in self.sess.get_inputs()}
+        self.input, self.dtype = next(iter(self.dtypes.items()))
         used = self.sess.get_providers()[0]
         self.info = {
             "provider": used,
@@ -432,23 +506,24 @@ class Runner:
             "nodes_by_provider": nodes_by_provider(path, target),
         }
 
-    def _feeds(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return {self.input: np.ascontiguousarray(x, dtype=self.dtype)}
+    def _feed(self, x) -> dict[str, np.ndarray]:
+        feed = x if isinstance(x, dict) else {self.input: x}
+        return {n: np.ascontiguousarray(v, dtype=self.dtypes[n]) for n, v in feed.items()}
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x) -> np.ndarray:
         if self.graphs:
-            return self.graphs.run(self._feeds(x))[0]
-        return self.sess.run(None, {self.input: x.astype(self.dtype, copy=False)})[0]
+            return self.graphs.run(self._feed(x))[0]
+        return self.sess.run(None, self._feed(x))[0]
 
-    def bind(self, x: np.ndarray):
-        """Input copied to the device once; outputs stay there (compute-only timing)."""
+    def bind(self, x):
+        """Inputs copied to the device once; outputs stay there (compute-only timing)."""
         if self.graphs:
-            return self.graphs.bind(self._feeds(x))
+            return self.graphs.bind(self._feed(x))
         binding = self.sess.io_binding()
-        value = ort.OrtValue.ortvalue_from_numpy(
-            np.ascontiguousarray(x, dtype=self.dtype), self.device, self.device_id
-        )
-        binding.bind_ortvalue_input(self.input, value)
+        for name, value in self._feed(x).items():
+            binding.bind_ortvalue_input(
+                name, ort.OrtValue.ortvalue_from_numpy(value, self.device, self.device_id)
+            )
         for out in self.sess.get_outputs():
             binding.bind_output(out.name, self.device, self.device_id)
 
