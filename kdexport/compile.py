@@ -50,7 +50,9 @@ def _build(onnx_path: Path, out_dir: Path, name: str, target: Target, sample, ca
     main = module.compile(onnx_path, out_dir, name, target, calibration)
     runner = module.load(main, target)
     outputs = runner.run(sample["x"])
-    check = parity(outputs, sample[name], target.atol, target.rtol, target.min_agreement)
+    check = parity(
+        outputs, sample[name], target.atol, rtol=target.rtol, min_agreement=target.min_agreement
+    )
     files = [p for p in out_dir.iterdir() if p.stem == name]
     result = {
         "file": main.name,

@@ -20,6 +20,7 @@ def parity(
     actual: np.ndarray,
     reference: np.ndarray,
     atol: float | None,
+    *,
     rtol: float = 0.0,
     min_agreement: float | None = 1.0,
 ) -> dict:

@@ -279,7 +279,13 @@ def compile_check(target_name: str, work: Path, x: np.ndarray, ref: dict, ref_cp
         on_cpu = runner.info["nodes_by_provider"].get("CPUExecutionProvider", 0)
         out[name] = {
             "file": str(main),
-            "parity": parity(outputs, ref[name], target.atol, target.rtol, target.min_agreement),
+            "parity": parity(
+                outputs,
+                ref[name],
+                target.atol,
+                rtol=target.rtol,
+                min_agreement=target.min_agreement,
+            ),
             "max_abs_diff_vs_torch_cpu": float(np.abs(outputs - ref_cpu[name]).max()),
             "runtime": runner.info,
             "cpu_nodes": on_cpu if runner.info["provider"] != "CPUExecutionProvider" else None,

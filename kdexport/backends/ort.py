@@ -448,7 +448,10 @@ class CudaGraphs:
             binding = self.sess.io_binding()
             inputs = {}
             for name, value in feeds.items():
-                inputs[name] = ort.OrtValue.ortvalue_from_numpy(value, self.device, self.device_id)
+                # A buffer of its own: on the CPU an OrtValue shares the array's memory, and later
+                # inputs are written into it.
+                own = np.array(value, copy=True)
+                inputs[name] = ort.OrtValue.ortvalue_from_numpy(own, self.device, self.device_id)
                 binding.bind_ortvalue_input(name, inputs[name])
             outputs = []
             for meta, value in zip(self.sess.get_outputs(), plain, strict=True):
