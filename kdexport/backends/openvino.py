@@ -43,7 +43,8 @@ def compile(onnx_path: Path, out_dir: Path, name: str, target, calibration=None)
         model = ov.Core().read_model(str(onnx_path))
     except RuntimeError as e:
         raise KdxError(
-            f"target '{target.name}': OpenVINO cannot read {onnx_path.name}: {str(e)[:300]}"
+            f"target '{target.name}': OpenVINO cannot read {onnx_path.name} ({_failed_ops(e)}); "
+            f"leave {target.name} out of compile.targets"
         ) from None
     if target.precision == "int8":
         from kdexport.quantize import quantize_openvino
@@ -51,6 +52,19 @@ def compile(onnx_path: Path, out_dir: Path, name: str, target, calibration=None)
         model = quantize_openvino(model, calibration, target.quantization)
     ov.save_model(model, str(out), compress_to_fp16=_PRECISIONS[target.precision][1])
     return out
+
+
+def _failed_ops(e: Exception) -> str:
+    """The ops OpenVINO's ONNX front end could not convert, from its many-line report (e.g.
+    the ai.onnx.ml ops of scikit-learn models), or the report's first lines on one line."""
+    ops = []
+    for line in str(e).splitlines():
+        if line.startswith("-- "):  # "-- OP with a message:", "-- No conversion rule ...: A, B"
+            text = line[3:].split(" with a message")[0].rsplit(": ", 1)[-1]
+            ops += [op for op in text.split(", ") if op not in ops]
+    if ops:
+        return f"it cannot convert {', '.join(ops)}"
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip())[:300]
 
 
 class Runner:
