@@ -82,10 +82,13 @@ def _is_scores(value) -> bool:
 def _choose_output(name: str, outputs: list, wanted: str):
     """The output holding class scores: ``wanted`` or the only float (batch, classes) one."""
     listing = ", ".join(f"'{o.name}' {_type(o.type)}" for o in outputs)
-    zipmap = (
-        f"{name}: output '{{}}' is a sequence of maps (ZipMap), not a tensor of class scores; "
-        f"convert the classifier without ZipMap ({NO_ZIPMAP})"
-    )
+
+    def zipmap(output: str) -> KdxError:
+        return KdxError(
+            f"{name}: output '{output}' is a sequence of maps (ZipMap), not a tensor of class "
+            f"scores; convert the classifier without ZipMap ({NO_ZIPMAP})"
+        )
+
     if wanted:
         chosen = next((o for o in outputs if o.name == wanted), None)
         if chosen is None:
@@ -93,7 +96,7 @@ def _choose_output(name: str, outputs: list, wanted: str):
                 f"teacher.output '{wanted}' is not an output of {name}; its outputs: {listing}"
             )
         if _is_zipmap(chosen):
-            raise KdxError(zipmap.format(wanted))
+            raise zipmap(wanted)
         if not _is_scores(chosen):
             raise KdxError(
                 f"teacher.output '{wanted}' is {_type(chosen.type)}, not float32 class scores "
@@ -110,7 +113,7 @@ def _choose_output(name: str, outputs: list, wanted: str):
             "teacher.output to the one that does"
         )
     if zipmaps := [o for o in outputs if _is_zipmap(o)]:
-        raise KdxError(zipmap.format(zipmaps[0].name))
+        raise zipmap(zipmaps[0].name)
     raise KdxError(
         f"{name} has no float32 (batch, classes) output to learn from (outputs: {listing}); "
         f"convert it so that one output holds the class scores ({NO_ZIPMAP})"
