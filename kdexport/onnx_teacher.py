@@ -56,7 +56,10 @@ def _type(t) -> str:
 
     which = t.WhichOneof("value")
     if which == "tensor_type":
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type).name
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type).name
+        except KeyError:  # an undefined or newer element type
+            dtype = "tensor"
         return f"{dtype} {_shape(_dims(onnx.ValueInfoProto(type=t)))}"
     if which == "sequence_type":
         inner = t.sequence_type.elem_type
@@ -256,6 +259,11 @@ class OnnxModel(nn.Module):
         the model keeps its own opset and IR version."""
         import onnx
 
+        if self.output_kind == "auto":  # a teacher artifact from before teacher.output_kind
+            raise KdxError(
+                f"{self.path}: whether it gives logits or probabilities is not recorded; run "
+                "`kdexport train-teacher RUN --retrain`"
+            )
         model = onnx.load(str(self.path))
         graph, taken = model.graph, _names(model.graph)
         out = onnx.ValueInfoProto()

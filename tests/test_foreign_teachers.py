@@ -22,7 +22,6 @@ from kdexport.losses import KDLoss
 from kdexport.onnx_teacher import EPS, OnnxModel
 from kdexport.onnxfile import check_onnx_file, make_model, run_reference
 
-skl2onnx = pytest.importorskip("skl2onnx")
 DIGITS = (1, 8, 8)  # kdexport's digits samples; scikit-learn models take them as 64 floats
 
 
@@ -33,6 +32,7 @@ def _sets(*sets: str) -> list[str]:
 @pytest.fixture(scope="module")
 def sk(tmp_path_factory):
     """An MLPClassifier on the digits (scaled as kdexport scales them) converted three ways."""
+    skl2onnx = pytest.importorskip("skl2onnx")  # in the test extra
     from sklearn.datasets import load_digits
     from sklearn.neural_network import MLPClassifier
 
