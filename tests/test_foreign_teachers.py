@@ -55,13 +55,15 @@ def sk(tmp_path_factory):
     return model, x, paths
 
 
-def _linear(path, outputs=("scores", "probs", "label"), shape=("N", *DIGITS), opset=17, ir=8):
+def _linear(
+    path, outputs=("scores", "probs", "label"), shape=("N", *DIGITS), opset=17, ir=8, classes=10
+):
     """A hand-built classifier: scores = flat(x)·W + b, probs = softmax(scores), label = argmax
     (scores small enough that no probability is clamped)."""
     rng = np.random.default_rng(0)
     features = int(np.prod(shape[1:]))
-    w = numpy_helper.from_array(rng.normal(0, 0.3, (features, 10)).astype(np.float32), "w")
-    b = numpy_helper.from_array(rng.normal(0, 1, (10,)).astype(np.float32), "b")
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (features, classes)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(0, 1, (classes,)).astype(np.float32), "b")
     nodes = [
         helper.make_node("Flatten", ["x"], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "w"], ["mm"]),
@@ -69,7 +71,7 @@ def _linear(path, outputs=("scores", "probs", "label"), shape=("N", *DIGITS), op
         helper.make_node("Softmax", ["scores"], ["probs"], axis=1),
         helper.make_node("ArgMax", ["scores"], ["label"], axis=1),
     ]
-    kinds = {"scores": (TensorProto.FLOAT, ["N", 10]), "probs": (TensorProto.FLOAT, ["N", 10])}
+    kinds = {n: (TensorProto.FLOAT, ["N", classes]) for n in ("scores", "probs")}
     kinds["label"] = (TensorProto.INT64, ["N", 1])
     outs = [helper.make_tensor_value_info(n, *kinds[n]) for n in outputs]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))]
@@ -247,6 +249,12 @@ def _two_inputs(t):
             "has no float32 (batch, classes) output to learn from",
         ),
         (
+            lambda t, p: _linear(t / "t.onnx", outputs=("scores", "label"), classes=3),
+            [],
+            "teacher outputs (4, 3), student (4, 10); both need 10 classes (the ONNX teacher's "
+            "output 'scores'; teacher.output names another of scores, label)",
+        ),
+        (
             lambda t, p: "zoo:mlp-tiny",
             ["teacher.output_kind='probabilities'"],
             "teacher.output and teacher.output_kind apply to ONNX teachers",
@@ -264,6 +272,7 @@ def _two_inputs(t):
         "label-named",
         "no-such-output",
         "no-scores",
+        "three-classes",
         "not-onnx",
     ],
 )
