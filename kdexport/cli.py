@@ -162,6 +162,10 @@ def train_teacher_cmd(run_dir, recipe, overrides, retrain, resume):
     with _progress() as progress:
         art = train_teacher(run_dir, r["data"], retrain, progress, resume, **r["teacher"])
     click.echo(f"teacher: {art.path}  test accuracy {art.checks['test_accuracy']:.2%}")
+    if view := art.checks.get("onnx_teacher"):
+        from kdexport.onnx_teacher import summary
+
+        click.echo(f"teacher: {summary(view)}")
 
 
 @cli.command("distill")

@@ -35,6 +35,7 @@ from kdexport.losses import (
     Objective,
     term_weights,
 )
+from kdexport.onnx_teacher import KINDS, OnnxModel, summary
 from kdexport.parallel import DEVICES, PRECISIONS, Cluster, cluster
 from kdexport.preflight import check_models, check_weighting
 from kdexport.qat import fake_quantized
@@ -82,12 +83,31 @@ def teacher_sha256(art: Artifact) -> str:
     return art.manifest["files"][_teacher_file(art)]["sha256"]
 
 
+def teacher_identity(art: Artifact) -> str:
+    """What the teacher's outputs depend on: its weights (or model file) and, for an ONNX
+    teacher, the output it reads and as what (the teacher cache and resume compare it)."""
+    view = art.checks.get("onnx_teacher")
+    sha = teacher_sha256(art)
+    return f"{sha}:{view['output']}:{view['output_kind']}" if view else sha
+
+
 def load_teacher(run_dir: Path, splits: Splits) -> tuple[nn.Module, Artifact]:
-    """The trained (or imported) teacher of a run directory, in eval mode."""
+    """The trained (or imported) teacher of a run directory, in eval mode; an ONNX teacher reads
+    the output its artifact recorded, as what it recorded (``teacher.output_kind`` resolved)."""
     art = Artifact.open(Path(run_dir) / "teacher", "teacher", f"kdexport train-teacher {run_dir}")
     spec, weights = art.parameters["model"], art.file(_teacher_file(art))
     if is_model_file(spec):
-        return create_model(str(weights), 0, 0, art.parameters["trust_pickle"]), art
+        view = art.checks.get("onnx_teacher") or {}
+        model = create_model(
+            str(weights),
+            0,
+            0,
+            art.parameters["trust_pickle"],
+            output=view.get("output", ""),
+            output_kind=view.get("output_kind", "auto"),
+            sample_shape=splits.input_shape,
+        )
+        return model, art
     model = create_model(spec, splits.num_classes, splits.input_shape[0])
     return load_checkpoint(model, weights, spec), art
 
@@ -102,12 +122,22 @@ def load_student(run_dir: Path, splits: Splits) -> tuple[nn.Module, Artifact]:
 def _new_teacher(opts: dict, splits: Splits) -> nn.Module:
     """The teacher of the [teacher] options, before training: built, loaded or imported."""
     spec = opts["model"]
-    net = create_model(spec, splits.num_classes, splits.input_shape[0], opts["trust_pickle"])
+    net = create_model(
+        spec,
+        splits.num_classes,
+        splits.input_shape[0],
+        opts["trust_pickle"],
+        output=opts["output"],
+        output_kind=opts["output_kind"],
+        sample_shape=splits.input_shape,
+    )
     if is_model_file(spec) and (opts["epochs"] or opts["checkpoint"]):
         raise KdxError(
             f"teacher.model '{spec}' is a complete model file, used as it is: set "
             "teacher.epochs = 0 and teacher.checkpoint = ''"
         )
+    if isinstance(net, OnnxModel):  # output_kind "auto": decided on the data, before training
+        net.resolve((splits.x_val if len(splits.x_val) else splits.x_train)[:512])
     return load_checkpoint(net, opts["checkpoint"], spec) if opts["checkpoint"] else net
 
 
@@ -160,6 +190,8 @@ def train_teacher(
     model: str = "zoo:digits-cnn-large",
     checkpoint: str = "",
     trust_pickle: bool = False,
+    output: str = "",
+    output_kind: Annotated[str, OneOf(KINDS)] = "auto",
     epochs: Annotated[int, _EPOCHS] = 12,
     lr: Annotated[float, _LR] = 2e-3,
     batch_size: Annotated[int, _BATCH] = 64,
@@ -177,6 +209,10 @@ def train_teacher(
     ``model`` may also be a complete model file (TorchScript, .pt2, ONNX; a pickle only with
     ``trust_pickle``), used as it is with ``epochs = 0``. Writes RUN/teacher; a complete teacher
     with the same parameters and data is reused unless ``retrain``.
+    ONNX teachers: ``output`` names the output holding class scores (default: the only float
+    (batch, classes) one); ``output_kind`` says whether they are logits or probabilities
+    (``auto``: probabilities when every row on the data is non-negative and sums to 1). What was
+    read, and how, goes into the artifact's checks (``onnx_teacher``).
     """
     opts = _options(train_teacher, locals())
     splits = load_splits(**data)
@@ -207,6 +243,9 @@ def train_teacher(
         def fill(writer) -> None:
             if is_model_file(model):
                 shutil.copyfile(model, writer.path / f"model{Path(model).suffix}")
+                if isinstance(net, OnnxModel):
+                    writer.checks["onnx_teacher"] = net.describe()
+                    progress("teacher", 1, 1, f"ONNX teacher {summary(net.describe())}")
                 writer.checks.update(
                     val_accuracy=accuracy(predict(net, splits.x_val), splits.y_val),
                     test_accuracy=accuracy(predict(net, splits.x_test), splits.y_test),
@@ -280,7 +319,7 @@ def _cache_teacher_outputs(job: Job, art: Artifact, cache_dir: Path, splits: Spl
     """Fill the pool with the teacher's outputs over it (inputs that do not change)."""
     x = job.pool.x.numpy()
     layer = job.teacher_tap.name if job.teacher_tap else ""
-    key = cache_key(teacher_sha256(art), x, splits.preprocessing, layer)
+    key = cache_key(teacher_identity(art), x, splits.preprocessing, layer)
     logits, feature = teacher_outputs(job.teacher, x, key, cache_dir, job.teacher_tap, device)
     job.pool.teacher_logits = torch.from_numpy(logits)
     job.pool.teacher_feature = None if feature is None else torch.from_numpy(feature)
@@ -348,7 +387,7 @@ def distill(
             c,
             checkpoint=Path(run_dir) / "checkpoints" / "student.pt",
             resume=resume,
-            identity=identity_of(stage="distill", teacher=teacher_sha256(teacher_art), **params),
+            identity=identity_of(stage="distill", teacher=teacher_identity(teacher_art), **params),
         )
         net, history = train_student(run_dir, data["seed"], splits, teacher_pair, opts, session)
 

@@ -155,15 +155,18 @@ def export_onnx(
     return {"exporter": exporter, **facts}
 
 
-def _copy_onnx_teacher(art: Artifact, dest: Path, meta: dict) -> dict:
-    """An ONNX teacher ships as it is (no torch graph to export): a copy with our metadata."""
+def _copy_onnx_teacher(art: Artifact, teacher, dest: Path, meta: dict) -> dict:
+    """An ONNX teacher ships as the model it is (no torch graph to export), rewritten to answer
+    as the teacher taught: its one output is what ``OnnxModel`` returns (the chosen output, log
+    taken of probabilities, flattened inputs; see ``kdexport.onnx_teacher``), with our metadata."""
     import onnx
 
-    model = onnx.load(str(art.file("model.onnx")))
+    model = teacher.view_model()
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **meta})
     onnx.save(model, str(dest))
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    return {"exporter": "copied", "params": params, **check_onnx_file(dest)}
+    view = art.checks.get("onnx_teacher", {})
+    return {"exporter": "copied", "params": params, "onnx_teacher": view, **check_onnx_file(dest)}
 
 
 def export(
@@ -229,7 +232,7 @@ def export(
             model_opts = {**opts, "static": static and name == "student"}
             if name == "teacher" and str(teacher_art.parameters["model"]).endswith(".onnx"):
                 facts = _copy_onnx_teacher(
-                    teacher_art, w.path / "teacher.onnx", {**meta, "role": name}
+                    teacher_art, teacher, w.path / "teacher.onnx", {**meta, "role": name}
                 )
             else:
                 facts = export_onnx(

@@ -9,6 +9,7 @@ from torch import nn
 from kdexport.data import Splits
 from kdexport.errors import KdxError
 from kdexport.losses import LOSSES, LayerTap
+from kdexport.onnx_teacher import OnnxModel
 from kdexport.zoo import eval_mode
 
 
@@ -60,7 +61,14 @@ def check_models(teacher: nn.Module, student: nn.Module, splits: Splits, opts: d
     _check_teacher_is_evaluating(teacher, x)
     t, s = _outputs(teacher, "teacher", x).shape, _outputs(eval_mode(student), "student", x).shape
     if tuple(t) != tuple(s) or s[1] != splits.num_classes:
+        hint = ""
+        if isinstance(teacher, OnnxModel):  # it may read the wrong output
+            hint = (
+                f" (the ONNX teacher's output '{teacher.output_name}'; teacher.output names "
+                f"another of {', '.join(teacher.outputs)})"
+            )
         raise KdxError(
-            f"teacher outputs {tuple(t)}, student {tuple(s)}; both need {splits.num_classes} classes"
+            f"teacher outputs {tuple(t)}, student {tuple(s)}; both need "
+            f"{splits.num_classes} classes{hint}"
         )
     return _feature_shapes(teacher, student, opts, x)

@@ -6,7 +6,7 @@ a factory gets ``num_classes`` and ``in_channels`` if it takes them.
 
 Spec forms that are a complete model file, used as they are: a TorchScript file (``.pt``,
 ``.ts``, ...), a ``torch.export`` program (``.pt2``), an ONNX model (``.onnx``, run by ONNX
-Runtime, so a teacher from any framework can teach) and, only with ``trust_pickle``, a pickled
+Runtime, so a teacher from any framework can teach; see ``kdexport.onnx_teacher``) and, only with ``trust_pickle``, a pickled
 full ``nn.Module`` (unpickling runs code from the file).
 """
 
@@ -18,12 +18,11 @@ import pickle
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from kdexport.backends import import_onnxruntime
 from kdexport.errors import KdxError
+from kdexport.onnx_teacher import OnnxModel
 
 
 def _cnn(channels: list[int], hidden: int, num_classes: int, in_channels: int) -> nn.Module:
@@ -91,26 +90,6 @@ def load_factory(spec: str, what: str = "model spec"):
     return factory
 
 
-class OnnxModel(nn.Module):
-    """An ONNX model run by ONNX Runtime on the CPU, as a module: a teacher from any framework.
-
-    It has no parameters and cannot train; its outputs come back on the input's device.
-    """
-
-    def __init__(self, path: Path):
-        super().__init__()
-        ort = import_onnxruntime(f"{path}: an ONNX teacher")
-        try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own types for bad files
-            raise KdxError(f"{path}: ONNX Runtime cannot load it ({str(e)[:200]})") from None
-        self.input_name = self.session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feed = {self.input_name: x.detach().float().cpu().numpy()}
-        return torch.from_numpy(np.asarray(self.session.run(None, feed)[0])).to(x.device)
-
-
 def is_model_file(spec: str) -> bool:
     """Whether ``spec`` names a complete model file (used as it is) rather than a factory."""
     return not spec.startswith("zoo:") and ".py:" not in spec
@@ -144,7 +123,7 @@ def _torch_file(path: Path, trust_pickle: bool) -> nn.Module:
     )
 
 
-def _model_file(spec: str, trust_pickle: bool) -> nn.Module:
+def _model_file(spec: str, trust_pickle: bool, onnx_view: dict) -> nn.Module:
     path = Path(spec)
     if not path.is_file():
         raise KdxError(
@@ -152,7 +131,7 @@ def _model_file(spec: str, trust_pickle: bool) -> nn.Module:
             "existing .onnx/.pt2/TorchScript model file"
         )
     if path.suffix == ".onnx":
-        return OnnxModel(path)
+        return OnnxModel(path, **onnx_view)
     if path.suffix == ".pt2":
         try:
             return torch.export.load(path).module()
@@ -172,11 +151,28 @@ def eval_mode(model: nn.Module) -> nn.Module:
 
 
 def create_model(
-    spec: str, num_classes: int, in_channels: int, trust_pickle: bool = False
+    spec: str,
+    num_classes: int,
+    in_channels: int,
+    trust_pickle: bool = False,
+    *,
+    output: str = "",
+    output_kind: str = "auto",
+    sample_shape: tuple | None = None,
 ) -> nn.Module:
-    """Build (or load) the model that ``spec`` names, in eval mode."""
+    """Build (or load) the model that ``spec`` names, in eval mode.
+
+    An ONNX model file reads its output ``output`` holding ``output_kind`` scores and is checked
+    against samples of ``sample_shape`` (see ``kdexport.onnx_teacher``); other specs refuse them.
+    """
+    if (output or output_kind != "auto") and not spec.endswith(".onnx"):
+        raise KdxError(
+            f"teacher.output and teacher.output_kind apply to ONNX teachers, not to '{spec}'; "
+            'leave them at "" and "auto"'
+        )
     if is_model_file(spec):
-        return eval_mode(_model_file(spec, trust_pickle))
+        view = {"output": output, "output_kind": output_kind, "sample_shape": sample_shape}
+        return eval_mode(_model_file(spec, trust_pickle, view))
     if spec.startswith("zoo:"):
         name = spec[4:]
         if name not in ZOO:

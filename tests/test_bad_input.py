@@ -49,13 +49,12 @@ def _pipeline_with(make_set):
     return lambda tmp, run: _pipeline(make_set(tmp, run))(tmp, run)
 
 
-def _onnx_input(shape):
+def _onnx_input(shape, dtype: str = "FLOAT"):
     import onnx
 
     def make(tmp, run):
-        vi = [
-            onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, shape) for n in ("x", "y")
-        ]
+        elem = getattr(onnx.TensorProto, dtype)
+        vi = [onnx.helper.make_tensor_value_info(n, elem, shape) for n in ("x", "y")]
         graph = onnx.helper.make_graph(
             [onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [vi[0]], [vi[1]]
         )
@@ -418,6 +417,24 @@ CASES = [
         lambda t, r: ["benchmark", _onnx_input(["N", "C", 8, 8])(t, r), "--shape", "1,8,8"],
         1,
         "--shape has 3 dims",
+    ),
+    (
+        "teacher-onnx-nhwc",
+        "input",
+        lambda t, r: _pipeline(
+            f"teacher.model={_onnx_input(['N', 8, 8, 1])(t, r)}", "teacher.epochs=0"
+        )(t, r),
+        1,
+        "input 'x' is channels-last (N, 8, 8, 1) (NHWC), the data is channels-first",
+    ),
+    (
+        "teacher-onnx-double",
+        "input",
+        lambda t, r: _pipeline(
+            f"teacher.model={_onnx_input(['N', 64], 'DOUBLE')(t, r)}", "teacher.epochs=0"
+        )(t, r),
+        1,
+        "input 'x' is float64 (N, 64), the data is float32 (N, 1, 8, 8)",
     ),
     # output paths that exist, are read-only, or are files where a folder is expected
     (

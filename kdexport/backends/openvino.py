@@ -28,15 +28,22 @@ _PRECISIONS = {
 
 
 def explain(e: Exception) -> str:
-    """OpenVINO's error as one line: its summary (the ops it has no conversion for) when given,
-    else the message without the source locations."""
-    text = str(e)
-    if "Summary:" in text:
-        text = text.split("Summary:", 1)[1].replace("--", "")
-        text += "; OpenVINO cannot convert these ops: replace them or use ort-cpu"
+    """OpenVINO's error as one line: the ops its ONNX front end could not convert, from its
+    many-line report (e.g. the ai.onnx.ml ops of scikit-learn models), with the fix; else the
+    message without the source locations."""
+    ops = []
+    for line in str(e).splitlines():
+        if line.startswith("-- "):  # "-- OP with a message:", "-- No conversion rule ...: A, B"
+            text = line[3:].split(" with a message")[0].rsplit(": ", 1)[-1]
+            ops += [op for op in text.split(", ") if op not in ops]
+    if ops:
+        return (
+            f"it cannot convert {', '.join(ops)}; replace them, or leave this target out "
+            "(compile.targets, --target) and use ort-cpu"
+        )
     lines = [
         ln
-        for ln in text.splitlines()
+        for ln in str(e).splitlines()
         if ln.strip() and not ln.startswith(("Exception from", "Check "))
     ]
     return " ".join(" ".join(lines).split())[:300]

@@ -326,7 +326,16 @@ def compile(onnx_path: Path, out_dir: Path, name: str, target, calibration=None)
         from kdexport.quantize import quantize_onnx
 
         source = out_dir / f"{name}.qdq.onnx"
-        quantize_onnx(onnx_path, source, calibration, target.quantization)
+        try:
+            quantize_onnx(onnx_path, source, calibration, target.quantization)
+        except KdxError:
+            raise
+        except Exception as e:  # the quantizer fails on some foreign graphs (issue 12)
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise KdxError(
+                f"target '{target.name}': ONNX Runtime's quantizer fails on {onnx_path.name} "
+                f"({type(e).__name__}: {first}); leave {target.name} out of compile.targets"
+            ) from None
     elif target.precision == "fp16":
         from kdexport.fp16 import convert
 
