@@ -24,13 +24,12 @@ import numpy as np
 from kdexport.artifact import Artifact
 from kdexport.backends import backend
 from kdexport.bench import METHOD, fingerprint, measure, pooled
-from kdexport.distill import Progress, _quiet
 from kdexport.errors import KdxError
-from kdexport.export import MODELS
 from kdexport.feeds import Feed, Inputs, resolve
 from kdexport.onnxfile import check_onnx_file
+from kdexport.options import Range, stage_options
 from kdexport.profiles import Target, load_target
-from kdexport.recipe import Range
+from kdexport.rundir import MODELS, Run
 
 QUICK = {
     "warmup_iters": 2,
@@ -159,8 +158,7 @@ def _bench_target(compiled: Artifact, target: Target, x: np.ndarray, opts: dict)
 
 
 def benchmark(
-    run_dir: str | Path,
-    progress: Progress = _quiet,
+    run: Run,
     *,
     batch_sizes: Annotated[list[int], Range(1, 65536)] = [1, 64],  # noqa: B006 (read-only)
     warmup_iters: Annotated[int, Range(0)] = 20,
@@ -174,29 +172,19 @@ def benchmark(
     """Measure teacher and student on every compiled target; writes RUN/benchmark."""
     if not batch_sizes:
         raise KdxError("benchmark.batch_sizes is empty; give at least one, e.g. [1, 64]")
-    compiled = Artifact.open(Path(run_dir) / "compile", "compile", f"kdexport compile {run_dir}")
-    export_art = Artifact.open(Path(run_dir) / "export", "export", f"kdexport export {run_dir}")
-    with np.load(export_art.file("io_sample.npz")) as f:
+    opts = stage_options(benchmark, locals())
+    compiled, exported = run.open("compile"), run.open("export")
+    with np.load(exported.file("io_sample.npz")) as f:
         x = f["x"]
-    opts = {
-        "batch_sizes": batch_sizes,
-        "warmup_iters": warmup_iters,
-        "warmup_s": warmup_s,
-        "min_iters": min_iters,
-        "min_time_s": min_time_s,
-        "rounds": rounds,
-        "repeats": repeats,
-        "memory": memory,
-    }
     names = [
         n for n, t in compiled.checks["targets"].items() if any(t[m]["shipped"] for m in MODELS)
     ]
-    with Artifact.create(Path(run_dir) / "benchmark", "benchmark", opts, [compiled]) as w:
+    with Artifact.create(run.folder("benchmark"), "benchmark", opts, [compiled]) as w:
         w.checks.update(method=METHOD, environment=fingerprint(), targets={})
         for i, name in enumerate(names):
             target = Target.from_dict(compiled.checks["targets"][name]["profile"])
             w.checks["targets"][name] = _bench_target(compiled, target, x, opts)
-            progress("benchmark", i + 1, len(names), name)
+            run.progress("benchmark", i + 1, len(names), name)
     return w.artifact
 
 

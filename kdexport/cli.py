@@ -155,12 +155,14 @@ def distill_and_export_cmd(out, recipe, overrides, as_json, baseline, seeds):
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoints/teacher.pt.")
 def train_teacher_cmd(run_dir, recipe, overrides, retrain, resume):
     """Train the teacher ([teacher] section) into RUN_DIR/teacher."""
-    from kdexport.distill import train_teacher
     from kdexport.pipeline import prepare_run
+    from kdexport.rundir import Run
+    from kdexport.teacher import train_teacher
 
     r = prepare_run(run_dir, recipe, overrides)
     with _progress() as progress:
-        art = train_teacher(run_dir, r["data"], retrain, progress, resume, **r["teacher"])
+        run = Run(run_dir, r["data"], progress, resume=resume, retrain=retrain)
+        art = train_teacher(run, **r["teacher"])
     click.echo(f"teacher: {art.path}  test accuracy {art.checks['test_accuracy']:.2%}")
     if view := art.checks.get("onnx_teacher"):
         from kdexport.onnx_teacher import summary
@@ -182,14 +184,17 @@ def distill_cmd(run_dir, recipe, overrides, resume, baseline, seeds):
     With --baseline, also trains the same student with KD and from scratch for --seeds seeds
     (RUN_DIR/baseline) and says whether KD helped. Runs under torchrun as it is.
     """
-    from kdexport.baseline import compare, verdict
+    from kdexport.baseline import kd_vs_scratch
     from kdexport.distill import distill
     from kdexport.pipeline import prepare_run
+    from kdexport.report import verdict
+    from kdexport.rundir import Run
 
     r = prepare_run(run_dir, recipe, overrides)
     with _progress() as progress:
-        art = distill(run_dir, r["data"], progress, resume, **r["distill"])
-        b = compare(run_dir, r["data"], r["distill"], seeds, progress) if baseline else None
+        run = Run(run_dir, r["data"], progress, resume=resume)
+        art = distill(run, **r["distill"])
+        b = kd_vs_scratch(run, r["distill"], seeds) if baseline else None
     click.echo(f"student: {art.path}  test accuracy {art.checks['test_accuracy']:.2%}")
     if b:
         click.echo(verdict(b.checks))
@@ -222,12 +227,13 @@ def tune_cmd(run_dir, recipe, overrides, temperatures, kd_weights, seeds):
     the next `kdexport distill RUN_DIR` trains with it.
     """
     from kdexport.pipeline import prepare_run
+    from kdexport.rundir import Run
     from kdexport.tune import KD_WEIGHTS, TEMPERATURES, tune
 
     r = prepare_run(run_dir, recipe, overrides)
     grid = (temperatures or TEMPERATURES, kd_weights or KD_WEIGHTS)
     with _progress() as progress:
-        art = tune(run_dir, r["data"], r["distill"], *grid, seeds, progress)
+        art = tune(Run(run_dir, r["data"], progress), r["distill"], *grid, seeds)
     for t in art.checks["trials"]:
         click.echo(
             f"T={t['temperature']:g} w={t['kd_weight']:g}  val accuracy {t['val_accuracy']:.2%}  val NLL {t['val_nll']:.4f}"
@@ -248,12 +254,13 @@ def export_cmd(run_dir, recipe, overrides, opset, static, checkpoint):
     """Export both models to ONNX; check them against PyTorch."""
     from kdexport.export import export
     from kdexport.pipeline import prepare_run
+    from kdexport.rundir import Run
 
     flags = {"opset": opset, "static": static or None, "student_checkpoint": checkpoint}
     extra = [f"export.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     r = prepare_run(run_dir, recipe, (*overrides, *extra))
     with _progress() as progress:
-        art = export(run_dir, r["data"], progress, **r["export"])
+        art = export(Run(run_dir, r["data"], progress), **r["export"])
     for m in ("teacher", "student"):
         c = art.checks[m]
         click.echo(
@@ -274,8 +281,9 @@ def export_cmd(run_dir, recipe, overrides, opset, static, checkpoint):
 )
 def compile_cmd(run_dir, recipe, overrides, targets):
     """Compile both models per target; check each against PyTorch."""
-    from kdexport.compile import compile
+    from kdexport.compile import compile_targets
     from kdexport.pipeline import prepare_run
+    from kdexport.rundir import Run
 
     r = prepare_run(run_dir, recipe, overrides)
     opts = {
@@ -283,7 +291,7 @@ def compile_cmd(run_dir, recipe, overrides, targets):
         **({"targets": list(targets), "skip_unavailable": False} if targets else {}),
     }
     with _progress() as progress:
-        art = compile(run_dir, progress, **opts)
+        art = compile_targets(Run(run_dir, r["data"], progress), **opts)
     for name, result in art.checks["targets"].items():
         for m in ("teacher", "student"):
             click.echo(
@@ -339,22 +347,22 @@ def _latency_lines(checks: dict) -> list[str]:
 def benchmark_cmd(source, recipe, overrides, targets, shapes, batch_sizes, quick, as_json):
     """Time models: a run directory's teacher and student on every compiled target, or any
     ONNX file (`kdexport benchmark model.onnx --target openvino-cpu`)."""
-    from kdexport import recipe as recipes
     from kdexport.benchmark import QUICK, benchmark, benchmark_onnx
     from kdexport.feeds import parse_shapes
-    from kdexport.pipeline import prepare_run
+    from kdexport.pipeline import load_recipe, prepare_run
+    from kdexport.rundir import Run
 
     extra = [f"benchmark.batch_sizes=[{batch_sizes}]"] if batch_sizes else []
     extra += [f"benchmark.{k}={json.dumps(v)}" for k, v in QUICK.items()] if quick else []
     if source.endswith(".onnx"):
-        r = recipes.load(recipe, (*extra, *overrides))
+        r = load_recipe(recipe, (*extra, *overrides))
         dims = parse_shapes(shapes)
         given = bool(batch_sizes) or any(o.startswith("benchmark.batch_sizes") for o in overrides)
         checks = benchmark_onnx(source, list(targets) or ["ort-cpu"], dims, r["benchmark"], given)
     else:
         r = prepare_run(source, recipe, (*extra, *overrides))
         with _progress() as progress:
-            checks = benchmark(source, progress, **r["benchmark"]).checks
+            checks = benchmark(Run(source, r["data"], progress), **r["benchmark"]).checks
     for line in _latency_lines(checks):
         click.echo(line)
     if as_json:
@@ -367,8 +375,9 @@ def benchmark_cmd(source, recipe, overrides, targets, shapes, batch_sizes, quick
 def report_cmd(run_dir, as_json):
     """Write report.md and manifest.json from the stages' results."""
     from kdexport.report import report
+    from kdexport.rundir import Run
 
-    figs = report(run_dir)
+    figs = report(Run(run_dir))
     _print_table(figs)
     if as_json:
         click.echo(json.dumps(figs, sort_keys=True))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kdexport.artifact import MANIFEST
 from kdexport.errors import KdxError
-from kdexport.export import MODELS
+from kdexport.rundir import MODELS
 
 HEADER = [
     "target",

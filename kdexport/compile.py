@@ -17,15 +17,10 @@ import numpy as np
 
 from kdexport.artifact import Artifact
 from kdexport.backends import backend
-from kdexport.distill import Progress, _quiet
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy, parity
-from kdexport.export import MODELS
 from kdexport.profiles import Target, load_target
-
-
-def open_export(run_dir: Path) -> Artifact:
-    return Artifact.open(Path(run_dir) / "export", "export", f"kdexport export {run_dir}")
+from kdexport.rundir import MODELS, Run
 
 
 def select_targets(names: list[str], skip_unavailable: bool) -> tuple[list[Target], dict[str, str]]:
@@ -113,9 +108,8 @@ def compile_model(
     return {**result, **decision}
 
 
-def compile(
-    run_dir: str | Path,
-    progress: Progress = _quiet,
+def compile_targets(
+    run: Run,
     *,
     targets: list[str] = ["ort-cpu", "openvino-cpu", "ort-cuda"],  # noqa: B006 (read-only)
     skip_unavailable: bool = True,
@@ -125,14 +119,14 @@ def compile(
     Targets that are not available here are skipped, with the reason recorded, unless
     ``skip_unavailable`` is false.
     """
-    exported = open_export(run_dir)
+    exported = run.open("export")
     chosen, skipped = select_targets(targets, skip_unavailable)
     with np.load(exported.file("io_sample.npz")) as f:
         sample = dict(f)
     with np.load(exported.file("calibration.npz")) as f:
         calibration = f["x"]
     params = {"targets": targets, "skip_unavailable": skip_unavailable}
-    with Artifact.create(Path(run_dir) / "compile", "compile", params, [exported]) as w:
+    with Artifact.create(run.folder("compile"), "compile", params, [exported]) as w:
         w.checks["skipped"] = skipped
         w.checks["targets"] = {}
         steps, done = len(chosen) * len(MODELS), 0
@@ -144,6 +138,6 @@ def compile(
                 onnx_path = exported.file(f"{name}.onnx")
                 result[name] = compile_model(onnx_path, out_dir, name, target, sample, calibration)
                 done += 1
-                progress("compile", done, steps, f"{target.name}/{name}")
+                run.progress("compile", done, steps, f"{target.name}/{name}")
             w.checks["targets"][target.name] = result
     return w.artifact

@@ -24,7 +24,7 @@ from typing import Annotated
 import numpy as np
 
 from kdexport.errors import KdxError
-from kdexport.recipe import OneOf, Range
+from kdexport.options import OneOf, Range
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

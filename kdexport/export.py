@@ -24,16 +24,26 @@ import torch
 
 from kdexport import __version__
 from kdexport.artifact import Artifact
-from kdexport.data import load_splits
-from kdexport.distill import Progress, _quiet, load_student, load_teacher, predict, teacher_sha256
+from kdexport.distill import load_student
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy, parity
 from kdexport.onnxfile import check_onnx_file, run_reference
-from kdexport.recipe import Range
+from kdexport.options import Range, stage_options
+from kdexport.rundir import MODELS, Run
+from kdexport.teacher import load_teacher, teacher_sha256
+from kdexport.trainer import predict
 from kdexport.zoo import load_checkpoint
 
 INPUT, OUTPUT = "input", "logits"
-MODELS = ("teacher", "student")
+# the export options that ``export_onnx`` takes (the others: which samples, which checkpoint)
+_EXPORT_OPTIONS = (
+    "opset",
+    "example_batch",
+    "tolerance",
+    "static",
+    "static_batch",
+    "external_data_mb",
+)
 
 
 def count_flops(model: torch.nn.Module, example: torch.Tensor) -> int:
@@ -170,9 +180,7 @@ def _copy_onnx_teacher(art: Artifact, teacher, dest: Path, meta: dict) -> dict:
 
 
 def export(
-    run_dir: str | Path,
-    data: dict,
-    progress: Progress = _quiet,
+    run: Run,
     *,
     opset: Annotated[int, Range(17, 23)] = 18,
     example_batch: Annotated[int, Range(2, 4096)] = 4,
@@ -191,9 +199,10 @@ def export(
     ``student_checkpoint`` exports another state_dict of the student (e.g. an earlier epoch's).
     Models with more than ``external_data_mb`` MiB of weights keep them in external data files.
     """
-    splits = load_splits(**data)
-    teacher, teacher_art = load_teacher(run_dir, splits)
-    student, student_art = load_student(run_dir, splits)
+    options = stage_options(export, locals())
+    splits = run.splits()
+    teacher, teacher_art = load_teacher(run)
+    student, student_art = load_student(run)
     if student_checkpoint:
         load_checkpoint(student, student_checkpoint, student_art.parameters["student"])
     x, y = splits.x_test[:parity_samples], splits.y_test[:parity_samples]
@@ -209,24 +218,9 @@ def export(
             }
         ),
     }
-    opts = {
-        "opset": opset,
-        "example_batch": example_batch,
-        "tolerance": tolerance,
-        "static": static,
-        "static_batch": static_batch,
-        "external_data_mb": external_data_mb,
-    }
-    params = {
-        **opts,
-        "parity_samples": parity_samples,
-        "calibration_samples": calibration_samples,
-        "student_checkpoint": student_checkpoint,
-        "data": data,
-    }
-    with Artifact.create(
-        Path(run_dir) / "export", "export", params, [teacher_art, student_art]
-    ) as w:
+    opts = {k: options[k] for k in _EXPORT_OPTIONS}
+    params = {**options, "data": run.data}
+    with Artifact.create(run.folder("export"), "export", params, [teacher_art, student_art]) as w:
         reference = {}
         for i, (name, model) in enumerate((("teacher", teacher), ("student", student))):
             model_opts = {**opts, "static": static and name == "student"}
@@ -249,7 +243,7 @@ def export(
                 "params": facts.pop("params", None) or sum(p.numel() for p in model.parameters()),
                 "flops": None if facts["exporter"] == "copied" else count_flops(model, example),
             }
-            progress("export", i + 1, len(MODELS), f"{name}.onnx via {facts['exporter']}")
+            run.progress("export", i + 1, len(MODELS), f"{name}.onnx via {facts['exporter']}")
         np.savez(w.path / "io_sample.npz", x=x, y=y, **reference)
         rng = np.random.default_rng(0)
         calib = rng.choice(

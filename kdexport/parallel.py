@@ -12,11 +12,13 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from kdexport.artifact import Artifact
 from kdexport.errors import KdxError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -109,3 +111,13 @@ def autocast(precision: str, device: torch.device):
 
 def in_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def publish(c: Cluster, out: Path, kind: str, params: dict, parents: list, fill) -> Artifact:
+    """Process 0 writes the artifact (``fill(writer)``); the others wait, then open it."""
+    if c.main:
+        with Artifact.create(out, kind, params, parents) as writer:
+            fill(writer)
+        (out.parent / "checkpoints" / f"{kind}.pt").unlink(missing_ok=True)
+    c.barrier()
+    return writer.artifact if c.main else Artifact.open(out, kind, f"kdexport {kind}")

@@ -1,4 +1,5 @@
-"""``distill-and-export``: the stages in order, over one run directory."""
+"""``distill-and-export``: the stages in order, over one run directory; and the table of stages
+whose keyword-only parameters are the recipe's sections."""
 
 from __future__ import annotations
 
@@ -7,14 +8,34 @@ from pathlib import Path
 
 from kdexport import recipe as recipes
 from kdexport.artifact import MANIFEST, write_text
-from kdexport.baseline import compare
+from kdexport.baseline import kd_vs_scratch
 from kdexport.benchmark import benchmark
-from kdexport.compile import compile, select_targets
-from kdexport.distill import Progress, _quiet, check_recipe, distill, train_teacher
+from kdexport.compile import compile_targets, select_targets
+from kdexport.data import load_splits
+from kdexport.distill import build_student, distill
 from kdexport.errors import KdxError
 from kdexport.export import export
 from kdexport.parallel import in_torchrun
+from kdexport.preflight import check_models, check_weighting
+from kdexport.progress import Progress, quiet
 from kdexport.report import report
+from kdexport.rundir import Run
+from kdexport.teacher import build_teacher, train_teacher
+
+SECTIONS: recipes.Sections = {  # recipe section -> the function whose keyword options it holds
+    "data": load_splits,
+    "teacher": train_teacher,
+    "distill": distill,
+    "export": export,
+    "compile": compile_targets,
+    "benchmark": benchmark,
+}
+
+
+def load_recipe(recipe: str | Path | None = None, overrides=()) -> dict:
+    """A recipe (default: the built-in digits recipe) with ``--set`` overrides, validated and
+    complete: every section of ``SECTIONS`` with every key."""
+    return recipes.load(SECTIONS, recipe, overrides)
 
 
 def prepare_run(run_dir: str | Path, recipe: str | Path | None = None, overrides=()) -> dict:
@@ -28,7 +49,7 @@ def prepare_run(run_dir: str | Path, recipe: str | Path | None = None, overrides
     if run_dir.exists() and not run_dir.is_dir():
         raise KdxError(f"{run_dir} is a file; --out needs a directory")
     own = run_dir / "recipe.toml"
-    resolved = recipes.load(recipe or (own if own.is_file() else None), overrides)
+    resolved = load_recipe(recipe or (own if own.is_file() else None), overrides)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in (MANIFEST, "report.md"):
@@ -39,9 +60,14 @@ def prepare_run(run_dir: str | Path, recipe: str | Path | None = None, overrides
     return resolved
 
 
-def preflight(r: dict) -> None:
-    """Fail before any training on what can be checked cheaply: data, models, checkpoint, targets."""
-    check_recipe(r["data"], r["teacher"], r["distill"])
+def preflight(run: Run, r: dict) -> None:
+    """Fail before any training on what can be checked cheaply: data, models, checkpoints,
+    feature layers, targets."""
+    student = r["distill"]
+    check_weighting(student["weighting"], student["kd_weight"])
+    splits = run.splits()
+    teacher = build_teacher(r["teacher"], splits)
+    check_models(teacher, build_student(student, splits), splits, student)
     select_targets(r["compile"]["targets"], r["compile"]["skip_unavailable"])
 
 
@@ -49,10 +75,11 @@ def distill_and_export(
     out: str | Path = "runs/digits",
     recipe: str | Path | None = None,
     overrides=(),
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     baseline_seeds: int = 0,
 ) -> dict:
-    """Run every stage of ``recipe`` (default: kdexport/recipes/digits.toml) into ``out``; return figures.
+    """Run every stage of ``recipe`` (default: kdexport/recipes/digits.toml) into ``out``; return
+    the figures.
 
     A teacher already trained in ``out`` with the same parameters and data is reused.
     ``baseline_seeds`` > 0 also compares KD with the student trained from scratch (RUN/baseline).
@@ -64,12 +91,13 @@ def distill_and_export(
         )
     start = time.perf_counter()
     r = prepare_run(out, recipe, overrides)
-    preflight(r)
-    train_teacher(out, r["data"], progress=progress, **r["teacher"])
-    distill(out, r["data"], progress=progress, **r["distill"])
+    run = Run(out, r["data"], progress)  # the data is loaded once, for every stage
+    preflight(run, r)
+    train_teacher(run, **r["teacher"])
+    distill(run, **r["distill"])
     if baseline_seeds:
-        compare(out, r["data"], r["distill"], baseline_seeds, progress)
-    export(out, r["data"], progress=progress, **r["export"])
-    compile(out, progress=progress, **r["compile"])
-    benchmark(out, progress=progress, **r["benchmark"])
-    return report(out, wall_s=time.perf_counter() - start)
+        kd_vs_scratch(run, r["distill"], baseline_seeds)
+    export(run, **r["export"])
+    compile_targets(run, **r["compile"])
+    benchmark(run, **r["benchmark"])
+    return report(run, wall_s=time.perf_counter() - start)

@@ -13,7 +13,7 @@ from typing import Any
 
 from kdexport.backends import backend
 from kdexport.errors import KdxError
-from kdexport.recipe import read_toml
+from kdexport.options import read_toml
 
 # precision -> (atol, rtol, min top-1 agreement) against PyTorch: every output element must be
 # within atol + rtol·|PyTorch's| (numpy's allclose). fp32 keeps 1e-4 absolute. The others come

@@ -1,6 +1,7 @@
 """Recipes: one TOML file whose sections are the keyword arguments of the stage functions.
 
-The schema is read off the stage functions' signatures: a section's keys are the function's
+The caller (``pipeline.SECTIONS``) names the stage of each section; the schema is read off the
+stage functions' signatures: a section's keys are the function's
 keyword-only parameters, their defaults are the defaults, and ``Annotated[..., Range|OneOf]``
 hints bound their values. Unknown sections or keys, wrong types and out-of-range values are
 ``KdxError``s raised before any stage runs.
@@ -12,61 +13,24 @@ import difflib
 import inspect
 import tomllib
 import typing
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kdexport.errors import KdxError
+from kdexport.options import read_toml
 
 DEFAULT_RECIPE = "digits"
 
 
-@dataclass(frozen=True)
-class Range:
-    """Bounds of a numeric option; ``lo_open`` excludes ``lo`` itself (e.g. temperature > 0)."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-
-    def check(self, value: Any) -> str | None:
-        values = value if isinstance(value, list) else [value]
-        for v in values:
-            if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
-                return f"must be {'>' if self.lo_open else '>='} {self.lo}"
-            if self.hi is not None and v > self.hi:
-                return f"must be <= {self.hi}"
-        return None
+Sections = dict[str, Callable]  # section name -> the stage function whose options it holds
 
 
-@dataclass(frozen=True)
-class OneOf:
-    """The allowed values of a string option."""
-
-    choices: tuple[str, ...]
-
-    def check(self, value: Any) -> str | None:
-        return None if value in self.choices else f"must be one of {', '.join(self.choices)}"
-
-
-def _sections() -> dict[str, Any]:
-    """Section name -> stage function whose keyword-only parameters it holds (imported lazily)."""
-    from kdexport import benchmark, compile, data, distill, export
-
-    return {
-        "data": data.load_splits,
-        "teacher": distill.train_teacher,
-        "distill": distill.distill,
-        "export": export.export,
-        "compile": compile.compile,
-        "benchmark": benchmark.benchmark,
-    }
-
-
-def schema() -> dict[str, dict[str, tuple[Any, Any, list]]]:
-    """section -> key -> (type, default, constraints)."""
+def schema(sections: Sections) -> dict[str, dict[str, tuple[Any, Any, list]]]:
+    """section -> key -> (type, default, constraints), read off each stage's keyword-only
+    parameters."""
     out: dict[str, dict[str, tuple[Any, Any, list]]] = {}
-    for section, fn in _sections().items():
+    for section, fn in sections.items():
         hints = typing.get_type_hints(fn, include_extras=True)
         keys = {}
         for p in inspect.signature(fn).parameters.values():
@@ -133,21 +97,11 @@ def builtin_recipe_path(name: str) -> Path:
     return path
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file, turning every failure into one clear line."""
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KdxError(f"{path}: no such file; pass an existing recipe .toml") from None
-    except IsADirectoryError:
-        raise KdxError(f"{path}: is a directory; pass a recipe .toml file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise KdxError(f"{path}: cannot read it ({e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise KdxError(f"{path}: not valid TOML ({e})") from None
-
-
-def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+def load(
+    sections: Sections,
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> dict:
     """Read a recipe (default: the built-in digits recipe), apply ``--set`` overrides, validate.
 
     Returns every section with every key filled in (defaults from the stage signatures).
@@ -157,12 +111,14 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
     for text in overrides:
         section, key, value = parse_override(text)
         raw.setdefault(section, {})[key] = value
-    return validate(raw, where=str(path))
+    return validate(raw, sections, where=str(path))
 
 
-def validate(raw: dict[str, Any], where: str = "recipe") -> dict[str, dict[str, Any]]:
+def validate(
+    raw: dict[str, Any], sections: Sections, where: str = "recipe"
+) -> dict[str, dict[str, Any]]:
     """Check sections, keys, types and ranges; return the complete recipe."""
-    spec = schema()
+    spec = schema(sections)
     for section, body in raw.items():
         if section not in spec:
             raise _unknown("section", section, list(spec), where)

@@ -8,20 +8,10 @@ from pathlib import Path
 
 from kdexport import __version__
 from kdexport.artifact import FORMAT_VERSION, MANIFEST, Artifact, file_table, write_json, write_text
-from kdexport.baseline import markdown as distillation_markdown
-from kdexport.baseline import summary as distillation_summary
 from kdexport.chart import chart
-from kdexport.export import MODELS
-from kdexport.recipe import read_toml
-
-STAGES = {  # directory -> (kind, command that makes it)
-    "teacher": ("teacher", "kdexport train-teacher"),
-    "student": ("student", "kdexport distill"),
-    "export": ("export", "kdexport export"),
-    "compile": ("compile", "kdexport compile"),
-    "benchmark": ("benchmark", "kdexport benchmark"),
-}
-
+from kdexport.errors import KdxError
+from kdexport.options import read_toml
+from kdexport.rundir import MODELS, STAGES, Run, open_stage
 
 _FLAGS = ("reason", "accuracy_drop_points", "latency_ratio", "fp32_accuracy", "cpu_fallback_nodes")
 
@@ -55,17 +45,15 @@ def _model_figures(exported: dict, compiled: dict, benched: dict | None) -> dict
 def figures(run_dir: str | Path) -> dict:
     """Every figure of a run, from its stage manifests (all must be complete and current)."""
     run_dir = Path(run_dir)
-    arts = {
-        d: Artifact.open(run_dir / d, kind, f"{cmd} {run_dir}") for d, (kind, cmd) in STAGES.items()
-    }
+    arts = {stage: open_stage(run_dir, stage) for stage in STAGES}
     exp, comp, bench = (arts[k].checks for k in ("export", "compile", "benchmark"))
     targets = {}
     for name, result in comp["targets"].items():
         b = bench["targets"].get(name, {})
         entry = {m: _model_figures(exp[m], result[m], b.get(m)) for m in MODELS}
-        both = "speedup" in b
-        entry["speedup"] = entry["teacher"]["p50_ms"] / entry["student"]["p50_ms"] if both else None
-        entry["speedup_by_batch"] = b.get("speedup", {})
+        by_batch = b.get("speedup", {})  # teacher p50 / student p50, from benchmark
+        entry["speedup"] = by_batch.get("1", next(iter(by_batch.values()), None))
+        entry["speedup_by_batch"] = by_batch
         targets[name] = entry
     return {
         "run_dir": str(run_dir),
@@ -234,9 +222,9 @@ def markdown(figs: dict) -> str:
     return "\n".join(lines)
 
 
-def report(run_dir: str | Path, wall_s: float | None = None) -> dict:
+def report(run: Run, wall_s: float | None = None) -> dict:
     """Write RUN/report.md and RUN/manifest.json (last); return the figures."""
-    run_dir = Path(run_dir)
+    run_dir = run.path
     figs = figures(run_dir)
     if wall_s is not None:
         figs["wall_s"] = wall_s
@@ -249,9 +237,73 @@ def report(run_dir: str | Path, wall_s: float | None = None) -> dict:
             "kind": "run",
             "kdexport_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "recipe": read_toml(run_dir / "recipe.toml"),
+            "recipe": read_toml(recipe) if (recipe := run_dir / "recipe.toml").is_file() else None,
             "figures": figs,
             "files": file_table(run_dir),
         },
     )
     return figs
+
+
+def distillation_summary(run_dir: str | Path, student: Artifact) -> dict:
+    """The baseline figures for the report, or why there are none that fit ``student``."""
+    path = Path(run_dir) / "baseline"
+    if not path.is_dir():
+        return {"status": "none"}
+    try:
+        art = Artifact.open(path, "baseline", f"kdexport distill {run_dir} --baseline")
+    except KdxError:
+        return {"status": "stale"}
+    same = {k: v for k, v in art.parameters.items() if k != "seeds"}
+    if same != student.parameters:
+        return {"status": "stale"}
+    return {"status": "current", **art.checks}
+
+
+def _pct(f: dict) -> str:
+    return f"{f['mean']:.2%} ± {f['std'] * 100:.2f}"
+
+
+def _per_seed(f: dict) -> str:
+    return ", ".join(f"{v:.2%}" for v in f["values"])
+
+
+def verdict(b: dict) -> str:
+    """One plain sentence: did KD beat the scratch baseline?"""
+    n = len(b["seeds"])
+    diff = b["kd_minus_scratch"] * 100
+    if b["helped"]:
+        return f"KD beat the scratch baseline by {diff:+.2f} points of test accuracy (mean of {n} seeds)."
+    return (
+        f"KD did not beat the scratch baseline ({b['kd']['mean']:.2%} vs {b['scratch']['mean']:.2%}, "
+        f"mean of {n} seeds): distillation did not help here; the student trained from scratch did at least as well."
+    )
+
+
+def distillation_markdown(b: dict, run_dir: str | Path) -> list[str]:
+    """The report's section on KD vs scratch vs teacher."""
+    lines = ["", "## Did distillation help?", ""]
+    if b["status"] != "current":
+        hint = f"run `kdexport distill {run_dir} --baseline --seeds 3` to measure it"
+        if b["status"] == "stale":
+            return [
+                *lines,
+                f"The baseline in `baseline/` is for other options or an older teacher; {hint}.",
+                "",
+            ]
+        return [*lines, f"Not measured: {hint}.", ""]
+    return [
+        *lines,
+        f"Test accuracy over seeds {', '.join(map(str, b['seeds']))} (mean ± standard deviation "
+        "in points). The scratch student trains without a teacher on the labeled share only, "
+        "with the same optimiser, schedule and number of steps.",
+        "",
+        "| model | test accuracy | per seed |",
+        "|---|---|---|",
+        f"| teacher | {b['teacher']:.2%} | |",
+        f"| student with KD | {_pct(b['kd'])} | {_per_seed(b['kd'])} |",
+        f"| student from scratch | {_pct(b['scratch'])} | {_per_seed(b['scratch'])} |",
+        "",
+        verdict(b),
+        "",
+    ]

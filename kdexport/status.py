@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kdexport.artifact import MANIFEST, Artifact, leftovers
 from kdexport.errors import KdxError
-from kdexport.report import STAGES
+from kdexport.rundir import STAGES
 
 
 def run_status(run_dir: str | Path) -> dict[str, dict]:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -27,20 +28,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdexport.errors import KdxError
+from kdexport.evaluate import accuracy
 from kdexport.losses import LayerTap, Objective, first_non_finite
-from kdexport.parallel import Cluster, autocast, check_precision
+from kdexport.options import OneOf, Range
+from kdexport.parallel import DEVICES, PRECISIONS, Cluster, autocast, check_precision
+from kdexport.progress import Progress
 from kdexport.zoo import eval_mode
 
-Progress = Callable[[str, int, int, str], None]
 SCHEDULES = ("cosine", "step")
 AUGMENTATIONS = ("none", "shift")
 PLACEMENTS = ("auto", "device", "host")
+# The option types the two training stages share (their recipe keys' bounds and choices).
+Epochs = Annotated[int, Range(0, 10_000)]
+LearningRate = Annotated[float, Range(0.0, 10.0, lo_open=True)]
+BatchSize = Annotated[int, Range(1, 1 << 16)]
+Schedule = Annotated[str, OneOf(SCHEDULES)]
+Patience = Annotated[int, Range(0)]
+Augment = Annotated[str, OneOf(AUGMENTATIONS)]
+Precision = Annotated[str, OneOf(PRECISIONS)]
+Device = Annotated[str, OneOf(DEVICES)]
+Placement = Annotated[str, OneOf(PLACEMENTS)]
 # "auto" copies the pool to the GPU if it takes at most this share of the GPU's free memory
 AUTO_DEVICE_SHARE = 0.25
-
-
-def quiet(stage: str, done: int, total: int, info: str) -> None:
-    """A progress callback that shows nothing."""
 
 
 @dataclass
@@ -343,3 +352,13 @@ def fit(job: Job, val: tuple[np.ndarray, np.ndarray], opts: dict, session: Sessi
         session.progress(session.label, epoch + 1, opts["epochs"], info)
     job.model.load_state_dict(state.best)
     return state.history
+
+
+def save_model(writer, net: nn.Module, splits, history: list) -> None:
+    """A trained model into its artifact: weights, history, validation and test accuracy."""
+    torch.save(net.state_dict(), writer.path / "model.pt")
+    (writer.path / "history.json").write_text(json.dumps(history, indent=1))
+    writer.checks["val_accuracy"] = accuracy(predict(net, splits.x_val), splits.y_val)
+    writer.checks["test_accuracy"] = accuracy(predict(net, splits.x_test), splits.y_test)
+    writer.checks["epochs_run"] = len(history)
+    writer.checks["data_placement"] = history[-1]["data"] if history else None

@@ -14,12 +14,15 @@ from pathlib import Path
 
 from kdexport import recipe as recipes
 from kdexport.artifact import Artifact, write_text
-from kdexport.data import load_splits
-from kdexport.distill import load_teacher, publish, student_params, train_student
+from kdexport.distill import student_params, train_student
 from kdexport.errors import KdxError
-from kdexport.parallel import cluster
+from kdexport.parallel import cluster, publish
+from kdexport.pipeline import load_recipe
 from kdexport.preflight import check_weighting
-from kdexport.trainer import Progress, Session, quiet
+from kdexport.progress import quiet
+from kdexport.rundir import Run
+from kdexport.teacher import load_teacher
+from kdexport.trainer import Session
 
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
 KD_WEIGHTS = (0.5, 0.9)
@@ -48,24 +51,22 @@ def _record(run_dir: Path, best: dict) -> None:
             f"distill.temperature={best['temperature']}",
             f"distill.kd_weight={best['kd_weight']}",
         ]
-        write_text(path, recipes.dumps(recipes.load(path, sets)))
+        write_text(path, recipes.dumps(load_recipe(path, sets)))
 
 
 def tune(
-    run_dir: str | Path,
-    data: dict,
+    run: Run,
     distill_options: dict,
     temperatures=TEMPERATURES,
     kd_weights=KD_WEIGHTS,
     seeds: int = 1,
-    progress: Progress = quiet,
 ) -> Artifact:
     """Search ``temperatures`` x ``kd_weights``; write RUN/tune and the winner into the recipe."""
     _check_grid(temperatures, kd_weights, distill_options["weighting"])
     if seeds < 1:
         raise KdxError(f"--seeds {seeds}: give at least 1")
-    splits = load_splits(**data)
-    teacher = load_teacher(run_dir, splits)
+    splits, progress = run.splits(), run.progress
+    teacher = load_teacher(run)
     trials = []
     with cluster(distill_options["device"]) as c:
         for t, w in itertools.product(temperatures, kd_weights):
@@ -76,11 +77,7 @@ def tune(
                 session = Session(
                     f"T={t:g} w={w:g} seed {opts['seed']}", progress if c.main else quiet, c
                 )
-                kept.append(
-                    _best_epoch(
-                        train_student(run_dir, data["seed"], splits, teacher, opts, session)[1]
-                    )
-                )
+                kept.append(_best_epoch(train_student(run, teacher, opts, session)[1]))
             trials.append(
                 {
                     "temperature": float(t),
@@ -91,16 +88,16 @@ def tune(
                 }
             )
         best = max(trials, key=lambda r: (r["val_accuracy"], -r["val_nll"]))
-        params = {**student_params(distill_options, data, splits), "seeds": seeds}
+        params = {**student_params(distill_options, run.data, splits), "seeds": seeds}
         checks = {"trials": trials, "best": best, "score": "mean validation accuracy, then NLL"}
         art = publish(
             c,
-            Path(run_dir) / "tune",
+            run.folder("tune"),
             "tune",
             params,
             [teacher[1]],
             lambda w: w.checks.update(checks),
         )
     if c.main:
-        _record(Path(run_dir), best)
+        _record(run.path, best)
     return art

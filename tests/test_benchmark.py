@@ -9,8 +9,9 @@ from conftest import kdx
 
 from kdexport.bench import median_ci95, pooled
 from kdexport.benchmark import benchmark
-from kdexport.compile import compile
+from kdexport.compile import compile_targets
 from kdexport.onnxfile import make_model
+from kdexport.rundir import Run
 
 QUICK = {"warmup_iters": 1, "warmup_s": 0.0, "min_iters": 20, "min_time_s": 0.0, "rounds": 2}
 
@@ -30,8 +31,8 @@ def test_pooled_flags_repeats_that_disagree():
 
 
 def test_stage_with_repeats_and_memory(run_copy):
-    compile(run_copy, targets=["ort-cpu"], skip_unavailable=False)
-    checks = benchmark(run_copy, batch_sizes=[1, 4], repeats=2, memory=True, **QUICK).checks
+    compile_targets(Run(run_copy), targets=["ort-cpu"], skip_unavailable=False)
+    checks = benchmark(Run(run_copy), batch_sizes=[1, 4], repeats=2, memory=True, **QUICK).checks
     result = checks["targets"]["ort-cpu"]
     for model in ("teacher", "student"):
         st = result[model]["latency"]["1"]

@@ -4,9 +4,10 @@ import pytest
 
 from kdexport.artifact import Artifact
 from kdexport.benchmark import benchmark
-from kdexport.compile import compile
+from kdexport.compile import compile_targets
 from kdexport.errors import KdxError
 from kdexport.profiles import builtin_names, load_target
+from kdexport.rundir import Run
 
 AVAILABLE = [n for n in builtin_names() if load_target(n).unavailable_reason() is None]
 
@@ -47,7 +48,9 @@ def test_openvino_cache_is_written_at_compile(fast_cli_run):
 
 
 def test_benchmark_times_only_shipped_models(run_copy):
-    compiled = compile(run_copy, targets=["ort-cpu", "ort-cpu-int8"], skip_unavailable=False)
+    compiled = compile_targets(
+        Run(run_copy), targets=["ort-cpu", "ort-cpu-int8"], skip_unavailable=False
+    )
     shipped = {
         m
         for m in ("teacher", "student")
@@ -61,7 +64,7 @@ def test_benchmark_times_only_shipped_models(run_copy):
         "min_time_s": 0.0,
         "rounds": 1,
     }
-    timed = benchmark(run_copy, **opts).checks["targets"]
+    timed = benchmark(Run(run_copy), **opts).checks["targets"]
     assert set(timed.get("ort-cpu-int8", {})) & {"teacher", "student"} == shipped
 
 
@@ -97,7 +100,7 @@ def test_bad_quantization_method(run_copy, tmp_path):
     text = (BUILTIN_DIR / "ort-cpu-int8.toml").read_text()
     path.write_text(text.replace('method = "minmax"', 'method = "kl"'))
     with pytest.raises(KdxError, match="quantization.method 'kl' is not one of minmax"):
-        compile(run_copy, targets=[str(path)], skip_unavailable=False)
+        compile_targets(Run(run_copy), targets=[str(path)], skip_unavailable=False)
     assert Artifact.open(run_copy / "compile", "compile", "")  # the old compile is intact
 
 
@@ -105,7 +108,7 @@ def test_fp16_on_a_cpu_target_is_refused(tmp_path, run_copy):
     path = tmp_path / "cpu-fp16.toml"
     path.write_text('backend = "onnxruntime"\ndevice = "cpu"\nprecision = "fp16"\n')
     with pytest.raises(KdxError, match="precision fp16 is not supported"):
-        compile(run_copy, targets=[str(path)], skip_unavailable=False)
+        compile_targets(Run(run_copy), targets=[str(path)], skip_unavailable=False)
 
 
 def test_export_cli_flags(run_copy):

@@ -21,11 +21,12 @@ def test_default_recipe_meets_its_goals(tmp_path):
 
 
 def test_training_is_deterministic(tmp_path):
-    from kdexport import recipe
     from kdexport.artifact import sha256
-    from kdexport.distill import train_teacher
+    from kdexport.pipeline import load_recipe
+    from kdexport.rundir import Run
+    from kdexport.teacher import train_teacher
 
-    r = recipe.load(overrides=["teacher.epochs=1", "teacher.model=zoo:mlp-tiny"])
-    a = train_teacher(tmp_path / "a", r["data"], **r["teacher"])
-    b = train_teacher(tmp_path / "b", r["data"], **r["teacher"])
+    r = load_recipe(overrides=["teacher.epochs=1", "teacher.model=zoo:mlp-tiny"])
+    a = train_teacher(Run(tmp_path / "a", r["data"]), **r["teacher"])
+    b = train_teacher(Run(tmp_path / "b", r["data"]), **r["teacher"])
     assert sha256(a.file("model.pt")) == sha256(b.file("model.pt"))

@@ -8,10 +8,12 @@ import pytest
 import torch
 from conftest import fails, kdx
 
-from kdexport import recipe
 from kdexport.data import load_splits
-from kdexport.distill import _student_pool, distill, load_teacher, train_teacher
+from kdexport.distill import distill, student_pool
 from kdexport.errors import KdxError
+from kdexport.pipeline import load_recipe
+from kdexport.rundir import Run
+from kdexport.teacher import load_teacher, train_teacher
 from kdexport.trainer import AUTO_DEVICE_SHARE, Pool, _lr_factor, predict, shift
 from kdexport.zoo import create_model
 
@@ -78,7 +80,7 @@ def models(tmp_path):
 
 
 def _recipe(run, *sets):
-    return recipe.load(run / "recipe.toml", list(sets))
+    return load_recipe(run / "recipe.toml", list(sets))
 
 
 @pytest.mark.parametrize(("loss", "weight"), [("hint", 1.0), ("attention", 500.0)])
@@ -94,9 +96,9 @@ def test_feature_loss_trains_and_the_adapter_is_not_exported(tmp_path, models, l
         "distill.teacher_layer='2'",  # (16, 8, 8): a 1x1 adapter maps 8 -> 16 channels
         "distill.epochs=2",
     ]
-    r = recipe.load(overrides=sets)
-    train_teacher(run, r["data"], **r["teacher"])
-    art = distill(run, r["data"], **r["distill"])
+    r = load_recipe(overrides=sets)
+    train_teacher(Run(run, r["data"]), **r["teacher"])
+    art = distill(Run(run, r["data"]), **r["distill"])
     history = (art.path / "history.json").read_text()
     assert f'"{loss}"' in history and '"kd"' in history
     saved = torch.load(art.file("model.pt"), weights_only=True)
@@ -129,19 +131,21 @@ def test_feature_layers_are_checked_before_training(tmp_path, models):
 
 def test_teacher_outputs_are_cached_once_and_keyed_by_the_teacher(run):
     r = _recipe(run)
-    distill(run, r["data"], **r["distill"])
+    distill(Run(run, r["data"]), **r["distill"])
     (cached,) = (run / "cache").glob("teacher-*.npz")
     mtime = cached.stat().st_mtime_ns
     splits = load_splits(**r["data"])
-    teacher, _ = load_teacher(run, splits)
+    teacher, _ = load_teacher(Run(run, r["data"]))
     with np.load(cached) as f:
         np.testing.assert_allclose(f["logits"], predict(teacher, splits.x_train), atol=1e-6)
-    distill(run, r["data"], **{**r["distill"], "seed": 1})
+    distill(Run(run, r["data"]), **{**r["distill"], "seed": 1})
     assert cached.stat().st_mtime_ns == mtime  # reused, not recomputed
-    distill(run, r["data"], **{**r["distill"], "augment": "shift"})  # the teacher runs per batch
+    distill(
+        Run(run, r["data"]), **{**r["distill"], "augment": "shift"}
+    )  # the teacher runs per batch
     assert len(list((run / "cache").glob("teacher-*.npz"))) == 1
-    train_teacher(run, r["data"], **{**r["teacher"], "epochs": 1})
-    distill(run, r["data"], **r["distill"])
+    train_teacher(Run(run, r["data"]), **{**r["teacher"], "epochs": 1})
+    distill(Run(run, r["data"]), **r["distill"])
     assert len(list((run / "cache").glob("teacher-*.npz"))) == 2  # a new teacher, a new key
 
 
@@ -149,18 +153,18 @@ def test_labeled_share_and_transfer_pool(tmp_path):
     np.savez(tmp_path / "u.npz", x=np.zeros((50, 1, 8, 8), np.float32))
     splits = load_splits(transfer=str(tmp_path / "u.npz"))
     opts = {"label_fraction": 0.1}
-    kd = _student_pool(splits, opts, 0, scratch=False)
+    kd = student_pool(splits, opts, 0, scratch=False)
     n = len(splits.y_train)
     assert len(kd.y) == n + 50 and (kd.y[n:] == -1).all()
     labeled = int((kd.y >= 0).sum())
     assert abs(labeled - 0.1 * n) <= 10
-    scratch = _student_pool(splits, opts, 0, scratch=True)
+    scratch = student_pool(splits, opts, 0, scratch=True)
     assert len(scratch.y) == labeled and (scratch.y >= 0).all()
 
 
 def test_label_scarce_student_trains_on_the_teacher_alone(run):
     r = _recipe(run, "distill.label_fraction=0.1")
-    art = distill(run, r["data"], **r["distill"])
+    art = distill(Run(run, r["data"]), **r["distill"])
     assert art.parameters["label_fraction"] == 0.1
     assert art.checks["epochs_run"] == 2
     assert art.checks["data_placement"] == "cpu"
@@ -168,7 +172,7 @@ def test_label_scarce_student_trains_on_the_teacher_alone(run):
 
 def test_early_stopping(run):
     r = _recipe(run, "distill.epochs=20", "distill.patience=2", "distill.lr=1e-9")
-    assert distill(run, r["data"], **r["distill"]).checks["epochs_run"] == 3
+    assert distill(Run(run, r["data"]), **r["distill"]).checks["epochs_run"] == 3
 
 
 def test_schedules():
@@ -179,7 +183,7 @@ def test_schedules():
 
 def test_step_schedule_and_augmentation_train(run):
     r = _recipe(run, "distill.schedule='step'", "distill.augment='shift'")
-    assert distill(run, r["data"], **r["distill"]).checks["epochs_run"] == 2
+    assert distill(Run(run, r["data"]), **r["distill"]).checks["epochs_run"] == 2
 
 
 def test_shift_moves_each_sample_by_at_most_one_pixel():
@@ -235,7 +239,7 @@ def test_cuda_device_without_a_gpu(run):
         pytest.skip("a CUDA GPU is present")
     r = _recipe(run, "distill.device='cuda'")
     with pytest.raises(KdxError, match="device = 'cuda' but PyTorch sees no CUDA GPU"):
-        distill(run, r["data"], **r["distill"])
+        distill(Run(run, r["data"]), **r["distill"])
 
 
 def test_data_placement_on_a_gpu_follows_the_free_memory(monkeypatch):
@@ -257,7 +261,7 @@ def _distill_on_cuda(run, *sets):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     r = _recipe(run, "distill.device='cuda'", *sets)
-    return distill(run, r["data"], **r["distill"])
+    return distill(Run(run, r["data"]), **r["distill"])
 
 
 @pytest.mark.gpu

@@ -6,10 +6,13 @@ import json
 import pytest
 from conftest import fails, kdx
 
-from kdexport import recipe
-from kdexport.baseline import compare, markdown, summary, verdict
-from kdexport.data import load_splits
+from kdexport.baseline import kd_vs_scratch
 from kdexport.distill import load_student
+from kdexport.pipeline import load_recipe
+from kdexport.report import distillation_markdown as markdown
+from kdexport.report import distillation_summary as summary
+from kdexport.report import verdict
+from kdexport.rundir import Run
 
 SETS = [
     "teacher.model=zoo:mlp-tiny",
@@ -48,7 +51,7 @@ def test_tune_records_trials_and_writes_the_winner(tmp_path):
     best = checks["best"]
     assert best == max(checks["trials"], key=lambda t: (t["val_accuracy"], -t["val_nll"]))
     assert "test" not in json.dumps(checks)  # chosen on the validation split alone
-    r = recipe.load(run / "recipe.toml")
+    r = load_recipe(run / "recipe.toml")
     assert (r["distill"]["temperature"], r["distill"]["kd_weight"]) == (
         best["temperature"],
         best["kd_weight"],
@@ -60,16 +63,15 @@ def test_tune_records_trials_and_writes_the_winner(tmp_path):
 
 def test_report_section_kd_vs_scratch_vs_teacher(run_copy):
     assert "Not measured" in (run_copy / "report.md").read_text()
-    r = recipe.load(run_copy / "recipe.toml")
-    compare(run_copy, r["data"], r["distill"], seeds=2)
+    r = load_recipe(run_copy / "recipe.toml")
+    kd_vs_scratch(Run(run_copy, r["data"]), r["distill"], seeds=2)
     figs = json.loads(kdx("report", run_copy, "--json").stdout.strip().splitlines()[-1])
     assert figs["distillation"]["status"] == "current"
     report = (run_copy / "report.md").read_text()
     assert "## Did distillation help?" in report and "| student from scratch |" in report
     assert verdict(figs["distillation"]) in report
     kdx("distill", run_copy, "--set", "distill.epochs=1")  # other options: the baseline is stale
-    splits = load_splits(**r["data"])
-    assert summary(run_copy, load_student(run_copy, splits)[1])["status"] == "stale"
+    assert summary(run_copy, load_student(Run(run_copy, r["data"]))[1])["status"] == "stale"
 
 
 def test_verdict_says_plainly_when_kd_did_not_help():

@@ -9,8 +9,10 @@ import pytest
 import torch
 from conftest import fails, kdx
 
-from kdexport import recipe
-from kdexport.distill import distill, train_teacher
+from kdexport.distill import distill
+from kdexport.pipeline import load_recipe
+from kdexport.rundir import Run
+from kdexport.teacher import train_teacher
 
 TINY = [
     "teacher.model=zoo:mlp-tiny",
@@ -24,8 +26,8 @@ TINY = [
 def trained(tmp_path_factory):
     """A teacher trained by kdexport, and the same teacher saved in every file form."""
     root = tmp_path_factory.mktemp("teachers")
-    r = recipe.load(overrides=TINY)
-    art = train_teacher(root / "run", r["data"], **r["teacher"])
+    r = load_recipe(overrides=TINY)
+    art = train_teacher(Run(root / "run", r["data"]), **r["teacher"])
     model = torch.nn.Sequential(
         torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10)
     )
@@ -56,10 +58,10 @@ def test_model_file_teachers_teach(trained, tmp_path, form):
     art, files, r = trained
     run = tmp_path / "run"
     teacher = {**r["teacher"], "model": str(files[form]), "epochs": 0}
-    imported = train_teacher(run, r["data"], **teacher)
+    imported = train_teacher(Run(run, r["data"]), **teacher)
     assert imported.checks["val_accuracy"] == pytest.approx(art.checks["val_accuracy"])
     assert (run / "teacher" / f"model{files[form].suffix}").is_file()
-    student = distill(run, r["data"], **r["distill"])
+    student = distill(Run(run, r["data"]), **r["distill"])
     assert student.checks["epochs_run"] == 1
 
 
@@ -118,9 +120,9 @@ def test_an_edited_model_file_is_imported_again(trained, tmp_path):
     mine = tmp_path / "t.onnx"
     shutil.copyfile(files["onnx"], mine)
     teacher = {**r["teacher"], "model": str(mine), "epochs": 0}
-    first = train_teacher(tmp_path / "run", r["data"], **teacher)
-    assert train_teacher(tmp_path / "run", r["data"], **teacher).manifest == first.manifest
+    first = train_teacher(Run(tmp_path / "run", r["data"]), **teacher)
+    assert train_teacher(Run(tmp_path / "run", r["data"]), **teacher).manifest == first.manifest
     model = onnx.load(str(mine))
     onnx.helper.set_model_props(model, {"edited": "yes"})  # the same model, other bytes
     onnx.save(model, str(mine))
-    assert train_teacher(tmp_path / "run", r["data"], **teacher).manifest != first.manifest
+    assert train_teacher(Run(tmp_path / "run", r["data"]), **teacher).manifest != first.manifest

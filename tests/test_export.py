@@ -9,16 +9,17 @@ import pytest
 import torch
 
 from kdexport.artifact import Artifact
-from kdexport.compile import compile
+from kdexport.compile import compile_targets
 from kdexport.errors import KdxError
 from kdexport.export import export, export_onnx
 from kdexport.onnxfile import check_onnx_file, make_model
-from kdexport.recipe import load
+from kdexport.pipeline import load_recipe as load
+from kdexport.rundir import Run
 
 
 def _export(run, **overrides):
     r = load(run / "recipe.toml")
-    return export(run, r["data"], **{**r["export"], **overrides})
+    return export(Run(run, r["data"]), **{**r["export"], **overrides})
 
 
 def test_export_records_how_it_was_made(fast_cli_run):
@@ -60,7 +61,9 @@ def test_external_data_is_listed_and_compiles(run_copy):
     art = _export(run_copy, external_data_mb=0)
     assert "student.onnx.data" in art.manifest["files"]
     assert check_onnx_file(art.file("student.onnx"))["external_data"] == ["student.onnx.data"]
-    compiled = compile(run_copy, targets=["ort-cpu", "openvino-cpu"], skip_unavailable=False)
+    compiled = compile_targets(
+        Run(run_copy), targets=["ort-cpu", "openvino-cpu"], skip_unavailable=False
+    )
     assert compiled.checks["targets"]["openvino-cpu"]["student"]["parity"]["passed"]
 
 

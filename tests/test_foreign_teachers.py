@@ -15,12 +15,12 @@ import torch
 from conftest import FAST_ARGS, fails, kdx
 from onnx import TensorProto, helper, numpy_helper
 
-from kdexport import recipe
-from kdexport.data import load_splits
-from kdexport.distill import load_teacher, teacher_identity, train_teacher
 from kdexport.losses import KDLoss
 from kdexport.onnx_teacher import EPS, OnnxModel
 from kdexport.onnxfile import check_onnx_file, make_model, run_reference
+from kdexport.pipeline import load_recipe
+from kdexport.rundir import Run
+from kdexport.teacher import load_teacher, teacher_identity, train_teacher
 
 DIGITS = (1, 8, 8)  # kdexport's digits samples; scikit-learn models take them as 64 floats
 
@@ -136,18 +136,17 @@ def test_probabilities_teach_as_logits_do(tmp_path):
     """The same classifier read from its scores (logits) and from its softmax (probabilities,
     log taken): the teachers agree up to a constant per row, so KD at any T is the same."""
     path = _linear(tmp_path / "t.onnx", outputs=("scores", "probs"))
-    r = recipe.load(overrides=["teacher.epochs=0", f"teacher.model={path}"])
+    r = load_recipe(overrides=["teacher.epochs=0", f"teacher.model={path}"])
     arts = {}
     for output in ("scores", "probs"):
         teacher = {**r["teacher"], "output": output}
-        arts[output] = train_teacher(tmp_path / output, r["data"], **teacher)
+        arts[output] = train_teacher(Run(tmp_path / output, r["data"]), **teacher)
     assert arts["scores"].checks["onnx_teacher"]["output_kind"] == "logits"
     assert arts["probs"].checks["onnx_teacher"]["output_kind"] == "probabilities"
     assert "sum to 1" in arts["probs"].checks["onnx_teacher"]["output_kind_from"]
     assert teacher_identity(arts["scores"]) != teacher_identity(arts["probs"])  # not one cache
     x = torch.rand(32, *DIGITS)
-    splits = load_splits(**r["data"])
-    logits, log_p = (load_teacher(tmp_path / o, splits)[0](x) for o in ("scores", "probs"))
+    logits, log_p = (load_teacher(Run(tmp_path / o, r["data"]))[0](x) for o in ("scores", "probs"))
     torch.testing.assert_close(log_p, torch.log_softmax(logits, 1).clamp_min(np.log(EPS)))
     student = torch.randn(32, 10)
     for t in (1.0, 4.0):
@@ -155,7 +154,7 @@ def test_probabilities_teach_as_logits_do(tmp_path):
         torch.testing.assert_close(
             kd(student, log_p, None), kd(student, logits, None), atol=1e-4, rtol=1e-4
         )
-    forced = train_teacher(tmp_path / "f", r["data"], **{**teacher, "output_kind": "logits"})
+    forced = train_teacher(Run(tmp_path / "f", r["data"]), **{**teacher, "output_kind": "logits"})
     assert forced.checks["onnx_teacher"]["output_kind"] == "logits"  # as set, not detected
 
 

@@ -7,11 +7,12 @@ from onnx import numpy_helper
 
 from kdexport import export as export_module
 from kdexport.artifact import MANIFEST, file_table, write_json
-from kdexport.compile import compile
+from kdexport.compile import compile_targets
 from kdexport.errors import KdxError
 from kdexport.evaluate import parity
 from kdexport.export import export
-from kdexport.recipe import load
+from kdexport.pipeline import load_recipe as load
+from kdexport.rundir import Run
 
 
 def _perturb(path, scale=1e-2):
@@ -65,7 +66,7 @@ def test_export_catches_an_altered_export(run_copy, monkeypatch):
     with pytest.raises(
         KdxError, match=r"teacher.onnx at batch 1 differs from PyTorch: max abs diff"
     ):
-        export(run_copy, r["data"], **r["export"])
+        export(Run(run_copy, r["data"]), **r["export"])
     assert (run_copy / "export" / MANIFEST).read_bytes() == before  # the old export is intact
 
 
@@ -80,5 +81,5 @@ def test_compile_catches_a_model_that_drifted_from_pytorch(run_copy):
     with pytest.raises(
         KdxError, match=r"ort-cpu/student.onnx differs from PyTorch: max abs diff .* top-1"
     ):
-        compile(run_copy, targets=["ort-cpu"], skip_unavailable=False)
+        compile_targets(Run(run_copy), targets=["ort-cpu"], skip_unavailable=False)
     assert not (run_copy / "compile").exists()

@@ -15,6 +15,7 @@ from kdexport import recipe
 from kdexport.artifact import Artifact
 from kdexport.errors import KdxError
 from kdexport.package import verify
+from kdexport.pipeline import SECTIONS, load_recipe
 
 # Hypothesis keeps a folder of its own (.hypothesis/ in the working folder by default): put it in
 # the system's temporary folder, not in the repository.
@@ -29,7 +30,7 @@ SCALARS = st.one_of(
     st.integers(-10, 10**6), st.floats(allow_nan=True), st.text(max_size=12), st.booleans()
 )
 VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=4))
-KNOWN = {s: list(keys) for s, keys in recipe.schema().items()}
+KNOWN = {s: list(keys) for s, keys in recipe.schema(SECTIONS).items()}
 SECTION = st.one_of(st.sampled_from(sorted(KNOWN)), st.text(min_size=1, max_size=8))
 
 
@@ -59,7 +60,7 @@ def test_recipe_tables(tmp_path, raw):
         path.write_text(tomli_w.dumps(raw))
     except (TypeError, ValueError):  # NaN and the like cannot be written as TOML at all
         return
-    r = _valid_or_kdx(recipe.load, path)
+    r = _valid_or_kdx(load_recipe, path)
     if r is not None:
         assert set(r) == set(KNOWN)
 
@@ -69,8 +70,8 @@ def test_recipe_tables(tmp_path, raw):
 def test_recipe_text_and_overrides(tmp_path, text):
     path = tmp_path / "r.toml"
     path.write_text(text, encoding="utf-8")
-    _valid_or_kdx(recipe.load, path)
-    _valid_or_kdx(recipe.load, None, [text])
+    _valid_or_kdx(load_recipe, path)
+    _valid_or_kdx(load_recipe, None, [text])
 
 
 JSON = st.recursive(

@@ -32,11 +32,12 @@ def test_fake_quantized_round_trip():
 def test_quant_aware_distillation_exports_a_plain_student(run_copy):
     from kdexport.distill import distill
     from kdexport.export import export
-    from kdexport.recipe import load
+    from kdexport.pipeline import load_recipe as load
+    from kdexport.rundir import Run
 
     r = load(run_copy / "recipe.toml", ["distill.quant_aware=true", "distill.epochs=1"])
-    art = distill(run_copy, r["data"], **r["distill"])
+    art = distill(Run(run_copy, r["data"]), **r["distill"])
     assert art.parameters["quant_aware"] is True
     state = torch.load(art.file("model.pt"), weights_only=True)
     assert set(state) == set(create_model("zoo:digits-cnn-small", 10, 1).state_dict())
-    assert export(run_copy, r["data"], **r["export"]).checks["student"]["parity"]["passed"]
+    assert export(Run(run_copy, r["data"]), **r["export"]).checks["student"]["parity"]["passed"]

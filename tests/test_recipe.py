@@ -4,19 +4,20 @@ import pytest
 
 from kdexport import recipe
 from kdexport.errors import KdxError
+from kdexport.pipeline import SECTIONS, load_recipe
 
 
 def test_default_recipe_is_complete():
-    r = recipe.load()
+    r = load_recipe()
     assert r["teacher"]["model"] == "zoo:digits-cnn-large"
     assert r["distill"]["student"] == "zoo:digits-cnn-small"
-    assert set(r) == set(recipe.schema())
-    for section, keys in recipe.schema().items():
+    assert set(r) == set(recipe.schema(SECTIONS))
+    for section, keys in recipe.schema(SECTIONS).items():
         assert set(r[section]) == set(keys)
 
 
 def test_overrides_are_typed():
-    r = recipe.load(
+    r = load_recipe(
         overrides=["distill.epochs=3", "compile.targets=['ort-cpu']", "distill.kd_loss=logit_mse"]
     )
     assert r["distill"]["epochs"] == 3
@@ -25,14 +26,14 @@ def test_overrides_are_typed():
 
 
 def test_int_is_accepted_for_float():
-    assert recipe.load(overrides=["distill.temperature=2"])["distill"]["temperature"] == 2.0
+    assert load_recipe(overrides=["distill.temperature=2"])["distill"]["temperature"] == 2.0
 
 
 def test_round_trip(tmp_path):
-    r = recipe.load(overrides=["distill.epochs=3"])
+    r = load_recipe(overrides=["distill.epochs=3"])
     path = tmp_path / "r.toml"
     path.write_text(recipe.dumps(r))
-    assert recipe.load(path) == r
+    assert load_recipe(path) == r
 
 
 @pytest.mark.parametrize(
@@ -52,17 +53,17 @@ def test_round_trip(tmp_path):
 )
 def test_bad_values_name_the_problem(override, message):
     with pytest.raises(KdxError, match=None) as err:
-        recipe.load(overrides=[override])
+        load_recipe(overrides=[override])
     assert message in str(err.value)
 
 
 def test_bad_files(tmp_path):
     with pytest.raises(KdxError, match="no such file"):
-        recipe.load(tmp_path / "missing.toml")
+        load_recipe(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[distill\nepochs = 3")
     with pytest.raises(KdxError, match="not valid TOML"):
-        recipe.load(bad)
+        load_recipe(bad)
     bad.write_text("distill = 3")
     with pytest.raises(KdxError, match="must be a table"):
-        recipe.load(bad)
+        load_recipe(bad)

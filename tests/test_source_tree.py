@@ -43,7 +43,7 @@ def test_cli_and_tools_run_from_a_copy_of_the_tree(tmp_path):
     where = _run(tree, "-c", "import kdexport; print(kdexport.__file__)", cwd=tree).stdout
     assert Path(where.strip()).is_relative_to(tree)  # the copy, not the installed package
     assert "ort-cpu" in _run(tree, "-m", "kdexport.cli", "targets", cwd=tree).stdout
-    code = "from kdexport import recipe; print(json.dumps(recipe.load()['teacher']['model']))"
+    code = "from kdexport.pipeline import load_recipe as load; print(json.dumps(load()['teacher']['model']))"
     out = _run(tree, "-c", f"import json; {code}", cwd=tree).stdout
     assert json.loads(out) == "zoo:digits-cnn-large"
     # benchmark runs its memory probe in a child process, which must find the copy too

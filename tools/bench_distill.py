@@ -33,12 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, i
 import torch
 
 from kdexport import recipe as recipes
-from kdexport.baseline import compare
-from kdexport.data import load_splits
-from kdexport.distill import load_teacher, train_student, train_teacher
+from kdexport.baseline import kd_vs_scratch
+from kdexport.distill import train_student
 from kdexport.parallel import cluster
-from kdexport.pipeline import prepare_run
-from kdexport.trainer import Session, quiet
+from kdexport.pipeline import load_recipe, prepare_run
+from kdexport.progress import quiet
+from kdexport.rundir import Run
+from kdexport.teacher import load_teacher, train_teacher
+from kdexport.trainer import Session
 from kdexport.tune import tune
 
 
@@ -48,7 +50,7 @@ def _prepare(out: Path, name: str, overrides=()) -> dict:
     r = prepare_run(out / name, recipes.builtin_recipe_path(name.split("+")[0]), overrides)
     if shared.is_dir() and not (out / name / "teacher").is_dir():
         shutil.copytree(shared, out / name / "teacher")
-    art = train_teacher(out / name, r["data"], **r["teacher"])
+    art = train_teacher(Run(out / name, r["data"]), **r["teacher"])
     if not shared.is_dir():
         shutil.copytree(art.path, shared)
     return r
@@ -73,20 +75,19 @@ def _figures(checks: dict, options: dict) -> dict:
 def _tuned_comparison(out: Path, name: str, seeds: int, overrides=(), search=True) -> tuple:
     r = _prepare(out, name, overrides)
     if search:
-        trials = tune(out / name, r["data"], r["distill"]).checks["trials"]
-        r = recipes.load(out / name / "recipe.toml")
+        trials = tune(Run(out / name, r["data"]), r["distill"]).checks["trials"]
+        r = load_recipe(out / name / "recipe.toml")
     else:
         trials = []
-    checks = compare(out / name, r["data"], r["distill"], seeds).checks
+    checks = kd_vs_scratch(Run(out / name, r["data"]), r["distill"], seeds).checks
     return {**_figures(checks, r["distill"]), "search": trials}, checks
 
 
 def _epoch_ratio(out: Path, name: str, overrides=(), rounds: int = 6) -> dict:
     """Median KD epoch / median scratch epoch, short runs alternating (training time only)."""
     r = _prepare(out, name, overrides)
-    data, opts = r["data"], {**r["distill"], "epochs": 3}
-    splits = load_splits(**data)
-    teacher = load_teacher(out / name, splits)
+    run, opts = Run(out / name, r["data"]), {**r["distill"], "epochs": 3}
+    teacher = load_teacher(run)
     times = {"kd": [], "scratch": []}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -94,9 +95,7 @@ def _epoch_ratio(out: Path, name: str, overrides=(), rounds: int = 6) -> dict:
         for _ in range(rounds):
             for mode in times:
                 session = Session(mode, quiet, c)
-                _, history = train_student(
-                    out / name, data["seed"], splits, teacher, opts, session, mode == "scratch"
-                )
+                _, history = train_student(run, teacher, opts, session, mode == "scratch")
                 times[mode] += [h["train_s"] for h in history]
     torch.set_num_threads(threads)
     medians = {m: statistics.median(t) for m, t in times.items()}

@@ -164,7 +164,9 @@ def distill_check(run: Path, device: str, precision: str, epochs: tuple[int, int
     student twice: its data in the GPU's memory, then in pinned host memory (per batch)."""
     import torch
 
-    from kdexport.distill import distill, train_teacher
+    from kdexport.distill import distill
+    from kdexport.rundir import Run
+    from kdexport.teacher import train_teacher
 
     x, y = synthetic(3000, 0)
     np.savez(run.parent / "synthetic.npz", x=x, y=y)
@@ -174,13 +176,12 @@ def distill_check(run: Path, device: str, precision: str, epochs: tuple[int, int
         torch.cuda.reset_peak_memory_stats()
     out = {"device": device, "precision": precision}
     t0 = time.perf_counter()
-    art = train_teacher(run, data, model=MODELS["teacher"], epochs=epochs[0], **common)
+    art = train_teacher(Run(run, data), model=MODELS["teacher"], epochs=epochs[0], **common)
     out["teacher"] = {"wall_s": time.perf_counter() - t0, **_trained(art)}
     for placement in ("device", "host"):
         t0 = time.perf_counter()
         art = distill(
-            run,
-            data,
+            Run(run, data),
             student=MODELS["student"],
             epochs=epochs[1],
             data_placement=placement,

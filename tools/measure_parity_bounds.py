@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from kdexport.backends import backend
-from kdexport.data import load_splits
-from kdexport.distill import load_student, load_teacher
+from kdexport.distill import load_student
 from kdexport.fp16 import convert
 from kdexport.onnxfile import run_reference
+from kdexport.pipeline import load_recipe
 from kdexport.profiles import PARITY, load_target
-from kdexport.recipe import load
+from kdexport.rundir import Run
+from kdexport.teacher import load_teacher
 
 MODELS = ("teacher", "student")
 
@@ -52,8 +53,8 @@ def figures(actual: np.ndarray, reference: np.ndarray, precision: str) -> dict:
 
 
 def torch_outputs(run: Path) -> dict[str, torch.nn.Module]:
-    splits = load_splits(**load(run / "recipe.toml")["data"])
-    return {"teacher": load_teacher(run, splits)[0], "student": load_student(run, splits)[0]}
+    context = Run(run, load_recipe(run / "recipe.toml")["data"])
+    return {"teacher": load_teacher(context)[0], "student": load_student(context)[0]}
 
 
 def measure(run: Path) -> dict:
