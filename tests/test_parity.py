@@ -33,6 +33,7 @@ def test_parity_figures():
     assert not parity(ref * np.nan, ref, 1.0)["passed"]
 
 
+@pytest.mark.backends
 def test_export_catches_an_altered_export(run_copy, monkeypatch):
     real = export_module._torch_export
 
@@ -51,6 +52,7 @@ def test_export_catches_an_altered_export(run_copy, monkeypatch):
     assert (run_copy / "export" / MANIFEST).read_bytes() == before  # the old export is intact
 
 
+@pytest.mark.backends
 def test_compile_catches_a_model_that_drifted_from_pytorch(run_copy):
     exported = run_copy / "export"
     _perturb(exported / "student.onnx", scale=1e-3)
