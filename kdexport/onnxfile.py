@@ -15,7 +15,7 @@ from kdexport.backends import import_onnxruntime
 from kdexport.errors import KdxError
 
 # Models kdexport builds itself (probes, tests) state their IR version and opset: low enough for
-# the oldest onnxruntime kdexport supports (1.20 reads IR 10), whatever onnx writes by default.
+# the oldest onnxruntime kdexport supports (1.21 reads IR 10), whatever onnx writes by default.
 IR_VERSION, OPSET = 8, 17
 
 

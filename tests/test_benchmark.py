@@ -30,6 +30,7 @@ def test_pooled_flags_repeats_that_disagree():
     assert drifting["unstable"] and drifting["repeat_cv"] > 0.05
 
 
+@pytest.mark.backends
 def test_stage_with_repeats_and_memory(run_copy):
     compile_targets(Run(run_copy), targets=["ort-cpu"], skip_unavailable=False)
     checks = benchmark(Run(run_copy), batch_sizes=[1, 4], repeats=2, memory=True, **QUICK).checks
@@ -45,6 +46,7 @@ def test_stage_with_repeats_and_memory(run_copy):
     assert checks["environment"]["cpu"] and "onnxruntime" in checks["environment"]["versions"]
 
 
+@pytest.mark.backends
 def test_benchmark_any_onnx_file(fast_cli_run):
     student = fast_cli_run[0] / "export" / "student.onnx"
     out = kdx(

@@ -12,6 +12,7 @@ from kdexport.rundir import Run
 AVAILABLE = [n for n in builtin_names() if load_target(n).unavailable_reason() is None]
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("name", builtin_names())
 def test_conformance(fast_cli_run, name):
     """Every target available here compiled both models in the fast run and met its rules."""
@@ -36,6 +37,7 @@ def test_conformance(fast_cli_run, name):
             assert r["parity"]["top1_agreement"] >= target.min_agreement
 
 
+@pytest.mark.backends
 def test_cpu_target_runs_every_node_on_the_cpu(fast_cli_run):
     checks = Artifact.open(fast_cli_run[0] / "compile", "compile", "").checks
     runtime = checks["targets"]["ort-cpu"]["student"]["runtime"]
@@ -43,10 +45,12 @@ def test_cpu_target_runs_every_node_on_the_cpu(fast_cli_run):
     assert "cpu_fallback_nodes" not in checks["targets"]["ort-cpu"]["student"]
 
 
+@pytest.mark.backends
 def test_openvino_cache_is_written_at_compile(fast_cli_run):
     assert any((fast_cli_run[0] / "compile" / "openvino-cpu" / "cache").iterdir())
 
 
+@pytest.mark.backends
 def test_benchmark_times_only_shipped_models(run_copy):
     compiled = compile_targets(
         Run(run_copy), targets=["ort-cpu", "ort-cpu-int8"], skip_unavailable=False

@@ -53,6 +53,7 @@ def trained(tmp_path_factory):
     return art, files, r
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("form", ["torchscript", "export", "onnx"])
 def test_model_file_teachers_teach(trained, tmp_path, form):
     art, files, r = trained

@@ -22,6 +22,7 @@ def _export(run, **overrides):
     return export(Run(run, r["data"]), **{**r["export"], **overrides})
 
 
+@pytest.mark.backends
 def test_export_records_how_it_was_made(fast_cli_run):
     checks = Artifact.open(fast_cli_run[0] / "export", "export", "").checks
     for model in ("teacher", "student"):
@@ -39,6 +40,7 @@ def test_only_the_student_goes_out(fast_cli_run):
     assert not any("adapter" in t.name or "teacher" in t.name for t in model.graph.initializer)
 
 
+@pytest.mark.backends
 def test_static_variant_and_opset(run_copy):
     art = _export(run_copy, static=True, static_batch=2, opset=17)
     static = art.checks["student"]["static"]
@@ -57,6 +59,7 @@ def test_export_from_another_checkpoint(run_copy, tmp_path):
         assert np.allclose(f["student"], 0.0)
 
 
+@pytest.mark.backends
 def test_external_data_is_listed_and_compiles(run_copy):
     art = _export(run_copy, external_data_mb=0)
     assert "student.onnx.data" in art.manifest["files"]
@@ -67,6 +70,7 @@ def test_external_data_is_listed_and_compiles(run_copy):
     assert compiled.checks["targets"]["openvino-cpu"]["student"]["parity"]["passed"]
 
 
+@pytest.mark.backends
 def test_unsupported_op_is_named(tmp_path):
     class Eig(torch.nn.Module):
         def forward(self, x):
@@ -127,6 +131,7 @@ def test_external_data_outside_the_folder_is_refused(tmp_path, location):
         check_onnx_file(_external_model(sub, location))
 
 
+@pytest.mark.backends
 def test_metadata(fast_cli_run):
     model = onnx.load(str(fast_cli_run[0] / "export" / "teacher.onnx"))
     meta = {p.key: p.value for p in model.metadata_props}
@@ -134,6 +139,7 @@ def test_metadata(fast_cli_run):
     assert meta["kdexport_version"]
 
 
+@pytest.mark.backends
 def test_onnx_teacher_is_copied_not_exported(fast_cli_run, tmp_path):
     from conftest import FAST
 

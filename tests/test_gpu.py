@@ -269,8 +269,8 @@ def test_wheel_names_onnxruntime_by_extra():
     import importlib.metadata
 
     requires = importlib.metadata.requires("kdexport")
-    assert 'onnxruntime>=1.20; extra == "cpu"' in requires
-    assert 'onnxruntime-gpu[cuda,cudnn]>=1.20; extra == "gpu"' in requires
+    assert 'onnxruntime>=1.21; extra == "cpu"' in requires
+    assert 'onnxruntime-gpu[cuda,cudnn]>=1.21; extra == "gpu"' in requires
     assert not [r for r in requires if r.startswith("onnxruntime") and "extra ==" not in r]
 
 
@@ -291,6 +291,7 @@ def test_gpu_start_failures_are_one_line_with_the_fix():
     assert "TensorRT libraries missing" in trt and "ort-cuda" in trt
 
 
+@pytest.mark.backends
 def test_fp16_conversion_keeps_float32_io(tiny_onnx, tmp_path):
     import onnx
     import onnxruntime as ort

@@ -130,6 +130,7 @@ def test_manifest_describes_the_model_and_the_build(unpacked, fast_cli_run):
     assert m["golden"]["tolerance"] == 1e-4 and m["golden"]["samples"] == 8
 
 
+@pytest.mark.backends
 def test_device_verify_predict_bench_without_kdexport_or_torch(unpacked, tmp_path):
     out = device(unpacked, "verify").stdout
     assert "files match their sha256" in out and "student.onnx: golden output ok" in out
@@ -225,6 +226,7 @@ def test_kdexport_verify_archive_and_folder(archive, unpacked):
     assert "student.onnx: golden output ok" in kdx("verify", unpacked).stdout
 
 
+@pytest.mark.backends
 def test_folder_bundle_with_teacher_and_compiled_forms(fast_cli_run, tmp_path):
     out = tmp_path / "b"
     kdx("package", fast_cli_run[0], "--dir", out, "--with-teacher", "--target", "ort-cpu",

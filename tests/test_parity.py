@@ -52,6 +52,7 @@ def test_parity_bound_scales_with_the_reference():
     assert low["passed"] and low["min_agreement"] is None
 
 
+@pytest.mark.backends
 def test_export_catches_an_altered_export(run_copy, monkeypatch):
     real = export_module._torch_export
 
@@ -70,6 +71,7 @@ def test_export_catches_an_altered_export(run_copy, monkeypatch):
     assert (run_copy / "export" / MANIFEST).read_bytes() == before  # the old export is intact
 
 
+@pytest.mark.backends
 def test_compile_catches_a_model_that_drifted_from_pytorch(run_copy):
     exported = run_copy / "export"
     _perturb(exported / "student.onnx", scale=1e-3)

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from conftest import FAST, FAST_ARGS, kdx
 
 from kdexport.artifact import sha256
@@ -18,6 +19,7 @@ MODEL_KEYS = {
 }
 
 
+@pytest.mark.backends
 def test_distill_and_export_json(fast_cli_run):
     out, figs = fast_cli_run
     assert {"ort-cpu", "openvino-cpu", "ort-cpu-int8", "openvino-cpu-int8"} <= set(figs["targets"])
@@ -41,6 +43,7 @@ def test_distill_and_export_json(fast_cli_run):
     assert figs["wall_s"] > 0
 
 
+@pytest.mark.backends
 def test_run_directory_is_complete_and_hashed(fast_cli_run):
     out, figs = fast_cli_run
     manifest = json.loads((out / "manifest.json").read_text())
@@ -60,6 +63,7 @@ def test_run_directory_is_complete_and_hashed(fast_cli_run):
     assert "| ort-cpu | student |" in report and "| openvino-cpu | teacher |" in report
 
 
+@pytest.mark.backends
 def test_exported_onnx_has_a_symbolic_batch_axis_and_metadata(fast_cli_run):
     import onnx
 

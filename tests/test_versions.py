@@ -2,12 +2,17 @@
 on onnx 1.23.1), and the ONNX models kdexport builds state an IR version old runtimes read."""
 
 import ast
+import re
+import tomllib
 from pathlib import Path
 
 import onnx
 import pytest
+from packaging.version import Version
 
 from kdexport.onnxfile import IR_VERSION, OPSET, make_model
+
+pytestmark = pytest.mark.backends  # onnx.checker on the IR version and opset kdexport writes
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPENDENCIES = {"onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "torch", "numpy"}
@@ -68,3 +73,23 @@ def test_models_kdexport_builds_state_their_ir_version_and_opset():
     assert model.ir_version == IR_VERSION <= onnx.IR_VERSION
     assert [(o.domain, o.version) for o in model.opset_import] == [("", OPSET)]
     onnx.checker.check_model(model, full_check=True)
+
+
+def test_the_lowest_versions_tested_are_the_lower_bounds():
+    """tools/lowest-versions.txt (what tools/test-lowest.sh installs) pins each lower bound of
+    pyproject.toml exactly, so that the bounds stated are the versions the tests passed with."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = project["dependencies"] + project["optional-dependencies"]["cpu"]
+    bounds = {
+        m["name"]: Version(m["low"])
+        for r in requirements
+        if (m := re.fullmatch(r"(?P<name>[\w-]+)>=(?P<low>[\d.]+)", r))
+    }
+    pins = {}
+    for line in (ROOT / "tools" / "lowest-versions.txt").read_text(encoding="utf-8").splitlines():
+        if line := line.split("#")[0].strip():
+            name, version = line.split("==")
+            pins[name] = Version(version)
+    assert pins, "tools/lowest-versions.txt pins nothing"
+    assert {name: bounds.get(name) for name in pins} == pins
+    assert {"numpy", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf"} <= set(pins)
