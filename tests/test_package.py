@@ -106,7 +106,8 @@ def test_same_run_gives_identical_archives(fast_cli_run, archive, tmp_path):
 
 def test_manifest_describes_the_model_and_the_build(unpacked, fast_cli_run):
     m = json.loads((unpacked / "manifest.json").read_text())
-    assert (m["kind"], m["format_version"], m["name"]) == ("kdx-bundle", 1, unpacked.name)
+    assert (m["kind"], m["format_version"], m["name"]) == ("kdx-bundle", 2, unpacked.name)
+    assert m["source"] == "run"
     for name, entry in m["files"].items():
         assert entry == {
             "sha256": sha256(unpacked / name),
@@ -197,7 +198,7 @@ def _flip_byte(path: Path) -> None:
         (lambda r: _flip_byte(r / "student.onnx"), "student.onnx: checksum mismatch"),
         (lambda r: (r / "golden" / "input.npy").unlink(), "golden/input.npy: missing from the bundle"),
         (lambda r: (r / "notes.txt").write_text("x"), "notes.txt: not part of the bundle (extra file)"),
-        (lambda r: _set_manifest(r, format_version=2), "bundle format 2 is newer than this reader"),
+        (lambda r: _set_manifest(r, format_version=3), "bundle format 3 is newer than this reader"),
         (lambda r: (r / "manifest.json").write_text("{"), "manifest.json: unreadable"),
         (lambda r: _set_manifest(r, files={"../x": {"sha256": "0", "bytes": 1}}), "outside the bundle"),
     ],
