@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -144,6 +145,13 @@ def check_files(root: Path, manifest: dict) -> int:
     return len(files)
 
 
+def _said(e: Exception) -> str:
+    """ONNX Runtime's message in one short line, without its status prefix or C++ frames."""
+    text = " ".join((str(e).strip() or type(e).__name__).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    return re.sub(r"/\S+\.(?:h|cc|cpp):\d+ [^()]*\([^()]*\)\s*", "", text)[:240]
+
+
 def session(path: Path, provider: str = "CPUExecutionProvider", threads: int = 0):
     """An ONNX Runtime session on ``path`` (all graph optimisations) and what it runs with."""
     ort = _ort()
@@ -153,8 +161,7 @@ def session(path: Path, provider: str = "CPUExecutionProvider", threads: int = 0
     try:
         sess = ort.InferenceSession(str(path), opts, providers=[provider])
     except Exception as e:  # ORT raises its own types for models it cannot load
-        first = (str(e).strip() or type(e).__name__).splitlines()[0][:200]
-        raise BundleError(f"{path.name}: ONNX Runtime cannot load it here ({first})") from None
+        raise BundleError(f"{path.name}: ONNX Runtime cannot load it here ({_said(e)})") from None
     info = {
         "providers": sess.get_providers(),
         "intra_op_threads": threads,
@@ -200,11 +207,14 @@ class Bundle:
 def run_model(sess, feed: dict, what: str) -> dict:
     """Output name -> array; ONNX Runtime's own errors (bad shapes, kernels) as one line."""
     names = [o.name for o in sess.get_outputs()]
+    quiet = _ort().RunOptions()
+    quiet.log_severity_level = 4  # the error is raised, and said once, below
     try:
-        outs = sess.run(names, feed)
+        outs = sess.run(names, feed, quiet)
     except Exception as e:  # ORT raises its own types for inputs it cannot run
-        first = (str(e).strip() or type(e).__name__).splitlines()[0][:200]
-        raise BundleError(f"{what}: ONNX Runtime cannot run it on these inputs ({first})") from None
+        raise BundleError(
+            f"{what}: ONNX Runtime cannot run it on these inputs ({_said(e)})"
+        ) from None
     return {n: outs[i] for i, n in enumerate(names)}  # no zip(strict=): run.py is Python 3.9+
 
 
