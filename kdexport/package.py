@@ -300,8 +300,8 @@ def _from_file(path: Path, root: Path, opts: dict) -> dict:
         )
     facts = _model_facts(path)
     _check_file_names(facts, path.name)
-    atol, rtol = _check_outputs(facts, path.name)
     inputs = resolve(facts, parse_shapes(opts["shapes"]), path.name)
+    atol, rtol = _check_outputs(facts, path.name)
     batch = inputs.batch if inputs.batch is not None else inputs.shape_batch or 1
     feed = inputs.feed(batch)
     outputs = _reference(path, feed, inputs.describe())
