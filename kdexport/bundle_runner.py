@@ -119,6 +119,13 @@ def _malformed(manifest: dict) -> str | None:
     student = manifest["models"].get("student")
     if not (isinstance(student, dict) and isinstance(student.get("inputs"), list)):
         return "models.student"
+    golden = manifest["golden"]
+    for key, kind in (("input", str), ("outputs", dict), ("tolerance", (int, float))):
+        if not isinstance(golden.get(key), kind):
+            return f"golden.{key}"
+    for key, kind in (("rtol", (int, float)), ("batch_axes", dict), ("batch", int)):
+        if key in golden and not isinstance(golden[key], kind):
+            return f"golden.{key}"
     return None
 
 
