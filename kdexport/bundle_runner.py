@@ -168,7 +168,11 @@ def session(path: Path, provider: str = "CPUExecutionProvider", threads: int = 0
     try:
         sess = ort.InferenceSession(str(path), opts, providers=[provider])
     except Exception as e:  # ORT raises its own types for models it cannot load
-        raise BundleError(f"{path.name}: ONNX Runtime cannot load it here ({_said(e)})") from None
+        newer = re.search(r"IR version|opset|official release", str(e))
+        fix = f"; upgrade it: pip install -U onnxruntime (here {ort.__version__})" if newer else ""
+        raise BundleError(
+            f"{path.name}: ONNX Runtime cannot load it here ({_said(e)}){fix}"
+        ) from None
     info = {
         "providers": sess.get_providers(),
         "intra_op_threads": threads,
