@@ -41,6 +41,7 @@ from kdexport.artifact import (
     sha256,
     write_json,
 )
+from kdexport.backends import backend, import_onnxruntime
 from kdexport.errors import KdxError
 from kdexport.feeds import BATCH, parse_shapes, resolve
 from kdexport.onnxfile import check_onnx_file, external_data_files, reference_outputs
@@ -213,14 +214,21 @@ def _teacher(run: dict, student: dict, shipped: bool) -> dict:
     }
 
 
-def _manifest(run_dir: Path, run: dict, models: dict, golden: dict, compiled: dict) -> dict:
-    student = models["student"]
+def _head(name: str, source: str) -> dict:
+    """What every bundle's manifest starts with; ``source``: "run" or "onnx-file"."""
     return {
         "kind": bundle_runner.KIND,
         "format_version": BUNDLE_FORMAT,
-        "name": f"student-{sha256(run_dir / 'export' / student['file'])[:12]}",
+        "name": name,
         "kdexport_version": __version__,
-        "source": "run",
+        "source": source,
+    }
+
+
+def _manifest(run_dir: Path, run: dict, models: dict, golden: dict, compiled: dict) -> dict:
+    student = models["student"]
+    return {
+        **_head(f"student-{sha256(run_dir / 'export' / student['file'])[:12]}", "run"),
         "models": models,
         "labels": json.loads(student["metadata"].get("labels", "[]")),
         "preprocessing": _preprocessing(
@@ -278,8 +286,6 @@ def _check_outputs(facts: dict, file: str) -> tuple[float, float]:
 
 def _reference(path: Path, feed: dict, described: str) -> dict:
     """ONNX Runtime's CPU outputs for ``feed``, or one line saying why it cannot give them."""
-    from kdexport.backends import backend
-
     ort = backend("onnxruntime", "ort-cpu")
     try:
         return reference_outputs(path, feed)
@@ -323,11 +329,7 @@ def _from_file(path: Path, root: Path, opts: dict) -> dict:
     digest = sha256(path)
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:40].strip(".") or "model"
     return {
-        "kind": bundle_runner.KIND,
-        "format_version": BUNDLE_FORMAT,
-        "name": f"{stem}-{digest[:12]}",
-        "kdexport_version": __version__,
-        "source": "onnx-file",
+        **_head(f"{stem}-{digest[:12]}", "onnx-file"),
         "note": "packaged from an ONNX file: no teacher, labels, preprocessing or recipe",
         "models": {"student": _add_model(root, path, facts)},
         "labels": [],
@@ -335,7 +337,11 @@ def _from_file(path: Path, root: Path, opts: dict) -> dict:
         "golden": golden,
         "compiled": {},
         "teacher": None,
-        "build": {"onnx_file": {"name": path.name, "sha256": digest}, "shape": opts["shapes"]},
+        "build": {
+            "onnx_file": {"name": path.name, "sha256": digest},
+            "shape_options": opts["shapes"],
+            "onnxruntime": import_onnxruntime("packaging an ONNX file").__version__,
+        },
         "recipe": None,
     }
 
