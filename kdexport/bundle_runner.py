@@ -4,9 +4,13 @@
 kdexport copies this file into every bundle as ``run.py``. It needs Python 3.9+, numpy and
 onnxruntime, and nothing else (Pillow only to read images):
 
-    python run.py verify [--json]                       checksums, then the golden output
-    python run.py predict input.npy|image.png [--json]  top classes of each sample
+    python run.py verify [--json]                       checksums, then the golden outputs
+    python run.py predict input.npy|.npz|image [--json] top classes (or outputs) of each sample
     python run.py bench [--json] [--device NAME]        latency, written to a result file
+
+A bundle of a run holds its student; a bundle of any ONNX file (manifest "source": "onnx-file")
+holds that model, random golden inputs and ONNX Runtime's outputs for them, and no labels.
+Golden arrays are one ``.npy`` (the first input or output) or a ``.npz`` of named arrays.
 
 ``kdexport import-results RESULT.json ...`` turns the result files of many devices into one
 table. The benchmark method is kdexport's (``kdexport benchmark``): inputs bound once, warm-up,
@@ -22,9 +26,11 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 try:
@@ -32,7 +38,9 @@ try:
 except ImportError:  # the one dependency needed before anything else can be said
     sys.exit("error: run.py needs numpy and onnxruntime; pip install numpy onnxruntime")
 
-BUNDLE_FORMAT = 1  # the newest bundle format this file reads
+# The newest bundle format this file reads. 2: golden inputs and outputs may be .npz files of
+# named arrays (several inputs or outputs), a relative bound ("rtol") and "top1", "source".
+BUNDLE_FORMAT = 2
 RESULT_FORMAT = 1
 KIND, RESULT_KIND = "kdx-bundle", "kdx-bench-result"
 MANIFEST = "manifest.json"
@@ -111,6 +119,13 @@ def _malformed(manifest: dict) -> str | None:
     student = manifest["models"].get("student")
     if not (isinstance(student, dict) and isinstance(student.get("inputs"), list)):
         return "models.student"
+    golden = manifest["golden"]
+    for key, kind in (("input", str), ("outputs", dict), ("tolerance", (int, float))):
+        if not isinstance(golden.get(key), kind):
+            return f"golden.{key}"
+    for key, kind in (("rtol", (int, float)), ("batch_axes", dict), ("batch", int)):
+        if key in golden and not isinstance(golden[key], kind):
+            return f"golden.{key}"
     return None
 
 
@@ -137,6 +152,13 @@ def check_files(root: Path, manifest: dict) -> int:
     return len(files)
 
 
+def _said(e: Exception) -> str:
+    """ONNX Runtime's message in one short line, without its status prefix or C++ frames."""
+    text = " ".join((str(e).strip() or type(e).__name__).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    return re.sub(r"/\S+\.(?:h|cc|cpp):\d+ [^()]*\([^()]*\)\s*", "", text)[:240]
+
+
 def session(path: Path, provider: str = "CPUExecutionProvider", threads: int = 0):
     """An ONNX Runtime session on ``path`` (all graph optimisations) and what it runs with."""
     ort = _ort()
@@ -146,8 +168,11 @@ def session(path: Path, provider: str = "CPUExecutionProvider", threads: int = 0
     try:
         sess = ort.InferenceSession(str(path), opts, providers=[provider])
     except Exception as e:  # ORT raises its own types for models it cannot load
-        first = (str(e).strip() or type(e).__name__).splitlines()[0][:200]
-        raise BundleError(f"{path.name}: ONNX Runtime cannot load it here ({first})") from None
+        newer = re.search(r"IR version|opset|official release", str(e))
+        fix = f"; upgrade it: pip install -U onnxruntime (here {ort.__version__})" if newer else ""
+        raise BundleError(
+            f"{path.name}: ONNX Runtime cannot load it here ({_said(e)}){fix}"
+        ) from None
     info = {
         "providers": sess.get_providers(),
         "intra_op_threads": threads,
@@ -190,23 +215,101 @@ class Bundle:
         return inside(self.root, compiled[target]["models"][role])
 
 
-def _golden(bundle: Bundle, path: Path, reference: str, provider: str, tol: float) -> dict:
-    """Run the golden input through ``path``; compare with the stored ``reference`` output."""
-    golden = bundle.manifest["golden"]
-    x = np.load(inside(bundle.root, golden["input"]), allow_pickle=False)
-    ref = np.load(inside(bundle.root, golden["outputs"][reference]), allow_pickle=False)
-    sess, _ = session(path, provider)
-    out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-    diff = float(np.max(np.abs(out.astype(np.float64) - ref)))
-    agree = float(np.mean(out.argmax(axis=1) == ref.argmax(axis=1)))
-    result = {"max_abs_diff": diff, "top1_agreement": agree, "tolerance": tol, "samples": len(x)}
-    if not (diff <= tol and agree == 1.0):
+def run_model(sess, feed: dict, what: str) -> dict:
+    """Output name -> array; ONNX Runtime's own errors (bad shapes, kernels) as one line."""
+    names = [o.name for o in sess.get_outputs()]
+    quiet = _ort().RunOptions()
+    quiet.log_severity_level = 4  # the error is raised, and said once, below
+    try:
+        outs = sess.run(names, feed, quiet)
+    except Exception as e:  # ORT raises its own types for inputs it cannot run
         raise BundleError(
-            f"{path.relative_to(bundle.root).as_posix()}: golden output differs, max abs diff "
-            f"{diff:.2e} (tolerance {tol:g}), top-1 agreement {agree:.1%}; this model or this "
+            f"{what}: ONNX Runtime cannot run it on these inputs ({_said(e)})"
+        ) from None
+    return {n: outs[i] for i, n in enumerate(names)}  # no zip(strict=): run.py is Python 3.9+
+
+
+def load_arrays(path: Path, names: list) -> dict:
+    """Named arrays from a ``.npz``, or one ``.npy`` array under the first of ``names``."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.ndarray):
+            return {names[0]: data}
+        with data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise BundleError(f"{path.name}: not a readable .npy/.npz array ({e})") from None
+
+
+def golden_feed(bundle: Bundle) -> dict:
+    """The golden input of every model input, by name."""
+    names = [i["name"] for i in bundle.manifest["models"]["student"]["inputs"]]
+    return load_arrays(inside(bundle.root, bundle.manifest["golden"]["input"]), names)
+
+
+def _batch_axes(bundle: Bundle) -> dict:
+    """Input name -> the axes the batch size sets ({} when the model's batch is fixed)."""
+    golden = bundle.manifest["golden"]
+    if "batch_axes" in golden:
+        return golden["batch_axes"]
+    return {bundle.manifest["models"]["student"]["inputs"][0]["name"]: [0]}  # a run's student
+
+
+def _compare(out: dict, ref: dict, tol: tuple, top1: bool) -> tuple:
+    """Max abs diff over every reference output, the worst excess over atol + rtol * |ref|,
+    and the top-1 agreement of the first (None when not checked). NaN matches NaN."""
+    diff, excess, agree = 0.0, 0.0, None
+    for name, want in ref.items():
+        got = np.asarray(out[name])
+        if got.shape != want.shape:
+            return float("inf"), float("inf"), 0.0 if top1 else None
+        a, b = got.astype(np.float64), want.astype(np.float64)
+        same = (a == b) | (np.isnan(a) & np.isnan(b))
+        d = np.where(same, 0.0, np.abs(a - b))
+        d = np.where(np.isnan(d), np.inf, d)
+        if d.size:
+            diff = max(diff, float(d.max()))
+            excess = max(excess, float((d - tol[0] - tol[1] * np.abs(b)).max()))
+    if top1:
+        first, want = np.asarray(out[next(iter(ref))]), next(iter(ref.values()))
+        agree = float(np.mean(first.argmax(axis=1) == want.argmax(axis=1)))
+    return diff, excess, agree
+
+
+def _golden(bundle: Bundle, path: Path, reference: str, provider: str, tol: tuple) -> dict:
+    """Run the golden input through ``path``; compare with the stored ``reference`` outputs."""
+    golden = bundle.manifest["golden"]
+    feed = golden_feed(bundle)
+    sess, _ = session(path, provider)
+    label = path.relative_to(bundle.root).as_posix()
+    out = run_model(sess, feed, label)
+    names = list(out)
+    ref = load_arrays(inside(bundle.root, golden["outputs"][reference]), names)
+    if not set(ref) <= set(out):
+        missing = ", ".join(sorted(set(ref) - set(out)))
+        raise BundleError(f"{label}: has no output {missing} of the golden outputs")
+    top1 = bool(golden.get("top1", True))
+    diff, excess, agree = _compare(out, ref, tol, top1)
+    result = {"max_abs_diff": diff, "top1_agreement": agree, "tolerance": tol[0], "rtol": tol[1]}
+    result.update(samples=golden.get("samples"), outputs=len(ref))
+    if excess > 0 or agree not in (None, 1.0):
+        shown = "" if agree is None else f", top-1 agreement {agree:.1%}"
+        raise BundleError(
+            f"{label}: golden output differs, max abs diff {diff:.2e} (tolerance {tol[0]:g}"
+            f"{f' + {tol[1]:g} x |golden|' if tol[1] else ''}){shown}; this model or this "
             "onnxruntime does not reproduce the build machine"
         )
     return result
+
+
+def golden_line(name: str, g: dict) -> str:
+    """One line of a verification report."""
+    bound = f"{g['tolerance']:g}" + (f" + {g['rtol']:g} x |golden|" if g.get("rtol") else "")
+    agree = g.get("top1_agreement")
+    shown = "" if agree is None else f", top-1 agreement {agree:.0%}"
+    return (
+        f"{name}: golden output ok, max abs diff {g['max_abs_diff']:.1e} (tolerance {bound}){shown}"
+    )
 
 
 def verify(root: Path) -> dict:
@@ -215,7 +318,8 @@ def verify(root: Path) -> dict:
     count = check_files(bundle.root, bundle.manifest)
     report = {"bundle": bundle.manifest["name"], "id": bundle.id, "files": count}
     report.update(golden={}, skipped={})
-    tol = float(bundle.manifest["golden"]["tolerance"])
+    golden = bundle.manifest["golden"]
+    tol = (float(golden["tolerance"]), float(golden.get("rtol", 0.0)))
     for role in bundle.manifest["models"]:
         path = bundle.model_path(role)
         report["golden"][path.name] = _golden(bundle, path, role, "CPUExecutionProvider", tol)
@@ -224,13 +328,13 @@ def verify(root: Path) -> dict:
         need = entry.get("provider") if entry["backend"] == "onnxruntime" else entry["backend"]
         for role in entry["models"]:
             ref = f"compiled/{target}/{role}"
-            if need not in available or ref not in bundle.manifest["golden"]["outputs"]:
+            if need not in available or ref not in golden["outputs"]:
                 report["skipped"][f"{target}/{role}"] = f"checksums only (runs on {need})"
                 continue
             try:
                 path = bundle.model_path(role, target)
-                golden = _golden(bundle, path, ref, need, entry["tolerance"])
-                report["golden"][f"{target}/{path.name}"] = golden
+                result = _golden(bundle, path, ref, need, (entry["tolerance"], 0.0))
+                report["golden"][f"{target}/{path.name}"] = result
             except BundleError as e:  # compiled forms may hold kernels of one CPU family only
                 if "cannot load it here" not in str(e):
                     raise
@@ -261,21 +365,11 @@ def _read_image(path: Path, pre: dict, shape: list) -> np.ndarray:
     return ((x - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
 
 
-def load_input(path: Path, spec: dict, pre: dict) -> np.ndarray:
-    """A batch for the model from a .npy array or an image; wrong shapes or dtypes refused."""
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return _read_image(path, pre, spec["shape"])
-    if path.suffix.lower() != ".npy":
-        raise BundleError(f"{path}: give a .npy array or an image ({', '.join(IMAGE_SUFFIXES)})")
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise BundleError(f"{path}: not a readable .npy array ({e})") from None
-    if not isinstance(x, np.ndarray):
-        raise BundleError(f"{path}: holds several arrays (.npz); save one array with numpy.save")
+def _check_array(label: str, x: np.ndarray, spec: dict) -> np.ndarray:
+    """``x`` as a batch for the input ``spec``; another dtype or shape is refused."""
     if x.dtype != np.dtype(spec["dtype"]):
         raise BundleError(
-            f"{path.name}: dtype {x.dtype}, the model takes {spec['dtype']}; "
+            f"{label}: dtype {x.dtype}, the model takes {spec['dtype']}; "
             f"save it as x.astype(numpy.{spec['dtype']})"
         )
     want = [d if isinstance(d, int) else None for d in spec["shape"]]
@@ -283,19 +377,80 @@ def load_input(path: Path, spec: dict, pre: dict) -> np.ndarray:
     if len(got) != len(want) or any(want[i] not in (None, got[i]) for i in range(len(want))):
         shown = "(" + ", ".join("N" if d is None else str(d) for d in want) + ")"
         raise BundleError(
-            f"{path.name}: shape {tuple(x.shape)}, the model takes {shown} or one sample "
+            f"{label}: shape {tuple(x.shape)}, the model takes {shown} or one sample "
             "without the batch axis"
         )
     return np.ascontiguousarray(x.reshape(got))
 
 
+def load_input(path: Path, spec: dict, pre: dict) -> np.ndarray:
+    """A batch for a one-input model from a .npy array or an image."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return _read_image(path, pre, spec["shape"])
+    if path.suffix.lower() != ".npy":
+        raise BundleError(
+            f"{path}: give a .npy array or an image ({', '.join(IMAGE_SUFFIXES)}), "
+            "or a .npz of arrays named as the inputs"
+        )
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{path}: not a readable .npy array ({e})") from None
+    if not isinstance(x, np.ndarray):
+        x.close()
+        raise BundleError(f"{path}: holds several arrays (.npz); save one array with numpy.save")
+    return _check_array(path.name, x, spec)
+
+
+def load_inputs(path: Path, specs: list, pre: dict) -> dict:
+    """Input name -> batch: a .npz of arrays named as the inputs, or for a one-input model a
+    .npy array or an image."""
+    names = [s["name"] for s in specs]
+    if path.suffix.lower() != ".npz":
+        if len(specs) > 1:
+            raise BundleError(
+                f"{path.name}: the model takes {len(specs)} inputs ({', '.join(names)}); give a "
+                f".npz of one array per input, e.g. numpy.savez('x.npz', {names[0]}=...)"
+            )
+        return {names[0]: load_input(path, specs[0], pre)}
+    arrays = load_arrays(path, names)
+    if sorted(arrays) != sorted(names):
+        raise BundleError(
+            f"{path.name}: holds {', '.join(sorted(arrays)) or 'no arrays'}, the model takes "
+            f"{', '.join(names)}; save one array per input name with numpy.savez"
+        )
+    return {
+        s["name"]: _check_array(f"{path.name}[{s['name']}]", arrays[s["name"]], s) for s in specs
+    }
+
+
+def _describe(outputs: dict, first: int = 5) -> list:
+    """Each output's name, dtype, shape and first values; the top class index per sample of a
+    2-D float output (a foreign model has no labels)."""
+    rows = []
+    for name, a in outputs.items():
+        a = np.asarray(a)
+        row = {"name": name, "dtype": a.dtype.name, "shape": list(a.shape)}
+        row["first"] = a.reshape(-1)[:first].tolist()
+        if a.ndim == 2 and a.dtype.kind == "f" and a.shape[1]:
+            row["top_class"] = a.argmax(axis=1).tolist()
+        rows.append(row)
+    return rows
+
+
 def predict(root: Path, input_path: Path, top: int = 3, target: str | None = None) -> dict:
-    """Top classes of every sample in ``input_path``."""
+    """Top classes of every sample in ``input_path``; for a foreign ONNX file, its outputs."""
     bundle = Bundle(root)
     model = bundle.manifest["models"]["student"]
-    x = load_input(Path(input_path), model["inputs"][0], bundle.manifest.get("preprocessing", {}))
-    sess, _ = session(bundle.model_path("student", target))
-    logits = sess.run(None, {model["inputs"][0]["name"]: x})[0]
+    pre = bundle.manifest.get("preprocessing", {})
+    feed = load_inputs(Path(input_path), model["inputs"], pre)
+    path = bundle.model_path("student", target)
+    sess, _ = session(path)
+    outs = run_model(sess, feed, path.name)
+    shapes = {n: list(x.shape) for n, x in feed.items()}
+    if bundle.manifest.get("source") == "onnx-file":
+        return {"input": str(input_path), "shapes": shapes, "outputs": _describe(outs)}
+    logits = next(iter(outs.values()))
     z = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     labels = bundle.manifest.get("labels") or [str(i) for i in range(probs.shape[1])]
@@ -303,7 +458,11 @@ def predict(root: Path, input_path: Path, top: int = 3, target: str | None = Non
     for row in probs:
         best = np.argsort(-row)[:top]
         samples.append([{"label": labels[i], "class": int(i), "p": float(row[i])} for i in best])
-    return {"input": str(input_path), "shape": list(x.shape), "predictions": samples}
+    return {
+        "input": str(input_path),
+        "shape": shapes[model["inputs"][0]["name"]],
+        "predictions": samples,
+    }
 
 
 def timed(call, iters: int, seconds: float) -> list:
@@ -380,13 +539,12 @@ def fingerprint() -> dict:
     }
 
 
-def _bound(sess, x: np.ndarray):
+def _bound(sess, feed: dict):
     """One inference on inputs bound once, outputs left on the CPU."""
     ort = _ort()
     binding = sess.io_binding()
-    binding.bind_ortvalue_input(
-        sess.get_inputs()[0].name, ort.OrtValue.ortvalue_from_numpy(x, "cpu", 0)
-    )
+    for name, x in feed.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x, "cpu", 0))
     for out in sess.get_outputs():
         binding.bind_output(out.name, "cpu", 0)
 
@@ -397,20 +555,42 @@ def _bound(sess, x: np.ndarray):
     return call
 
 
-def _end_to_end(sess, x: np.ndarray):
-    """One inference from a numpy input to a numpy output, conversions included."""
-    feed = {sess.get_inputs()[0].name: x}
+def _end_to_end(sess, feed: dict):
+    """One inference from numpy inputs to numpy outputs, conversions included."""
     return lambda: sess.run(None, feed)
 
 
-def _load(bundle: Bundle, roles: list, opts: dict, x: np.ndarray) -> tuple:
+def batch_feed(feed: dict, axes: dict, size: int) -> dict:
+    """The golden inputs at batch ``size``: samples repeated along each input's batch axes."""
+    out = {}
+    for name, x in feed.items():
+        for axis in axes.get(name, []):
+            x = np.take(x, np.arange(size) % x.shape[axis], axis=axis)
+        out[name] = np.ascontiguousarray(x)
+    return out
+
+
+def _batch_sizes(bundle: Bundle, sizes) -> list:
+    """``--batch-sizes`` (default 1,64), or the golden batch of a model whose batch is fixed."""
+    fixed = bundle.manifest["golden"].get("batch")
+    if _batch_axes(bundle) or fixed is None:
+        return sizes or [1, 64]
+    if sizes and set(sizes) != {fixed}:
+        raise BundleError(
+            f"this model's batch is fixed at {fixed} (or it has none); drop --batch-sizes "
+            f"or give --batch-sizes {fixed}"
+        )
+    return [fixed]
+
+
+def _load(bundle: Bundle, roles: list, opts: dict, first: dict) -> tuple:
     sessions, result = {}, {}
     for role in roles:
         t0 = time.perf_counter()
         path = bundle.model_path(role, opts["target"])
         sessions[role], info = session(path, threads=opts["threads"])
         t1 = time.perf_counter()
-        sessions[role].run(None, {sessions[role].get_inputs()[0].name: x[:1]})
+        run_model(sessions[role], first, path.name)
         cold = {"load_s": t1 - t0, "first_inference_s": time.perf_counter() - t1}
         result[role] = {"file": path.name, "cold_start": cold, "runtime": info, "latency": {}}
     return sessions, result
@@ -419,15 +599,17 @@ def _load(bundle: Bundle, roles: list, opts: dict, x: np.ndarray) -> tuple:
 def bench(root: Path, opts: dict) -> dict:
     """Latency of the student (and the teacher, when shipped) on this device."""
     bundle = Bundle(root)
-    x = np.load(inside(bundle.root, bundle.manifest["golden"]["input"]), allow_pickle=False)
+    feed, axes = golden_feed(bundle), _batch_axes(bundle)
+    sizes = _batch_sizes(bundle, opts.get("batch_sizes"))
     roles = [r for r in ("teacher", "student") if r in bundle.manifest["models"]]
     if opts["target"]:
         bundle.model_path("student", opts["target"])  # an unknown or non-ORT target fails here
         # A compiled student is compared only with the teacher compiled for the same target.
         roles = [r for r in roles if r in bundle.manifest["compiled"][opts["target"]]["models"]]
-    sessions, result = _load(bundle, roles, opts, x)
-    for size in opts["batch_sizes"]:
-        xb = np.ascontiguousarray(x[np.arange(size) % len(x)])
+    first = batch_feed(feed, axes, 1) if axes else feed
+    sessions, result = _load(bundle, roles, opts, first)
+    for size in sizes:
+        xb = batch_feed(feed, axes, size)
         bound = measure({r: _bound(s, xb) for r, s in sessions.items()}, opts)
         e2e = measure({r: _end_to_end(s, xb) for r, s in sessions.items()}, opts)
         for role in roles:
@@ -449,7 +631,7 @@ def bench(root: Path, opts: dict) -> dict:
         "bundle": {"name": bundle.manifest["name"], "id": bundle.id},
         "environment": fingerprint(),
         "method": METHOD,
-        "options": {k: v for k, v in opts.items() if k != "device"},
+        "options": {k: v for k, v in {**opts, "batch_sizes": sizes}.items() if k != "device"},
         "results": result,
     }
 
@@ -482,10 +664,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show the traceback on errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("verify", help="check every file's sha256 and the golden output")
+    v = sub.add_parser("verify", help="check every file's sha256 and the golden outputs")
     v.add_argument("--json", action="store_true", help="print the result as JSON")
-    p = sub.add_parser("predict", help="top classes of each sample of a .npy array or image")
-    p.add_argument("input", type=Path, help=".npy array (N, C, H, W) or (C, H, W), or an image")
+    p = sub.add_parser("predict", help="top classes (or outputs) of a .npy/.npz array or image")
+    p.add_argument(
+        "input",
+        type=Path,
+        help=".npy array (N, C, H, W) or (C, H, W), or an image; for a model of several inputs "
+        "a .npz of arrays named as the inputs",
+    )
     p.add_argument("--top", type=int, default=3, help="classes shown per sample (default 3)")
     p.add_argument("--target", help="run this compiled form instead of the portable model")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -494,7 +681,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, help="result file (default: beside the bundle folder)")
     b.add_argument("--device", default=platform.node() or "device", help="name in the table")
     b.add_argument("--target", help="time this compiled form instead of the portable model")
-    b.add_argument("--batch-sizes", type=_sizes, default=[1, 64], help="default 1,64")
+    b.add_argument(
+        "--batch-sizes", type=_sizes, help="default 1,64 (a fixed batch: the golden input's)"
+    )
     b.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ORT default)")
     for flag, kind, default in (
         ("--warmup-iters", int, 20),
@@ -508,7 +697,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_predictions(result: dict) -> None:
-    for i, top in enumerate(result["predictions"]):
+    for o in result.get("outputs", []):  # a foreign model: no labels
+        top = o.get("top_class")
+        shown = f"; top class index per sample: {', '.join(map(str, top[:16]))}" if top else ""
+        print(f"{o['name']}: {o['dtype']} {tuple(o['shape'])}{shown}; first values {o['first']}")
+    for i, top in enumerate(result.get("predictions", [])):
         shown = ", ".join(f"{t['label']} ({t['p']:.1%})" for t in top)
         print(f"{i}: {shown}")
 
@@ -516,10 +709,7 @@ def _print_predictions(result: dict) -> None:
 def _print_verify(result: dict) -> None:
     print(f"{result['bundle']}: {result['files']} files match their sha256")
     for name, g in result["golden"].items():
-        print(
-            f"{name}: golden output ok, max abs diff {g['max_abs_diff']:.1e} "
-            f"(tolerance {g['tolerance']:g}), top-1 agreement {g['top1_agreement']:.0%}"
-        )
+        print(golden_line(name, g))
     for target, why in result["skipped"].items():
         print(f"{target}: {why}")
     print(f"bundle id (sha256 of manifest.json): {result['id']}")
@@ -539,12 +729,13 @@ def _bench_command(root: Path, args) -> dict:
         write_json(out, result)
     except OSError as e:
         raise BundleError(f"cannot write {out} ({e.strerror}); pass --out PATH") from None
+    role = "model" if Bundle(root).manifest.get("source") == "onnx-file" else "student"
     for size, s in result["results"]["student"]["latency"].items():
         extra = ""
         if "speedup" in result["results"]:
             t = result["results"]["teacher"]["latency"][size]["p50_ms"]
             extra = f", teacher p50 {t:.3f} ms, speed-up {result['results']['speedup'][size]:.1f}x"
-        print(f"batch {size}: student p50 {s['p50_ms']:.3f} ms, p90 {s['p90_ms']:.3f} ms{extra}")
+        print(f"batch {size}: {role} p50 {s['p50_ms']:.3f} ms, p90 {s['p90_ms']:.3f} ms{extra}")
     print(f"result: {out}")
     return result
 

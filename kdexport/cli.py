@@ -384,24 +384,36 @@ def report_cmd(run_dir, as_json):
 
 
 @cli.command("package")
-@_run_arg
+@click.argument("source", default=DEFAULT_RUN, type=click.Path())
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Archive to write (.tar.gz).")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), help="Or a folder.")
 @click.option(
     "--target", "targets", multiple=True, help="Add this target's compiled form (repeatable)."
 )
 @click.option("--with-teacher", is_flag=True, help="Add the teacher, for speed-ups on devices.")
-def package_cmd(run_dir, out, directory, targets, with_teacher):
-    """Bundle the student for devices that have only onnxruntime and numpy.
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    help="For a .onnx SOURCE with symbolic dims: the golden input's shape, as for benchmark "
+    "(e.g. 1,3,224,224, or NAME=DIMS per input).",
+)
+def package_cmd(source, out, directory, targets, with_teacher, shapes):
+    """Bundle a run's student, or any ONNX file, for devices that have only onnxruntime and
+    numpy.
 
     The bundle holds the portable ONNX model, a golden input and output, manifest.json and
-    run.py (`python run.py verify|predict|bench`). It is verified before it is written.
+    run.py (`python run.py verify|predict|bench`). It is verified before it is written. An
+    ONNX file's golden input is random (as `kdexport benchmark` makes it) and its golden
+    output ONNX Runtime's CPU reference run.
     """
     from kdexport.package import package
 
     if (out is None) == (directory is None):
         raise click.UsageError("give exactly one of -o BUNDLE.kdx.tar.gz or --dir FOLDER")
-    r = package(run_dir, out, directory, targets=list(targets), with_teacher=with_teacher)
+    r = package(
+        source, out, directory, targets=list(targets), with_teacher=with_teacher, shapes=shapes
+    )
     click.echo(f"bundle: {r['path']}  {r['bytes']:,} bytes  {r['files']} files  ({r['name']})")
     click.echo(f"bundle id (sha256 of manifest.json): {r['id']}")
 
@@ -411,15 +423,13 @@ def package_cmd(run_dir, out, directory, targets, with_teacher):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line last.")
 def verify_cmd(bundle, as_json):
     """Check a bundle (archive or folder): every file's sha256, then the golden outputs."""
+    from kdexport.bundle_runner import golden_line
     from kdexport.package import verify
 
     r = verify(bundle)
     click.echo(f"{bundle}: {r['files']} files match their sha256")
     for name, g in r["golden"].items():
-        click.echo(
-            f"{name}: golden output ok, max abs diff {g['max_abs_diff']:.1e} "
-            f"(tolerance {g['tolerance']:g}), top-1 agreement {g['top1_agreement']:.0%}"
-        )
+        click.echo(golden_line(name, g))
     for target, why in r["skipped"].items():
         click.echo(f"{target}: {why}")
     click.echo(f"bundle id (sha256 of manifest.json): {r['id']}")

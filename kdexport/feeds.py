@@ -109,7 +109,7 @@ def _check_input(value: dict, file: str) -> None:
     if value["dtype"] not in _KINDS:
         raise KdxError(
             f"input '{value['name']}' of {file} is {value['dtype']}: kdexport generates only "
-            "numeric and bool tensors; time this model with its runtime's own tool"
+            "numeric and bool tensors; time or package this model with its runtime's own tools"
         )
 
 

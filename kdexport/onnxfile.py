@@ -148,11 +148,24 @@ def _value_info(value) -> dict:
     return {"name": value.name, "dtype": dtype, "shape": shape}
 
 
-def run_reference(path: Path, x: np.ndarray) -> np.ndarray:
-    """Outputs of an ONNX model on ONNX Runtime's CPU provider with no graph rewrites."""
+def _reference_session(path: Path):
     ort = import_onnxruntime("checking the exported model against PyTorch")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_reference(path: Path, x: np.ndarray) -> np.ndarray:
+    """The first output of an ONNX model for ``x`` (its first input) on ONNX Runtime's CPU
+    provider with no graph rewrites."""
+    sess = _reference_session(path)
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def reference_outputs(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output, by name, of an ONNX model for ``feed`` (input name -> array), as
+    ``run_reference`` runs it. ONNX Runtime's own errors pass through."""
+    sess = _reference_session(path)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feed), strict=True))

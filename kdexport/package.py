@@ -7,6 +7,11 @@ the compiled forms of named targets, a golden input with the outputs it must giv
 preprocessing, the build machine's figures, the recipe) and ``run.py``, a copy of
 ``kdexport/bundle_runner.py``, which needs only Python 3.9+, numpy and onnxruntime.
 
+Any ONNX file is packaged the same way (``<file stem>-<12 digits>/``, manifest source
+"onnx-file"): its golden inputs are random, made as ``kdexport benchmark`` makes them
+(``kdexport.feeds``), and its golden outputs are ONNX Runtime's CPU reference run; it has no
+teacher, labels, preprocessing, recipe or compiled forms.
+
 Archives are read defensively: members with absolute paths, ``..``, links, device files or
 oversized contents are refused before anything is written.
 """
@@ -16,9 +21,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
+import zipfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -34,14 +41,20 @@ from kdexport.artifact import (
     sha256,
     write_json,
 )
+from kdexport.backends import backend, import_onnxruntime
 from kdexport.errors import KdxError
-from kdexport.onnxfile import check_onnx_file, external_data_files
+from kdexport.feeds import BATCH, parse_shapes, resolve
+from kdexport.onnxfile import check_onnx_file, external_data_files, reference_outputs
 
 BUNDLE_FORMAT = bundle_runner.BUNDLE_FORMAT
 MTIME = 946684800  # 2000-01-01T00:00Z on every member: the same run gives the same bytes
 MAX_MEMBER_BYTES = 1 << 30  # refuse members over 1 GiB and archives over 4 GiB unpacked
 MAX_TOTAL_BYTES = 4 << 30
 RUNNER = Path(__file__).with_name("bundle_runner.py")
+# The golden outputs of an ONNX file come from ONNX Runtime without graph rewrites; a device runs
+# it with all of them, maybe another build: |out - golden| <= atol + rtol * |golden|.
+FILE_TOLERANCE = {"float16": (1e-2, 1e-2), "default": (1e-4, 1e-3)}
+RESERVED = ("run.py", "manifest.json", "golden/", "compiled/")
 
 
 def _open_run(run_dir: Path) -> tuple[dict, Artifact]:
@@ -76,11 +89,31 @@ def _copy(src: Path, root: Path, name: str) -> None:
     shutil.copyfile(src, dest)
 
 
-def _add_model(root: Path, export: Artifact, role: str) -> dict:
-    facts = _model_facts(export.file(f"{role}.onnx"))
+def _add_model(root: Path, path: Path, facts: dict | None = None) -> dict:
+    """Copy the model at ``path`` and its external data into the bundle; return its facts."""
+    facts = facts or _model_facts(path)
     for name in [facts["file"], *facts["external_data"]]:
-        _copy(export.file(name), root, name)
+        _copy(path.parent / name, root, name)
     return facts
+
+
+def _save_arrays(root: Path, stem: str, arrays: dict[str, np.ndarray]) -> str:
+    """One array as golden/STEM.npy, several as golden/STEM.npz of named arrays; the name.
+
+    The .npz is written here, not by numpy.savez, whose zip entries carry the clock.
+    """
+    if len(arrays) == 1:
+        name = f"golden/{stem}.npy"
+        np.save(root / name, np.ascontiguousarray(next(iter(arrays.values()))))
+        return name
+    name = f"golden/{stem}.npz"
+    with zipfile.ZipFile(root / name, "w", zipfile.ZIP_STORED) as z:
+        for key, array in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            with z.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+    return name
 
 
 def _preprocessing(recorded: dict, spec: dict) -> dict:
@@ -152,7 +185,8 @@ def _add_compiled(root: Path, run_dir: Path, targets: list[str], roles: list[str
 
 def _compiled_golden(root: Path, manifest: dict) -> None:
     """The build machine's output of each ONNX Runtime CPU compiled form, for devices to match."""
-    x = np.load(root / manifest["golden"]["input"])
+    names = [i["name"] for i in manifest["models"]["student"]["inputs"]]
+    feed = bundle_runner.load_arrays(root / manifest["golden"]["input"], names)
     for target, entry in manifest["compiled"].items():
         if entry["backend"] != "onnxruntime" or entry["provider"] != "CPUExecutionProvider":
             continue
@@ -160,7 +194,8 @@ def _compiled_golden(root: Path, manifest: dict) -> None:
         for role, model in entry["models"].items():
             sess, _ = bundle_runner.session(root / model)
             name = f"golden/compiled/{target}/{role}.npy"
-            np.save(root / name, sess.run(None, {sess.get_inputs()[0].name: x})[0])
+            outs = bundle_runner.run_model(sess, feed, model)
+            np.save(root / name, next(iter(outs.values())))
             manifest["golden"]["outputs"][f"compiled/{target}/{role}"] = name
 
 
@@ -179,13 +214,21 @@ def _teacher(run: dict, student: dict, shipped: bool) -> dict:
     }
 
 
-def _manifest(run_dir: Path, run: dict, models: dict, golden: dict, compiled: dict) -> dict:
-    student = models["student"]
+def _head(name: str, source: str) -> dict:
+    """What every bundle's manifest starts with; ``source``: "run" or "onnx-file"."""
     return {
         "kind": bundle_runner.KIND,
         "format_version": BUNDLE_FORMAT,
-        "name": f"student-{sha256(run_dir / 'export' / student['file'])[:12]}",
+        "name": name,
         "kdexport_version": __version__,
+        "source": source,
+    }
+
+
+def _manifest(run_dir: Path, run: dict, models: dict, golden: dict, compiled: dict) -> dict:
+    student = models["student"]
+    return {
+        **_head(f"student-{sha256(run_dir / 'export' / student['file'])[:12]}", "run"),
         "models": models,
         "labels": json.loads(student["metadata"].get("labels", "[]")),
         "preprocessing": _preprocessing(
@@ -200,15 +243,114 @@ def _manifest(run_dir: Path, run: dict, models: dict, golden: dict, compiled: di
     }
 
 
-def build(run_dir: Path, root: Path, targets: list[str], with_teacher: bool, samples: int) -> dict:
-    """Write the bundle's files into the empty folder ``root``; return its manifest."""
+def _from_run(run_dir: Path, root: Path, opts: dict) -> dict:
+    """A run's student (and teacher): PyTorch's outputs on held-out inputs are the golden ones."""
+    if opts["shapes"]:
+        raise KdxError("--shape is for an ONNX file; a run's bundle takes its inputs from the run")
     run, export = _open_run(run_dir)
     root.mkdir()
-    roles = ["student", "teacher"] if with_teacher else ["student"]
-    models = {r: _add_model(root, export, r) for r in roles}
-    golden = _add_golden(root, export, roles, samples)
-    manifest = _manifest(run_dir, run, models, golden, _add_compiled(root, run_dir, targets, roles))
+    roles = ["student", "teacher"] if opts["with_teacher"] else ["student"]
+    models = {r: _add_model(root, export.file(f"{r}.onnx")) for r in roles}
+    golden = _add_golden(root, export, roles, opts["samples"])
+    compiled = _add_compiled(root, run_dir, opts["targets"], roles)
+    manifest = _manifest(run_dir, run, models, golden, compiled)
     _compiled_golden(root, manifest)
+    return manifest
+
+
+def _check_file_names(facts: dict, file: str) -> None:
+    """The model's files must not take the names of the bundle's own."""
+    for name in [facts["file"], *facts["external_data"]]:
+        if name.startswith(RESERVED) or any(p.startswith(".") for p in name.split("/")):
+            raise KdxError(
+                f"{file}: its file '{name}' would take a name the bundle uses (or a hidden "
+                "one); rename it (and re-save the model's external data) first"
+            )
+
+
+def _check_outputs(facts: dict, file: str) -> tuple[float, float]:
+    """Every output a numeric or bool tensor; the golden bound its dtypes call for."""
+    for out in facts["outputs"]:
+        try:
+            ok = np.dtype(out["dtype"]).kind in "biuf"
+        except TypeError:
+            ok = False
+        if not ok:
+            raise KdxError(
+                f"output '{out['name']}' of {file} is {out['dtype']}: golden outputs are numeric "
+                "and bool tensors; package this model with its runtime's own tools"
+            )
+    half = any(o["dtype"] == "float16" for o in facts["outputs"])
+    return FILE_TOLERANCE["float16" if half else "default"]
+
+
+def _reference(path: Path, feed: dict, described: str) -> dict:
+    """ONNX Runtime's CPU outputs for ``feed``, or one line saying why it cannot give them."""
+    ort = backend("onnxruntime", "ort-cpu")
+    try:
+        return reference_outputs(path, feed)
+    except ort.RUNTIME_ERRORS as e:
+        raise KdxError(
+            f"{path.name}: ONNX Runtime's CPU reference run, which gives a bundle its golden "
+            f"outputs, fails on inputs {described}: {ort.explain(e)}"
+        ) from None
+
+
+def _from_file(path: Path, root: Path, opts: dict) -> dict:
+    """Any ONNX file: random golden inputs made as ``kdexport benchmark`` makes them, at the
+    batch it would pick, and ONNX Runtime's CPU reference outputs for them."""
+    if opts["targets"] or opts["with_teacher"]:
+        raise KdxError(
+            "--target and --with-teacher need a run directory; an ONNX file is bundled alone "
+            "(time it per target with kdexport benchmark FILE --target T)"
+        )
+    facts = _model_facts(path)
+    _check_file_names(facts, path.name)
+    inputs = resolve(facts, parse_shapes(opts["shapes"]), path.name)
+    atol, rtol = _check_outputs(facts, path.name)
+    batch = inputs.batch if inputs.batch is not None else inputs.shape_batch or 1
+    feed = inputs.feed(batch)
+    outputs = _reference(path, feed, inputs.describe())
+    root.mkdir()
+    (root / "golden").mkdir()
+    axes = {n: [i for i, d in enumerate(s) if d == BATCH] for n, s in inputs.shapes.items()}
+    golden = {
+        "input": _save_arrays(root, "input", feed),
+        "outputs": {"student": _save_arrays(root, "student", outputs)},
+        "tolerance": atol,
+        "rtol": rtol,
+        "top1": False,
+        "samples": batch,
+        "batch": batch,
+        "batch_axes": {n: a for n, a in axes.items() if a} if inputs.batch is None else {},
+        "reference": "ONNX Runtime's CPU provider without graph rewrites, on random inputs "
+        "made as kdexport benchmark makes them (kdexport.feeds, seed 0)",
+    }
+    digest = sha256(path)
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:40].strip(".") or "model"
+    return {
+        **_head(f"{stem}-{digest[:12]}", "onnx-file"),
+        "note": "packaged from an ONNX file: no teacher, labels, preprocessing or recipe",
+        "models": {"student": _add_model(root, path, facts)},
+        "labels": [],
+        "preprocessing": {},
+        "golden": golden,
+        "compiled": {},
+        "teacher": None,
+        "build": {
+            "onnx_file": {"name": path.name, "sha256": digest},
+            "shape_options": opts["shapes"],
+            "onnxruntime": import_onnxruntime("packaging an ONNX file").__version__,
+        },
+        "recipe": None,
+    }
+
+
+def build(source: Path, root: Path, **opts) -> dict:
+    """Write the bundle of a run directory or an ONNX file into the new folder ``root``; return
+    its manifest. ``opts``: targets, with_teacher, samples, shapes."""
+    make = _from_file if source.is_file() or source.suffix == ".onnx" else _from_run
+    manifest = make(source, root, opts)
     shutil.copyfile(RUNNER, root / "run.py")
     manifest["files"] = file_table(root)
     write_json(root / "manifest.json", manifest)
@@ -264,21 +406,24 @@ def _publish_dir(root: Path, dest: Path) -> None:
 
 
 def package(
-    run_dir: str | Path,
+    source: str | Path,
     out: str | Path | None = None,
     directory: str | Path | None = None,
     *,
     targets: Sequence[str] = (),
     with_teacher: bool = False,
     golden_samples: int = 8,
+    shapes: Sequence[str] = (),
 ) -> dict:
-    """Bundle RUN's student into ``out`` (.tar.gz) or the folder ``directory``; verify it first.
+    """Bundle a run's student, or any ONNX file, into ``out`` (.tar.gz) or the folder
+    ``directory``; verify it first. ``shapes``: ``--shape`` values for an ONNX file's
+    symbolic axes (``kdexport.feeds``).
 
     Returns the verification report plus ``path``, ``bytes`` and ``name``.
     """
     if (out is None) == (directory is None):
         raise KdxError("give exactly one of an archive (-o BUNDLE.kdx.tar.gz) or --dir FOLDER")
-    run_dir, dest = Path(run_dir), Path(out or directory)
+    source, dest = Path(source), Path(out or directory)
     if golden_samples < 1:
         raise KdxError("golden_samples must be >= 1")
     if dest.parent.is_file():
@@ -291,10 +436,11 @@ def package(
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     try:
-        manifest = build(run_dir, staging / "bundle", list(targets), with_teacher, golden_samples)
+        opts = {"targets": list(targets), "with_teacher": with_teacher, "shapes": list(shapes)}
+        manifest = build(source, staging / "bundle", samples=golden_samples, **opts)
         root = staging / manifest["name"]
         os.replace(staging / "bundle", root)
-        report = _verify_dir(root, f"the new bundle of {run_dir}")
+        report = _verify_dir(root, f"the new bundle of {source}")
         if directory is None:
             write_archive(root, dest)
         else:

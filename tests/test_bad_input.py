@@ -460,6 +460,56 @@ CASES = [
         "b.kdx.tar.gz",
     ),
     ("report-out-is-file", "output", lambda t, r: ["report", _file(t, "f", b"x")], 2, "is a file"),
+    # kdexport package MODEL.onnx: a file that is not ONNX, --shape mistakes, a taken folder
+    (
+        "package-onnx-not-onnx",
+        "corrupt",
+        lambda t, r: ["package", _file(t, "m.onnx", b"junk"), "-o", t / "b.kdx.tar.gz"],
+        1,
+        "not a readable ONNX model",
+    ),
+    (
+        "package-onnx-symbolic-axis",
+        "input",
+        lambda t, r: ["package", _onnx_input(["N", "K"])(t, r), "-o", t / "b.kdx.tar.gz"],
+        1,
+        "axis 1 ('K') is symbolic; give the full shape, e.g. --shape 1,K",
+    ),
+    (
+        "package-onnx-shape-not-an-input",
+        "input",
+        lambda t, r: ["package", _onnx_input(["N", 8])(t, r), "--dir", t / "b", "--shape", "z=1,8"],
+        1,
+        "--shape names 'z', which is not an input of m.onnx",
+    ),
+    (
+        "package-onnx-shape-fixed-axis",
+        "input",
+        lambda t, r: ["package", _onnx_input(["N", 8])(t, r), "--dir", t / "b", "--shape", "1,9"],
+        1,
+        "--shape gives input 'x' axis 1 = 9 but m.onnx fixes it at 8",
+    ),
+    (
+        "package-onnx-dir-taken",
+        "output",
+        lambda t, r: ["package", _onnx_input(["N", 8])(t, r), "--dir", t],  # holds m.onnx
+        1,
+        "exists and is not a bundle; choose another --dir or remove it",
+    ),
+    (
+        "package-onnx-with-teacher",
+        "usage",
+        lambda t, r: ["package", _onnx_input(["N", 8])(t, r), "--dir", t / "b", "--with-teacher"],
+        1,
+        "--target and --with-teacher need a run directory",
+    ),
+    (
+        "package-run-with-shape",
+        "usage",
+        lambda t, r: ["package", r, "-o", t / "b.tar.gz", "--shape", "1,1,8,8"],
+        1,
+        "--shape is for an ONNX file",
+    ),
     # usage
     ("unknown-option", "usage", lambda t, r: ["compile", "--nope"], 2, "No such option"),
 ]

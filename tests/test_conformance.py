@@ -1,5 +1,6 @@
 """Conformance: ONNX files of other eras and producers (tests/conformance/corpus.py) through
-``kdexport benchmark``, the backends' compile, load and run, and the input options.
+``kdexport benchmark``, the backends' compile, load and run, the input options, and
+``kdexport package`` with the bundle's own ``run.py verify``.
 
 Each file runs or is refused in one line naming what is at fault; never an "unexpected" error.
 The two big real models: only ResNet-50 (the issue's file) on ort-cpu here; the rest run in
@@ -8,6 +9,8 @@ tools/check_conformance.py.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 
 import numpy as np
@@ -42,6 +45,36 @@ def test_benchmark_runs_or_refuses_in_one_line(tmp_path, name, target):
     else:
         out = kdx(*args).stdout
         assert f"{target} model batch" in out
+
+
+def run_py_verify(root, capsys) -> dict:
+    """``python run.py verify --json`` in this process, with the bundle's own copy of run.py."""
+    spec = importlib.util.spec_from_file_location("bundle_run_py", root / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    assert module.main(["verify", "--json"]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_package_bundles_what_ran_on_ort_cpu_or_refuses_in_one_line(tmp_path, capsys, name):
+    """Every file that runs on ONNX Runtime's CPU is bundled and verifies on the device side; the
+    others are refused with the text benchmark gives (its reference run is ONNX Runtime's)."""
+    case = CASES[name]
+    path = case.build(tmp_path)
+    args = ["package", path, "--dir", tmp_path / "bundle", *case.args]
+    if "ort-cpu" in case.refused:
+        before = sorted(tmp_path.rglob("*"))
+        fails(*args, message=case.refused["ort-cpu"])
+        assert sorted(tmp_path.rglob("*")) == before
+        return
+    kdx(*args)
+    report = run_py_verify(tmp_path / "bundle", capsys)
+    (golden,) = report["golden"].values()
+    assert golden["outputs"] >= 1 and golden["max_abs_diff"] <= golden["tolerance"] + 1e-6
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["source"] == "onnx-file" and manifest["models"]["student"]["inputs"]
 
 
 def test_the_corpus_holds_the_real_model_zoo_files():

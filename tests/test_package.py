@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import kdx
+from conformance.corpus import cases
+from conftest import fails, kdx
 
 from kdexport import bench, bundle_runner
 from kdexport.artifact import sha256
@@ -43,6 +44,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 FAST_BENCH = ["--batch-sizes", "1,4", "--warmup-iters", "1", "--warmup-s", "0"]
 FAST_BENCH += ["--min-iters", "3", "--min-time-s", "0", "--rounds", "1"]
+CORPUS = {c.name: c for c in cases()}
 
 
 def device(root: Path, *args, code: int = 0, blocked: str = BLOCKED):
@@ -106,7 +108,8 @@ def test_same_run_gives_identical_archives(fast_cli_run, archive, tmp_path):
 
 def test_manifest_describes_the_model_and_the_build(unpacked, fast_cli_run):
     m = json.loads((unpacked / "manifest.json").read_text())
-    assert (m["kind"], m["format_version"], m["name"]) == ("kdx-bundle", 1, unpacked.name)
+    assert (m["kind"], m["format_version"], m["name"]) == ("kdx-bundle", 2, unpacked.name)
+    assert m["source"] == "run"
     for name, entry in m["files"].items():
         assert entry == {
             "sha256": sha256(unpacked / name),
@@ -198,7 +201,7 @@ def _flip_byte(path: Path) -> None:
         (lambda r: _flip_byte(r / "student.onnx"), "student.onnx: checksum mismatch"),
         (lambda r: (r / "golden" / "input.npy").unlink(), "golden/input.npy: missing from the bundle"),
         (lambda r: (r / "notes.txt").write_text("x"), "notes.txt: not part of the bundle (extra file)"),
-        (lambda r: _set_manifest(r, format_version=2), "bundle format 2 is newer than this reader"),
+        (lambda r: _set_manifest(r, format_version=3), "bundle format 3 is newer than this reader"),
         (lambda r: (r / "manifest.json").write_text("{"), "manifest.json: unreadable"),
         (lambda r: _set_manifest(r, files={"../x": {"sha256": "0", "bytes": 1}}), "outside the bundle"),
     ],
@@ -262,6 +265,122 @@ def test_package_bad_input(fast_cli_run, run_copy, tmp_path):
     r = kdx("package", run_copy, "-o", tmp_path / "b.tar.gz", code=1)
     assert "run `kdexport report" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "taken"]  # no partial output
+
+
+def test_a_format_1_bundle_still_verifies(unpacked):
+    _set_manifest(unpacked, format_version=1)  # the manifest is not in its own file table
+    assert "student.onnx: golden output ok" in device(unpacked, "verify").stdout
+
+
+@pytest.fixture(scope="module")
+def text_archive(tmp_path_factory) -> Path:
+    """The corpus's model of three inputs (int64 ids, bool mask, float scale; symbolic batch
+    and seq axes), packaged from the file by the CLI."""
+    folder = tmp_path_factory.mktemp("text")
+    model = CORPUS["text"].build(folder)
+    out = folder / "text.kdx.tar.gz"
+    r = kdx("package", model, "-o", out, "--shape", "input_ids=2,16")
+    assert "(text-" in r.stdout and "bundle id" in r.stdout
+    return out
+
+
+def test_an_onnx_file_of_several_inputs_is_bundled_reproducibly(text_archive, tmp_path):
+    again = tmp_path / "again.tar.gz"
+    package(text_archive.parent / "text.onnx", again, shapes=["input_ids=2,16"])
+    assert again.read_bytes() == text_archive.read_bytes()
+    with tarfile.open(text_archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    (root,) = (p for p in tmp_path.iterdir() if p.is_dir())
+    m = json.loads((root / "manifest.json").read_text())
+    assert (m["format_version"], m["source"], m["teacher"], m["labels"]) == (
+        2,
+        "onnx-file",
+        None,
+        [],
+    )
+    assert m["models"]["student"]["inputs"] == [
+        {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},
+        {"name": "mask", "dtype": "bool", "shape": ["batch", "seq"]},
+        {"name": "scale", "dtype": "float32", "shape": ["batch", 1]},
+    ]
+    g = m["golden"]
+    assert (g["input"], g["outputs"], g["batch"], g["top1"]) == (
+        "golden/input.npz",
+        {"student": "golden/student.npy"},
+        2,
+        False,
+    )
+    assert (g["tolerance"], g["rtol"]) == (1e-4, 1e-3)
+    with np.load(root / "golden" / "input.npz") as f:  # as kdexport benchmark makes them
+        assert {k: (f[k].dtype.name, f[k].shape) for k in f.files} == {
+            "input_ids": ("int64", (2, 16)),
+            "mask": ("bool", (2, 16)),
+            "scale": ("float32", (2, 1)),
+        }
+    assert set(m["files"]) == {"text.onnx", "run.py", "golden/input.npz", "golden/student.npy"}
+
+
+def test_device_runs_an_onnx_file_bundle_of_several_inputs(text_archive, tmp_path):
+    root = extract(text_archive, tmp_path / "b")
+    out = device(root, "verify").stdout
+    assert "text.onnx: golden output ok" in out and "0.0001 + 0.001 x |golden|" in out
+    feed = tmp_path / "x.npz"
+    np.savez(feed, input_ids=np.ones((3, 5), np.int64), mask=np.ones((3, 5), bool),
+             scale=np.ones((3, 1), np.float32))  # fmt: skip
+    out = device(root, "predict", feed).stdout
+    assert out.startswith("y: float32 (3, 8); top class index per sample: 7, 7, 7; first values")
+    result = json.loads(device(root, "predict", feed, "--json").stdout)
+    assert result["shapes"]["mask"] == [3, 5] and result["outputs"][0]["shape"] == [3, 8]
+    r = device(root, "bench", "--json", "--out", tmp_path / "r.json", *FAST_BENCH)
+    assert "batch 4: model p50" in r.stdout
+    assert set(json.loads(r.stdout.splitlines()[-1])["results"]["student"]["latency"]) == {"1", "4"}
+
+
+@pytest.mark.parametrize(
+    ("arrays", "name", "message"),
+    [
+        ({"x": np.zeros((1, 5), np.int64)}, "x.npy", "the model takes 3 inputs (input_ids, mask, scale); give a .npz"),
+        ({"input_ids": np.zeros((1, 5), np.int64)}, "x.npz", "holds input_ids, the model takes input_ids, mask, scale"),
+        ({"input_ids": np.zeros((1, 5)), "mask": np.ones((1, 5), bool), "scale": np.ones((1, 1), np.float32)},
+         "x.npz", "x.npz[input_ids]: dtype float64, the model takes int64"),
+        ({"input_ids": np.zeros((1, 5), np.int64), "mask": np.ones((1, 4), bool), "scale": np.ones((1, 1), np.float32)},
+         "x.npz", "ONNX Runtime cannot run it on these inputs"),
+    ],
+)  # fmt: skip
+def test_predict_bad_input_for_several_inputs(text_archive, tmp_path, arrays, name, message):
+    root = extract(text_archive, tmp_path / "b")
+    path = tmp_path / name
+    np.save(path, arrays["x"]) if name.endswith(".npy") else np.savez(path, **arrays)
+    one_error(device(root, "predict", path, code=1).stderr, message)
+
+
+def test_onnx_file_golden_mismatch_and_fixed_batch(text_archive, tmp_path):
+    root = extract(text_archive, tmp_path / "b")
+    golden = root / "golden" / "student.npy"
+    np.save(golden, np.load(golden) * 1.01)  # beyond 1e-4 + 1e-3 x |golden|
+    m = json.loads((root / "manifest.json").read_text())
+    m["files"]["golden/student.npy"]["sha256"] = sha256(golden)
+    (root / "manifest.json").write_text(json.dumps(m))
+    one_error(device(root, "verify", code=1).stderr, "text.onnx: golden output differs")
+    fixed = CORPUS["fixed-batch-4"].build(tmp_path)
+    package(fixed, directory=tmp_path / "fixed")
+    r = device(tmp_path / "fixed", "bench", "--batch-sizes", "1", *FAST_BENCH[2:], code=1)
+    one_error(r.stderr, "this model's batch is fixed at 4 (or it has none); drop --batch-sizes")
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("swish-openvino-only", "ONNX Runtime's CPU reference run, which gives a bundle its golden outputs, fails"),
+        ("text-no-shape", "axis 1 ('seq') is symbolic"),
+        ("opset-too-new", "newer than this onnx"),
+    ],
+)  # fmt: skip
+def test_onnx_files_that_cannot_be_bundled_are_refused_in_one_line(tmp_path, name, message):
+    path = CORPUS[name].build(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    fails("package", path, "-o", tmp_path / "b.kdx.tar.gz", message=message)
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def _evil_archive(path: Path, *members: tarfile.TarInfo) -> Path:

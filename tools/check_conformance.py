@@ -1,17 +1,18 @@
 """Run the conformance corpus through `kdexport benchmark` (quick settings) on ort-cpu and
-openvino-cpu.
+openvino-cpu, and `kdexport package` (then the bundle's `run.py verify`) where it ran on ort-cpu.
 
     .venv/bin/python tools/check_conformance.py
 
 The corpus is tests/conformance/corpus.py's (the tests use the same list): each file must run,
 or be refused in one line holding the text the corpus expects. Prints one line per file and
 target and, last, one JSON object: {"models": N, "ran": {target: n}, "refused_cleanly": n,
-"failed": [...]}. Exit status 1 if anything failed.
+"packaged": n, "failed": [...]}. Exit status 1 if anything failed.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -40,9 +41,24 @@ def check(case, target: str, path: Path) -> tuple[str, str]:
     return "failed", last
 
 
+def package(case, path: Path) -> tuple[str, str]:
+    """'packaged' or 'failed': `kdexport package FILE --dir`, then the bundle's run.py verify in
+    another Python process."""
+    bundle = path.parent / "bundle"
+    result = CliRunner().invoke(cli, ["package", str(path), "--dir", str(bundle), *case.args])
+    if result.exit_code != 0:
+        return "failed", (result.stderr.strip().splitlines() or [f"exit {result.exit_code}"])[-1]
+    r = subprocess.run(
+        [sys.executable, str(bundle / "run.py"), "verify"], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        return "failed", (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+    return "packaged", next(ln for ln in r.stdout.splitlines() if "golden output ok" in ln)
+
+
 def main() -> int:
     ran = dict.fromkeys(TARGETS, 0)
-    refused, failed, corpus = 0, [], cases()
+    refused, packaged, failed, corpus = 0, 0, [], cases()
     for case in corpus:
         with tempfile.TemporaryDirectory() as tmp:
             path = case.build(Path(tmp))
@@ -55,9 +71,21 @@ def main() -> int:
                     refused += 1
                 else:
                     failed.append(f"{case.name} {target}: {line}")
+                if target == "ort-cpu" and outcome == "ran":
+                    outcome, line = package(case, path)
+                    print(f"{case.name} package: {outcome}: {line}", flush=True)
+                    packaged += outcome == "packaged"
+                    if outcome == "failed":
+                        failed.append(f"{case.name} package: {line}")
     print(
         json.dumps(
-            {"models": len(corpus), "ran": ran, "refused_cleanly": refused, "failed": failed}
+            {
+                "models": len(corpus),
+                "ran": ran,
+                "refused_cleanly": refused,
+                "packaged": packaged,
+                "failed": failed,
+            }
         )
     )
     return 1 if failed else 0
