@@ -15,9 +15,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from kdexport.bundle_runner import sha256  # one hashing routine for workstation and device
+from kdexport.bundle.runner import sha256  # one hashing routine for workstation and device
 from kdexport.errors import KdxError
 
 MANIFEST = "manifest.json"
@@ -45,18 +45,27 @@ def _umask_mode(mode: int) -> int:
     return mode & ~umask
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes atomically: a temporary file in the same folder, then rename."""
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int | None = None) -> Iterator[IO[bytes]]:
+    """A binary file that appears at ``path`` only when the block ends without an error: written
+    as a temporary file in the same folder, then renamed. ``mode``: its permissions (default:
+    0o666 less the umask, as ``open`` gives)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _umask_mode(0o666))
+        os.fchmod(fd, _umask_mode(0o666) if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes atomically: a temporary file in the same folder, then rename."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -14,11 +14,11 @@ from kdexport.artifact import Artifact
 from kdexport.distill import student_params, train_student
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy
-from kdexport.parallel import cluster, publish
 from kdexport.progress import quiet
 from kdexport.rundir import Run
 from kdexport.teacher import load_teacher
-from kdexport.trainer import Session, predict
+from kdexport.train.loop import Session, predict
+from kdexport.train.parallel import cluster, publish
 
 MODES = ("kd", "scratch")
 
@@ -69,12 +69,12 @@ def kd_vs_scratch(run: Run, distill_options: dict, seeds: int = 3) -> Artifact:
                 )
                 runs[mode]["train_s"] += [h["train_s"] for h in history]
         params = {**student_params(distill_options, run.data, splits), "seeds": seeds}
-        figures = _figures(runs, teacher[1].checks["test_accuracy"], seed_list)
+        figures = _figures(runs, teacher.artifact.checks["test_accuracy"], seed_list)
         return publish(
             c,
             run.folder("baseline"),
             "baseline",
             params,
-            [teacher[1]],
+            [teacher.artifact],
             lambda w: w.checks.update(figures),
         )

@@ -23,13 +23,13 @@ import numpy as np
 
 from kdexport.artifact import Artifact
 from kdexport.backends import backend
-from kdexport.bench import METHOD, fingerprint, measure, pooled
+from kdexport.backends.profiles import Target, load_target
 from kdexport.errors import KdxError
 from kdexport.feeds import Feed, Inputs, resolve
 from kdexport.onnxfile import check_onnx_file
 from kdexport.options import Range, stage_options
-from kdexport.profiles import Target, load_target
 from kdexport.rundir import MODELS, Run
+from kdexport.timing import METHOD, fingerprint, measure, pooled
 
 QUICK = {
     "warmup_iters": 2,

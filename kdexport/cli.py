@@ -423,8 +423,8 @@ def package_cmd(source, out, directory, targets, with_teacher, shapes):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line last.")
 def verify_cmd(bundle, as_json):
     """Check a bundle (archive or folder): every file's sha256, then the golden outputs."""
-    from kdexport.bundle_runner import golden_line
-    from kdexport.package import verify
+    from kdexport.bundle.archive import verify
+    from kdexport.bundle.runner import golden_line
 
     r = verify(bundle)
     click.echo(f"{bundle}: {r['files']} files match their sha256")
@@ -445,7 +445,7 @@ def import_results_cmd(results, out, as_json):
     """Merge `python run.py bench` results from devices into one fleet table."""
     from rich.table import Table
 
-    from kdexport.fleet import FLEET_HEADER, fleet_cells, import_results
+    from kdexport.bundle.fleet import FLEET_HEADER, fleet_cells, import_results
 
     fleet = import_results(list(results), out)
     table = Table(*FLEET_HEADER, title=f"kdexport fleet: {fleet['devices']} devices")
@@ -493,7 +493,7 @@ def status_cmd(run_dir):
 @cli.command("targets")
 def targets_cmd():
     """List the targets; say which are available here, and why not."""
-    from kdexport.profiles import builtin_names, load_target
+    from kdexport.backends.profiles import builtin_names, load_target
 
     for name in builtin_names():
         target = load_target(name)

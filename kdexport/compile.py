@@ -17,9 +17,9 @@ import numpy as np
 
 from kdexport.artifact import Artifact
 from kdexport.backends import backend
+from kdexport.backends.profiles import Target, load_target
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy, parity
-from kdexport.profiles import Target, load_target
 from kdexport.rundir import MODELS, Run
 
 
@@ -61,7 +61,7 @@ def _build(onnx_path: Path, out_dir: Path, name: str, target: Target, sample, ca
 
 def _int8_gate(onnx_path: Path, name: str, target: Target, sample, int8_runner, result) -> dict:
     """Compare the INT8 model with the fp32 model on the same backend; remove it if it fails."""
-    from kdexport.quantize import gate
+    from kdexport.backends.quantize import gate
 
     fp32 = dataclasses.replace(
         target, name=f"{target.name}-fp32", precision="fp32", atol=1e-4, rtol=0.0, min_agreement=1.0

@@ -30,14 +30,10 @@ from kdexport.losses import (
     term_weights,
 )
 from kdexport.options import OneOf, Range, stage_options
-from kdexport.parallel import cluster, publish
-from kdexport.preflight import check_models, check_weighting
 from kdexport.progress import quiet
-from kdexport.qat import fake_quantized
-from kdexport.rundir import Run
+from kdexport.rundir import Loaded, Run
 from kdexport.teacher import load_teacher, teacher_identity
-from kdexport.teacher_cache import cache_key, teacher_outputs
-from kdexport.trainer import (
+from kdexport.train.loop import (
     Augment,
     BatchSize,
     Device,
@@ -54,14 +50,18 @@ from kdexport.trainer import (
     identity_of,
     save_model,
 )
+from kdexport.train.parallel import cluster, publish
+from kdexport.train.preflight import check_models, check_weighting
+from kdexport.train.qat import fake_quantized
+from kdexport.train.teacher_cache import cache_key, teacher_outputs
 from kdexport.zoo import create_model, load_checkpoint
 
 
-def load_student(run: Run) -> tuple[nn.Module, Artifact]:
+def load_student(run: Run) -> Loaded:
     """The distilled student of a run directory, in eval mode."""
     art, splits = run.open("student"), run.splits()
     model = create_model(art.parameters["student"], splits.num_classes, splits.input_shape[0])
-    return load_checkpoint(model, art.file("model.pt"), art.parameters["student"]), art
+    return Loaded(load_checkpoint(model, art.file("model.pt"), art.parameters["student"]), art)
 
 
 def build_student(opts: dict, splits: Splits) -> nn.Module:
@@ -90,7 +90,7 @@ def student_pool(splits: Splits, opts: dict, data_seed: int, scratch: bool) -> P
 
 def train_student(
     run: Run,
-    teacher: tuple[nn.Module, Artifact],
+    teacher: Loaded,
     opts: dict,
     session: Session,
     scratch: bool = False,
@@ -179,15 +179,15 @@ def distill(
     ``weighting="lambda"``: L = CE + w·KD; a feature loss adds ``feature_weight``·F.
     ``label_fraction``: the share of training labels the student sees (stratified, fixed by
     data.seed); the other training inputs teach through the teacher's outputs alone.
-    ``quant_aware``: the student trains under simulated INT8 (``kdexport.qat``), so that the
+    ``quant_aware``: the student trains under simulated INT8 (``kdexport.train.qat``), so that the
     INT8 targets lose less accuracy when they quantize it.
     """
     opts = stage_options(distill, locals())
     check_weighting(weighting, kd_weight)
     splits = run.splits()
-    teacher_pair = load_teacher(run)
+    teacher = load_teacher(run)
     params = student_params(opts, run.data, splits)
-    teacher_art = teacher_pair[1]
+    teacher_art = teacher.artifact
     with cluster(device) as c:
         session = Session(
             "distill",
@@ -197,7 +197,7 @@ def distill(
             resume=run.resume,
             identity=identity_of(stage="distill", teacher=teacher_identity(teacher_art), **params),
         )
-        net, history = train_student(run, teacher_pair, opts, session)
+        net, history = train_student(run, teacher, opts, session)
 
         def fill(writer) -> None:
             save_model(writer, net.cpu(), splits, history)

@@ -31,7 +31,7 @@ from kdexport.onnxfile import check_onnx_file, run_reference
 from kdexport.options import Range, stage_options
 from kdexport.rundir import MODELS, Run
 from kdexport.teacher import load_teacher, teacher_sha256
-from kdexport.trainer import predict
+from kdexport.train.loop import predict
 from kdexport.zoo import load_checkpoint
 
 INPUT, OUTPUT = "input", "logits"

@@ -197,10 +197,6 @@ class Objective(nn.Module):
             {k: make_loss(k, temperature, feature_shapes) for k in self.weights}
         )
 
-    @property
-    def needs_teacher(self) -> bool:
-        return any(k != "ce" for k in self.weights)
-
     def forward(
         self, student, teacher, labels, student_feature=None, teacher_feature=None
     ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -5,34 +5,30 @@ A bundle is one folder, ``student-<sha256 of the model, 12 digits>/``, or a repr
 the compiled forms of named targets, a golden input with the outputs it must give,
 ``manifest.json`` (sha256 and size of every file, the model's inputs and outputs, labels,
 preprocessing, the build machine's figures, the recipe) and ``run.py``, a copy of
-``kdexport/bundle_runner.py``, which needs only Python 3.9+, numpy and onnxruntime.
+``kdexport/bundle/runner.py``, which needs only Python 3.9+, numpy and onnxruntime.
 
 Any ONNX file is packaged the same way (``<file stem>-<12 digits>/``, manifest source
 "onnx-file"): its golden inputs are random, made as ``kdexport benchmark`` makes them
 (``kdexport.feeds``), and its golden outputs are ONNX Runtime's CPU reference run; it has no
 teacher, labels, preprocessing, recipe or compiled forms.
 
-Archives are read defensively: members with absolute paths, ``..``, links, device files or
-oversized contents are refused before anything is written.
+The archive format and its defensive reading are ``kdexport.bundle.archive``'s.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
-from kdexport import __version__, bundle_runner
+from kdexport import __version__
 from kdexport.artifact import (
     Artifact,
     file_table,
@@ -42,15 +38,14 @@ from kdexport.artifact import (
     write_json,
 )
 from kdexport.backends import backend, import_onnxruntime
+from kdexport.bundle import runner as bundle_runner
+from kdexport.bundle.archive import verify_folder, write_archive
 from kdexport.errors import KdxError
 from kdexport.feeds import BATCH, parse_shapes, resolve
 from kdexport.onnxfile import check_onnx_file, external_data_files, reference_outputs
 
 BUNDLE_FORMAT = bundle_runner.BUNDLE_FORMAT
-MTIME = 946684800  # 2000-01-01T00:00Z on every member: the same run gives the same bytes
-MAX_MEMBER_BYTES = 1 << 30  # refuse members over 1 GiB and archives over 4 GiB unpacked
-MAX_TOTAL_BYTES = 4 << 30
-RUNNER = Path(__file__).with_name("bundle_runner.py")
+RUNNER = Path(__file__).with_name("bundle") / "runner.py"
 # The golden outputs of an ONNX file come from ONNX Runtime without graph rewrites; a device runs
 # it with all of them, maybe another build: |out - golden| <= atol + rtol * |golden|.
 FILE_TOLERANCE = {"float16": (1e-2, 1e-2), "default": (1e-4, 1e-3)}
@@ -357,42 +352,6 @@ def build(source: Path, root: Path, **opts) -> dict:
     return manifest
 
 
-def _member(path: Path, name: str) -> tarfile.TarInfo:
-    """A tar header with nothing of this machine in it: fixed time, owner and modes."""
-    info = tarfile.TarInfo(name)
-    info.mtime, info.uid, info.gid, info.uname, info.gname = MTIME, 0, 0, "", ""
-    if path.is_dir():
-        info.type, info.mode = tarfile.DIRTYPE, 0o755
-    else:
-        info.size, info.mode = path.stat().st_size, 0o755 if path.name == "run.py" else 0o644
-    return info
-
-
-def write_archive(root: Path, out: Path) -> None:
-    """``root`` as a reproducible .tar.gz at ``out`` (sorted members, no timestamps), atomically."""
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; an archive is made to be copied around
-    try:
-        # filename="" and mtime=0 keep the output's name and the clock out of the gzip header.
-        with (
-            os.fdopen(fd, "wb") as raw,
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz,
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-        ):
-            for path in [root, *sorted(root.rglob("*"))]:
-                name = PurePosixPath(root.name, path.relative_to(root).as_posix()).as_posix()
-                info = _member(path, name)
-                if info.isdir():
-                    tar.addfile(info)
-                else:
-                    with open(path, "rb") as f:
-                        tar.addfile(info, f)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _publish_dir(root: Path, dest: Path) -> None:
     """Move the finished bundle to ``dest``, replacing only an earlier bundle or an empty folder."""
     if dest.exists() and (dest.is_file() or any(dest.iterdir())):
@@ -440,7 +399,7 @@ def package(
         manifest = build(source, staging / "bundle", samples=golden_samples, **opts)
         root = staging / manifest["name"]
         os.replace(staging / "bundle", root)
-        report = _verify_dir(root, f"the new bundle of {source}")
+        report = verify_folder(root, f"the new bundle of {source}")
         if directory is None:
             write_archive(root, dest)
         else:
@@ -452,97 +411,3 @@ def package(
 
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in [path, *path.rglob("*")] if p.is_file())
-
-
-def _open_tar(archive: Path) -> tarfile.TarFile:
-    try:
-        return tarfile.open(archive, mode="r:gz")
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise KdxError(f"{archive}: not a readable .tar.gz bundle ({e}); copy it again") from None
-
-
-def _check_member(m: tarfile.TarInfo) -> str | None:
-    """Why ``m`` may not be unpacked, if it may not."""
-    parts = PurePosixPath(m.name).parts
-    if not parts or parts == (".",):
-        return "has an empty name"
-    if m.name.startswith(("/", "\\")) or (parts and ":" in parts[0]):
-        return "has an absolute path"
-    if ".." in parts or "\\" in m.name:
-        return "has a path that leaves the folder ('..' or '\\')"
-    if m.issym() or m.islnk():
-        return f"is a link (to '{m.linkname}'); bundles hold only files and folders"
-    if not (m.isfile() or m.isdir()):
-        return "is a device, pipe or other special file"
-    return None
-
-
-def _members(tar: tarfile.TarFile, archive: Path, limits: tuple[int, int]) -> list[tarfile.TarInfo]:
-    """Every member, checked before anything is written; one top-level folder."""
-    members, total, tops = [], 0, set()
-    for m in tar:
-        why = _check_member(m)
-        if why is None and m.size > limits[0]:
-            why = f"is {m.size:,} bytes, over the {limits[0]:,}-byte limit"
-        total += m.size
-        if why is None and total > limits[1]:
-            why = f"takes the archive over {limits[1]:,} bytes unpacked"
-        if why:
-            raise KdxError(f"{archive}: member '{m.name}' {why}; refusing the archive")
-        tops.add(PurePosixPath(m.name).parts[0])
-        members.append(m)
-    if len(tops) != 1:
-        raise KdxError(
-            f"{archive}: a bundle holds one top folder, this has {len(tops)}; not a bundle"
-        )
-    return members
-
-
-def extract(
-    archive: str | Path,
-    dest: str | Path,
-    *,
-    max_member_bytes: int = MAX_MEMBER_BYTES,
-    max_total_bytes: int = MAX_TOTAL_BYTES,
-) -> Path:
-    """Unpack a bundle archive into the new folder ``dest``; nothing is written elsewhere.
-
-    Every member is checked first (see ``_check_member``); the tar "data" filter, where Python
-    has it, applies the same rules again while writing. Returns ``dest``.
-    """
-    archive, dest = Path(archive), Path(dest)
-    if not archive.is_file():
-        raise KdxError(f"{archive}: no such bundle archive")
-    if dest.exists():
-        raise KdxError(f"{dest} exists; unpack into a new folder")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
-    try:
-        with _open_tar(archive) as tar:
-            members = _members(tar, archive, (max_member_bytes, max_total_bytes))
-            filt = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(tmp, members=members, **filt)
-        os.replace(tmp / PurePosixPath(members[0].name).parts[0], dest)
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise KdxError(f"{archive}: truncated or corrupt archive ({e}); copy it again") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
-def _verify_dir(root: Path, label: str | Path) -> dict:
-    try:
-        return bundle_runner.verify(root)
-    except bundle_runner.BundleError as e:
-        raise KdxError(f"{label}: {e}") from None
-
-
-def verify(bundle: str | Path) -> dict:
-    """Checksums and golden outputs of a bundle (archive or folder), as run.py verify does."""
-    bundle = Path(bundle)
-    if bundle.is_dir():
-        return _verify_dir(bundle, bundle)
-    if not bundle.is_file():
-        raise KdxError(f"{bundle}: no such bundle; give a .kdx.tar.gz archive or a bundle folder")
-    with tempfile.TemporaryDirectory(prefix="kdx-verify-") as tmp:
-        return _verify_dir(extract(bundle, Path(tmp) / "bundle"), str(bundle))

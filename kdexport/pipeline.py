@@ -15,12 +15,12 @@ from kdexport.data import load_splits
 from kdexport.distill import build_student, distill
 from kdexport.errors import KdxError
 from kdexport.export import export
-from kdexport.parallel import in_torchrun
-from kdexport.preflight import check_models, check_weighting
 from kdexport.progress import Progress, quiet
 from kdexport.report import report
 from kdexport.rundir import Run
 from kdexport.teacher import build_teacher, train_teacher
+from kdexport.train.parallel import in_torchrun
+from kdexport.train.preflight import check_models, check_weighting
 
 SECTIONS: recipes.Sections = {  # recipe section -> the function whose keyword options it holds
     "data": load_splits,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kdexport.artifact import Artifact
 from kdexport.progress import Progress, quiet
@@ -18,6 +18,15 @@ if TYPE_CHECKING:  # data imports numpy only, but a JSON-reading command needs n
     from kdexport.data import Splits
 
 MODELS = ("teacher", "student")
+
+
+class Loaded(NamedTuple):
+    """A model of the run, loaded (an ``nn.Module`` in eval mode), with the artifact it came from."""
+
+    model: Any
+    artifact: Artifact
+
+
 STAGES = {  # folder -> (artifact kind, the command that makes it)
     "teacher": ("teacher", "kdexport train-teacher"),
     "student": ("student", "kdexport distill"),

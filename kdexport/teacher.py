@@ -23,10 +23,9 @@ from kdexport.evaluate import accuracy
 from kdexport.losses import Objective
 from kdexport.onnx_teacher import KINDS, OnnxModel, summary
 from kdexport.options import OneOf, Range, stage_options
-from kdexport.parallel import cluster, publish
 from kdexport.progress import quiet
-from kdexport.rundir import Run
-from kdexport.trainer import (
+from kdexport.rundir import Loaded, Run
+from kdexport.train.loop import (
     Augment,
     BatchSize,
     Device,
@@ -44,6 +43,7 @@ from kdexport.trainer import (
     predict,
     save_model,
 )
+from kdexport.train.parallel import cluster, publish
 from kdexport.zoo import create_model, is_model_file, load_checkpoint
 
 
@@ -65,7 +65,7 @@ def teacher_identity(art: Artifact) -> str:
     return f"{sha}:{view['output']}:{view['output_kind']}" if view else sha
 
 
-def load_teacher(run: Run) -> tuple[nn.Module, Artifact]:
+def load_teacher(run: Run) -> Loaded:
     """The trained (or imported) teacher of a run directory, in eval mode; an ONNX teacher reads
     the output its artifact recorded, as what it recorded (``teacher.output_kind`` resolved)."""
     art, splits = run.open("teacher"), run.splits()
@@ -81,9 +81,9 @@ def load_teacher(run: Run) -> tuple[nn.Module, Artifact]:
             output_kind=view.get("output_kind", "auto"),
             sample_shape=splits.input_shape,
         )
-        return model, art
+        return Loaded(model, art)
     model = create_model(spec, splits.num_classes, splits.input_shape[0])
-    return load_checkpoint(model, weights, spec), art
+    return Loaded(load_checkpoint(model, weights, spec), art)
 
 
 def build_teacher(opts: dict, splits: Splits) -> nn.Module:

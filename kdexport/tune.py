@@ -16,13 +16,13 @@ from kdexport import recipe as recipes
 from kdexport.artifact import Artifact, write_text
 from kdexport.distill import student_params, train_student
 from kdexport.errors import KdxError
-from kdexport.parallel import cluster, publish
 from kdexport.pipeline import load_recipe
-from kdexport.preflight import check_weighting
 from kdexport.progress import quiet
 from kdexport.rundir import Run
 from kdexport.teacher import load_teacher
-from kdexport.trainer import Session
+from kdexport.train.loop import Session
+from kdexport.train.parallel import cluster, publish
+from kdexport.train.preflight import check_weighting
 
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
 KD_WEIGHTS = (0.5, 0.9)
@@ -95,7 +95,7 @@ def tune(
             run.folder("tune"),
             "tune",
             params,
-            [teacher[1]],
+            [teacher.artifact],
             lambda w: w.checks.update(checks),
         )
     if c.main:

@@ -29,7 +29,7 @@ FAST_ARGS = [a for s in FAST for a in ("--set", s)]
 
 
 def _cuda_available() -> bool:
-    from kdexport.profiles import load_target
+    from kdexport.backends.profiles import load_target
 
     return load_target("ort-cuda").unavailable_reason() is None
 

@@ -564,7 +564,7 @@ def test_pipeline_fails_before_training(tmp_path):
 
 
 def test_unavailable_target(run_copy):
-    from kdexport.profiles import load_target
+    from kdexport.backends.profiles import load_target
 
     if load_target("ort-cuda").unavailable_reason() is None:
         pytest.skip("CUDA is available here")

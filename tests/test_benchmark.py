@@ -7,11 +7,11 @@ import onnx
 import pytest
 from conftest import kdx
 
-from kdexport.bench import median_ci95, pooled
 from kdexport.benchmark import benchmark
 from kdexport.compile import compile_targets
 from kdexport.onnxfile import make_model
 from kdexport.rundir import Run
+from kdexport.timing import median_ci95, pooled
 
 QUICK = {"warmup_iters": 1, "warmup_s": 0.0, "min_iters": 20, "min_time_s": 0.0, "rounds": 2}
 
@@ -88,7 +88,7 @@ def _identity(path, shape):
     ],
 )
 def test_benchmark_bad_input(tmp_path, shape, args, message):
-    from kdexport.profiles import load_target
+    from kdexport.backends.profiles import load_target
 
     if message is None:
         reason = load_target("ort-cuda").unavailable_reason()

@@ -3,10 +3,10 @@
 import pytest
 
 from kdexport.artifact import Artifact
+from kdexport.backends.profiles import builtin_names, load_target
 from kdexport.benchmark import benchmark
 from kdexport.compile import compile_targets
 from kdexport.errors import KdxError
-from kdexport.profiles import builtin_names, load_target
 from kdexport.rundir import Run
 
 AVAILABLE = [n for n in builtin_names() if load_target(n).unavailable_reason() is None]
@@ -98,7 +98,7 @@ def test_bad_profiles(tmp_path, profile, message):
 
 
 def test_bad_quantization_method(run_copy, tmp_path):
-    from kdexport.profiles import BUILTIN_DIR
+    from kdexport.backends.profiles import BUILTIN_DIR
 
     path = tmp_path / "bad-int8.toml"
     text = (BUILTIN_DIR / "ort-cpu-int8.toml").read_text()

@@ -19,10 +19,10 @@ from conformance.corpus import DATA, TARGETS, cases
 from conftest import fails, kdx
 
 from kdexport.backends import backend
+from kdexport.backends.profiles import load_target
 from kdexport.errors import KdxError
 from kdexport.feeds import parse_shapes, resolve
 from kdexport.onnxfile import check_onnx_file
-from kdexport.profiles import load_target
 
 CASES = {c.name: c for c in cases()}
 RUN = [

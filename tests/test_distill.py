@@ -14,7 +14,7 @@ from kdexport.errors import KdxError
 from kdexport.pipeline import load_recipe
 from kdexport.rundir import Run
 from kdexport.teacher import load_teacher, train_teacher
-from kdexport.trainer import AUTO_DEVICE_SHARE, Pool, _lr_factor, predict, shift
+from kdexport.train.loop import AUTO_DEVICE_SHARE, Pool, _lr_factor, predict, shift
 from kdexport.zoo import create_model
 
 TINY = [

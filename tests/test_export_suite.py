@@ -6,9 +6,9 @@ import pytest
 import torch
 from suite_models import SUITE
 
+from kdexport.backends.profiles import load_target
 from kdexport.compile import compile_model
 from kdexport.export import export_onnx, predict
-from kdexport.profiles import load_target
 
 pytestmark = pytest.mark.backends
 

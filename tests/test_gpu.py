@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from kdexport.backends import ort as ort_backend
-from kdexport.profiles import load_target
+from kdexport.backends.profiles import load_target
 
 REPO = Path(__file__).resolve().parents[1]
 CUDA_REASON = load_target("ort-cuda").unavailable_reason()
@@ -296,8 +296,8 @@ def test_fp16_conversion_keeps_float32_io(tiny_onnx, tmp_path):
     import onnx
     import onnxruntime as ort
 
+    from kdexport.backends.fp16 import convert
     from kdexport.evaluate import parity
-    from kdexport.fp16 import convert
 
     path, x, reference = tiny_onnx
     facts = convert(path, tmp_path / "s.fp16.onnx")  # passes onnx.checker (full check)
@@ -349,8 +349,8 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in {blocked}:
             raise ModuleNotFoundError(f"No module named '{{name}}' (blocked)")
 sys.meta_path.insert(0, Block())
-import kdexport.backends.ort, kdexport.benchmark, kdexport.bench, kdexport.distill
-import kdexport.evaluate, kdexport.export, kdexport.fp16, kdexport.profiles, kdexport.zoo
+import kdexport.backends.ort, kdexport.benchmark, kdexport.timing, kdexport.distill
+import kdexport.evaluate, kdexport.export, kdexport.backends.fp16, kdexport.backends.profiles, kdexport.zoo
 """
 
 
@@ -411,7 +411,7 @@ def test_fp16_with_float16_io_on_the_gpu(cuda, tiny_onnx, tmp_path):
 def test_batches_from_host_memory_come_through_pinned_buffers():
     import torch
 
-    from kdexport.trainer import Pool
+    from kdexport.train.loop import Pool
 
     if not torch.cuda.is_available():
         pytest.skip("PyTorch sees no CUDA GPU")

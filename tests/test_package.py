@@ -23,11 +23,13 @@ import pytest
 from conformance.corpus import cases
 from conftest import fails, kdx
 
-from kdexport import bench, bundle_runner
+from kdexport import timing as bench
 from kdexport.artifact import sha256
+from kdexport.bundle import runner as bundle_runner
+from kdexport.bundle.archive import MTIME, extract, verify
+from kdexport.bundle.fleet import import_results
 from kdexport.errors import KdxError
-from kdexport.fleet import import_results
-from kdexport.package import MTIME, extract, package, verify
+from kdexport.package import package
 
 BLOCKED = "torch,kdexport,onnx,sklearn,openvino,click,rich"
 # Runs run.py with the imports above failing, so that needing one of them fails the test.

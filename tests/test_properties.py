@@ -13,8 +13,8 @@ from hypothesis.configuration import set_hypothesis_home_dir
 
 from kdexport import recipe
 from kdexport.artifact import Artifact
+from kdexport.bundle.archive import verify
 from kdexport.errors import KdxError
-from kdexport.package import verify
 from kdexport.pipeline import SECTIONS, load_recipe
 
 # Hypothesis keeps a folder of its own (.hypothesis/ in the working folder by default): put it in

@@ -2,7 +2,7 @@
 
 import torch
 
-from kdexport.qat import fake_quantized
+from kdexport.train.qat import fake_quantized
 from kdexport.zoo import create_model
 
 

@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, i
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from suite_models import SUITE
 
+from kdexport.backends.profiles import load_target
 from kdexport.compile import compile_model
 from kdexport.errors import KdxError
 from kdexport.export import export_onnx, predict
 from kdexport.pipeline import distill_and_export
-from kdexport.profiles import load_target
 
 CPU_TARGETS = ("ort-cpu", "openvino-cpu")
 INT8_TARGETS = ("ort-cpu-int8", "openvino-cpu-int8")

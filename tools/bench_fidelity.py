@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, i
 import numpy as np
 
 from kdexport.artifact import Artifact
+from kdexport.backends.profiles import load_target
 from kdexport.benchmark import time_models
-from kdexport.bundle_runner import timed
+from kdexport.bundle.runner import timed
 from kdexport.pipeline import distill_and_export
-from kdexport.profiles import load_target
 
 OPTS = {
     "batch_sizes": [1],

@@ -47,7 +47,7 @@ import numpy as np
 
 GPU_TARGETS = ["ort-cuda", "ort-cuda-fp16", "ort-cuda-graph", "ort-tensorrt"]
 MODELS = {"teacher": "zoo:digits-cnn-large", "student": "zoo:digits-cnn-small"}
-GOALS = {  # issues 8 and 12; parity bars are the profiles' own bounds (kdexport.profiles.PARITY)
+GOALS = {  # issues 8 and 12; parity bars are the profiles' own bounds (kdexport.backends.profiles.PARITY)
     "fp32_parity": "ort-cuda",
     "fp16_parity": "ort-cuda-fp16",
     "student_batch1_p50_ms": {"ort-cuda": 0.2, "ort-cuda-graph": 0.035},
@@ -112,7 +112,7 @@ def environment() -> dict:
     import onnxruntime as ort
 
     from kdexport.backends import ort as backend
-    from kdexport.bench import fingerprint
+    from kdexport.timing import fingerprint
 
     cuda = torch.cuda.is_available()
     env = {
@@ -141,7 +141,7 @@ def environment() -> dict:
 
 
 def providers(names: list[str]) -> dict:
-    from kdexport.profiles import load_target
+    from kdexport.backends.profiles import load_target
 
     return {"targets": {n: {"unavailable": load_target(n).unavailable_reason()} for n in names}}
 
@@ -265,8 +265,8 @@ def reference_check(nets: dict, x: np.ndarray, device: str) -> tuple[dict, dict]
 def compile_check(target_name: str, work: Path, x: np.ndarray, ref: dict, ref_cpu: dict) -> dict:
     """Compile teacher and student for the target; parity against PyTorch; what ran them."""
     from kdexport.backends import backend
+    from kdexport.backends.profiles import load_target
     from kdexport.evaluate import parity
-    from kdexport.profiles import load_target
 
     target = load_target(target_name)
     module = backend(target.backend, target.name)
@@ -296,8 +296,8 @@ def compile_check(target_name: str, work: Path, x: np.ndarray, ref: dict, ref_cp
 
 def latency_check(target_name: str, compiled: dict, x: np.ndarray, timing: dict) -> dict:
     from kdexport.backends import backend
+    from kdexport.backends.profiles import load_target
     from kdexport.benchmark import time_models
-    from kdexport.profiles import load_target
 
     target = load_target(target_name)
     module = backend(target.backend, target.name)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Measure how far each reduced precision lands from PyTorch's fp32 outputs, to choose and check
-the parity bounds of kdexport.profiles.PARITY (|a - b| <= atol + rtol·|b|).
+the parity bounds of kdexport.backends.profiles.PARITY (|a - b| <= atol + rtol·|b|).
 
     .venv/bin/python tools/measure_parity_bounds.py --run runs/digits
 
@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from kdexport.backends import backend
+from kdexport.backends.fp16 import convert
+from kdexport.backends.profiles import PARITY, load_target
 from kdexport.distill import load_student
-from kdexport.fp16 import convert
 from kdexport.onnxfile import run_reference
 from kdexport.pipeline import load_recipe
-from kdexport.profiles import PARITY, load_target
 from kdexport.rundir import Run
 from kdexport.teacher import load_teacher
 

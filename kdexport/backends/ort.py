@@ -2,7 +2,7 @@
 
 The compiled form is the model after ONNX Runtime's graph optimisations at the profile's level,
 saved per target (``optimized_model_filepath``); the portable ONNX stays the canonical artifact.
-fp16 profiles first convert the model to float16 (``kdexport.fp16``; inputs and outputs stay
+fp16 profiles first convert the model to float16 (``kdexport.backends.fp16``; inputs and outputs stay
 float32 unless ``options.keep_io_types = false``) into NAME.fp16.onnx. TensorRT compiles nodes
 into engines when a session starts, which ONNX Runtime cannot save: its compiled form is the
 graph at the provider-independent "basic" level.
@@ -323,7 +323,7 @@ def compile(onnx_path: Path, out_dir: Path, name: str, target, calibration=None)
         raise KdxError(f"target '{target.name}': {problem}")
     source = onnx_path
     if target.precision == "int8":
-        from kdexport.quantize import quantize_onnx
+        from kdexport.backends.quantize import quantize_onnx
 
         source = out_dir / f"{name}.qdq.onnx"
         try:
@@ -337,7 +337,7 @@ def compile(onnx_path: Path, out_dir: Path, name: str, target, calibration=None)
                 f"({type(e).__name__}: {first}); leave {target.name} out of compile.targets"
             ) from None
     elif target.precision == "fp16":
-        from kdexport.fp16 import convert
+        from kdexport.backends.fp16 import convert
 
         source = out_dir / f"{name}.fp16.onnx"
         keep_io = target.options.get("keep_io_types", True)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kdexport.bench import measure, summarize
 from kdexport.errors import KdxError
+from kdexport.timing import measure, summarize
 
 ORT_METHODS = ("minmax", "entropy", "percentile")
 NNCF_PRESETS = ("performance", "mixed")

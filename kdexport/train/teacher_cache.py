@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from kdexport.artifact import atomic_file
 from kdexport.losses import LayerTap
 from kdexport.zoo import eval_mode
 
@@ -43,15 +42,8 @@ def _run(teacher: nn.Module, x: np.ndarray, tap: LayerTap | None, device: torch.
 
 
 def _save(path: Path, logits: np.ndarray, feature: np.ndarray | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, logits=logits, **({"feature": feature} if feature is not None else {}))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        np.savez(f, logits=logits, **({"feature": feature} if feature is not None else {}))
 
 
 def _load(path: Path, n: int, tap: LayerTap | None):

@@ -13,8 +13,8 @@ import importlib.metadata
 
 import numpy as np
 
-from kdexport import bundle_runner
-from kdexport.bundle_runner import measure, summarize, timed
+from kdexport.bundle import runner as bundle_runner
+from kdexport.bundle.runner import measure, summarize, timed
 
 METHOD = (
     "inputs bound once (ONNX Runtime IO binding / OpenVINO shared-memory tensor), synchronous "

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kdexport import bundle_runner
 from kdexport.artifact import write_text
+from kdexport.bundle import runner as bundle_runner
 from kdexport.errors import KdxError
 from kdexport.report import markdown_table
 

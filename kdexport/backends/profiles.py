@@ -77,7 +77,7 @@ class Target:
 
 # The built-in profiles sit beside this module: one lookup for a source tree, an editable
 # install and a wheel (which ships them as package data).
-BUILTIN_DIR = Path(__file__).resolve().parent / "targets"
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
 
 
 def builtin_names() -> list[str]:

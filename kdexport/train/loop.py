@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,12 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdexport.artifact import atomic_file
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy
 from kdexport.losses import LayerTap, Objective, first_non_finite
 from kdexport.options import OneOf, Range
-from kdexport.parallel import DEVICES, PRECISIONS, Cluster, autocast, check_precision
 from kdexport.progress import Progress
+from kdexport.train.parallel import DEVICES, PRECISIONS, Cluster, autocast, check_precision
 from kdexport.zoo import eval_mode
 
 SCHEDULES = ("cosine", "step")
@@ -212,10 +212,8 @@ class _State:
             "stale": self.stale,
             "history": self.history,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as f:
+            torch.save(state, f)
 
     def restore(self, path: Path, job: Job, identity: dict, device: torch.device) -> None:
         try:

@@ -1,0 +1,2 @@
+"""Edge bundles: the device runner (``runner.py``, shipped as ``run.py``), the archive format,
+and fleets of devices' results."""
