@@ -11,14 +11,10 @@ from __future__ import annotations
 import statistics
 
 from kdexport.artifact import Artifact
-from kdexport.distill import student_params, train_student
-from kdexport.errors import KdxError
+from kdexport.distill import study
 from kdexport.evaluate import accuracy
-from kdexport.progress import quiet
 from kdexport.rundir import Run
-from kdexport.teacher import load_teacher
-from kdexport.train.loop import Session, predict
-from kdexport.train.parallel import cluster, publish
+from kdexport.train.loop import predict
 
 MODES = ("kd", "scratch")
 
@@ -49,18 +45,14 @@ def _figures(runs: dict, teacher_accuracy: float, seeds: list[int]) -> dict:
 def kd_vs_scratch(run: Run, distill_options: dict, seeds: int = 3) -> Artifact:
     """Train the student of ``distill_options`` with KD and from scratch for ``seeds`` seeds
     (distill.seed, +1, ...), alternating; record test accuracy and epoch times in RUN/baseline."""
-    if seeds < 1:
-        raise KdxError(f"--seeds {seeds}: give at least 1")
-    splits, progress = run.splits(), run.progress
-    teacher = load_teacher(run)
+    splits = run.splits()
     seed_list = [distill_options["seed"] + i for i in range(seeds)]
     runs = {m: {"test_accuracy": [], "val_accuracy": [], "train_s": []} for m in MODES}
-    with cluster(distill_options["device"]) as c:
+    with study(run, "baseline", distill_options, seeds) as s:
         for seed in seed_list:
             for mode in MODES:
-                session = Session(f"{mode} seed {seed}", progress if c.main else quiet, c)
                 opts = {**distill_options, "seed": seed}
-                net, history = train_student(run, teacher, opts, session, mode == "scratch")
+                net, history = s.train(f"{mode} seed {seed}", opts, mode == "scratch")
                 runs[mode]["test_accuracy"].append(
                     accuracy(predict(net, splits.x_test), splits.y_test)
                 )
@@ -68,13 +60,5 @@ def kd_vs_scratch(run: Run, distill_options: dict, seeds: int = 3) -> Artifact:
                     accuracy(predict(net, splits.x_val), splits.y_val)
                 )
                 runs[mode]["train_s"] += [h["train_s"] for h in history]
-        params = {**student_params(distill_options, run.data, splits), "seeds": seeds}
-        figures = _figures(runs, teacher.artifact.checks["test_accuracy"], seed_list)
-        return publish(
-            c,
-            run.folder("baseline"),
-            "baseline",
-            params,
-            [teacher.artifact],
-            lambda w: w.checks.update(figures),
-        )
+        teacher_accuracy = s.teacher.artifact.checks["test_accuracy"]
+        return s.publish(_figures(runs, teacher_accuracy, seed_list))

@@ -466,9 +466,9 @@ def compare_cmd(run_a, run_b, as_json):
     """Show two complete runs side by side (e.g. the same recipe on two machines)."""
     from rich.table import Table
 
-    from kdexport.compare import compare
+    from kdexport.compare import compare_runs
 
-    result = compare(run_a, run_b)
+    result = compare_runs(run_a, run_b)
     table = Table(*result["header"], title=f"A = {run_a}   B = {run_b}")
     for row in result["rows"]:
         table.add_row(*row)

@@ -42,7 +42,7 @@ def _cell(value, fmt: str) -> str:
     return format(value, fmt) if isinstance(value, int | float) else "-"
 
 
-def compare(run_a: str | Path, run_b: str | Path) -> dict:
+def compare_runs(run_a: str | Path, run_b: str | Path) -> dict:
     """Rows for every target and model in either run, and both runs' machines."""
     a, b = run_figures(run_a), run_figures(run_b)
     rows = []

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
@@ -50,7 +52,7 @@ from kdexport.train.loop import (
     identity_of,
     save_model,
 )
-from kdexport.train.parallel import cluster, publish
+from kdexport.train.parallel import Cluster, cluster, publish
 from kdexport.train.preflight import check_models, check_weighting
 from kdexport.train.qat import fake_quantized
 from kdexport.train.teacher_cache import cache_key, teacher_outputs
@@ -203,3 +205,38 @@ def distill(
             save_model(writer, net.cpu(), splits, history)
 
         return publish(c, run.folder("student"), "student", params, [teacher_art], fill)
+
+
+@dataclass
+class Study:
+    """Several students trained against the run's teacher under one cluster (a search, or KD
+    against scratch), recorded together as one artifact of ``kind``."""
+
+    run: Run
+    kind: str
+    teacher: Loaded
+    cluster: Cluster
+    params: dict
+
+    def train(self, label: str, opts: dict, scratch: bool = False) -> tuple[nn.Module, list]:
+        progress = self.run.progress if self.cluster.main else quiet
+        session = Session(label, progress, self.cluster)
+        return train_student(self.run, self.teacher, opts, session, scratch)
+
+    def publish(self, checks: dict) -> Artifact:
+        folder = self.run.folder(self.kind)
+        parents = [self.teacher.artifact]
+        return publish(
+            self.cluster, folder, self.kind, self.params, parents, lambda w: w.checks.update(checks)
+        )
+
+
+@contextlib.contextmanager
+def study(run: Run, kind: str, distill_options: dict, seeds: int) -> Iterator[Study]:
+    """A ``Study`` of students with ``distill_options`` over ``seeds`` seeds each."""
+    if seeds < 1:
+        raise KdxError(f"--seeds {seeds}: give at least 1")
+    teacher = load_teacher(run)
+    params = {**student_params(distill_options, run.data, run.splits()), "seeds": seeds}
+    with cluster(distill_options["device"]) as c:
+        yield Study(run, kind, teacher, c, params)

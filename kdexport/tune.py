@@ -14,14 +14,10 @@ from pathlib import Path
 
 from kdexport import recipe as recipes
 from kdexport.artifact import Artifact, write_text
-from kdexport.distill import student_params, train_student
+from kdexport.distill import study
 from kdexport.errors import KdxError
 from kdexport.pipeline import load_recipe
-from kdexport.progress import quiet
 from kdexport.rundir import Run
-from kdexport.teacher import load_teacher
-from kdexport.train.loop import Session
-from kdexport.train.parallel import cluster, publish
 from kdexport.train.preflight import check_weighting
 
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
@@ -63,21 +59,15 @@ def tune(
 ) -> Artifact:
     """Search ``temperatures`` x ``kd_weights``; write RUN/tune and the winner into the recipe."""
     _check_grid(temperatures, kd_weights, distill_options["weighting"])
-    if seeds < 1:
-        raise KdxError(f"--seeds {seeds}: give at least 1")
-    splits, progress = run.splits(), run.progress
-    teacher = load_teacher(run)
     trials = []
-    with cluster(distill_options["device"]) as c:
+    with study(run, "tune", distill_options, seeds) as s:
         for t, w in itertools.product(temperatures, kd_weights):
             kept = []
             for i in range(seeds):
                 opts = {**distill_options, "temperature": float(t), "kd_weight": float(w)}
                 opts["seed"] += i
-                session = Session(
-                    f"T={t:g} w={w:g} seed {opts['seed']}", progress if c.main else quiet, c
-                )
-                kept.append(_best_epoch(train_student(run, teacher, opts, session)[1]))
+                history = s.train(f"T={t:g} w={w:g} seed {opts['seed']}", opts)[1]
+                kept.append(_best_epoch(history))
             trials.append(
                 {
                     "temperature": float(t),
@@ -88,16 +78,10 @@ def tune(
                 }
             )
         best = max(trials, key=lambda r: (r["val_accuracy"], -r["val_nll"]))
-        params = {**student_params(distill_options, run.data, splits), "seeds": seeds}
-        checks = {"trials": trials, "best": best, "score": "mean validation accuracy, then NLL"}
-        art = publish(
-            c,
-            run.folder("tune"),
-            "tune",
-            params,
-            [teacher.artifact],
-            lambda w: w.checks.update(checks),
+        art = s.publish(
+            {"trials": trials, "best": best, "score": "mean validation accuracy, then NLL"}
         )
-    if c.main:
+        main = s.cluster.main
+    if main:
         _record(run.path, best)
     return art
