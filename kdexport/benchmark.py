@@ -193,7 +193,7 @@ def settings(opts: dict) -> dict:
         try:
             pin(cpus)
         except ValueError as e:
-            raise KdxError(f"benchmark.cpus: {e}") from None
+            raise KdxError(f"--cpus (benchmark.cpus): {e}") from None
     return {
         "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "pinned": bool(cpus),

@@ -661,7 +661,8 @@ def parse_cpus(text: str) -> set:
     missing = sorted(cpus - have)
     if missing:
         raise ValueError(
-            f"CPUs {text}: this machine has no CPU {missing[0]} (it has 0-{max(have)})"
+            f"'{text}' names CPU {missing[0]}, which this machine does not have (it has "
+            f"0-{max(have)}); give e.g. 0 or 0-{max(have)}"
         )
     return cpus
 
@@ -916,7 +917,7 @@ def _bench_command(root: Path, args) -> dict:
         try:
             opts["cpus"] = pin(args.cpus)
         except ValueError as e:
-            raise BundleError(f"--cpus {e}") from None
+            raise BundleError(f"--cpus: {e}") from None
     result = bench(root, opts)
     # Beside the bundle folder by default: a file inside it would fail the next verify.
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in opts["device"])
