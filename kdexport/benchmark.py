@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +30,17 @@ from kdexport.feeds import Feed, Inputs, resolve
 from kdexport.onnxfile import check_onnx_file
 from kdexport.options import Range, stage_options
 from kdexport.rundir import MODELS, Run
-from kdexport.timing import METHOD, fingerprint, measure, pooled
+from kdexport.timing import (
+    METHOD,
+    available_cpus,
+    fingerprint,
+    measure_rounds,
+    noise_summary,
+    paired,
+    pin,
+    pooled,
+    unstable_reasons,
+)
 
 QUICK = {
     "warmup_iters": 2,
@@ -65,28 +76,53 @@ def time_models(
     """
     inputs = x if callable(x) else (lambda size: _batch(x, size))
     result: dict[str, dict] = {n: {"latency": {}} for n in loaders}
-    e2e_opts = {**opts, "min_time_s": opts["min_time_s"] / 2}
+    e2e_opts = {**opts, "min_time_s": opts["min_time_s"] / 2, "until_stable_s": 0}
+    pairs: dict[str, dict] = {}
     for size in opts["batch_sizes"]:
         xb = inputs(size)
         bound: dict[str, list] = {n: [] for n in loaders}
         e2e: dict[str, list] = {n: [] for n in loaders}
+        noise: list[dict] = []
         for _ in range(opts["repeats"]):
             runners = {}
             for n, load in loaders.items():
                 runners[n], cold = _cold_start(load, inputs(1))
                 result[n].setdefault("cold_start", cold)
                 result[n].setdefault("runtime", runners[n].info)
-            for n, samples in measure({n: r.bind(xb) for n, r in runners.items()}, opts).items():
-                bound[n].append(samples)
+            timed = measure_rounds({n: r.bind(xb) for n, r in runners.items()}, opts)
+            noise += timed["noise"]
+            for n, rounds in timed["samples"].items():
+                bound[n].append(rounds)
             calls = {n: (lambda r=r, xb=xb: r.run(xb)) for n, r in runners.items()}
-            for n, samples in measure(calls, e2e_opts).items():
-                e2e[n].append(samples)
+            for n, rounds in measure_rounds(calls, e2e_opts)["samples"].items():
+                e2e[n].append(rounds)
         for n in loaders:
-            stats = pooled(bound[n])
+            stats = pooled(bound[n], noise)
             stats["throughput_per_s"] = size * 1000.0 / stats["p50_ms"]
             stats["end_to_end"] = pooled(e2e[n])
             result[n]["latency"][str(size)] = stats
+        if len(loaders) == 2:
+            a, b = (result[n]["latency"][str(size)]["round_medians_ms"] for n in loaders)
+            pairs[str(size)] = {**paired(a, b), "noise": noise_summary(noise)}
+    if pairs:
+        result["ratios"] = pairs  # first model / second, per round (``timing.paired``)
     return result
+
+
+def speedup(result: dict) -> dict:
+    """Teacher / student per batch size: the median of per-round ratios, its IQR, and why it
+    is unstable (others' CPU share, or the ratios spread wider than ``SPREAD_BOUND``)."""
+    out = {}
+    for size, r in result["ratios"].items():
+        reasons = unstable_reasons(r["noise"], r["rel_iqr"])
+        out[size] = {
+            "ratio": r["ratio"],
+            "iqr": r["iqr"],
+            "rounds": r["rounds"],
+            "unstable": bool(reasons),
+            "unstable_reasons": reasons,
+        }
+    return out
 
 
 def peak_memory(path: Path, target: Target, batch: np.ndarray | Feed) -> dict:
@@ -136,6 +172,36 @@ def _memory_child(path: str, target_json: str, folder: str) -> None:
     )
 
 
+THREAD_OPTION = {"ort": "intra_op_threads", "openvino": "inference_num_threads"}
+
+
+def with_threads(target: Target, threads: int) -> Target:
+    """The target with its runtime's thread count set explicitly: ``threads``, else the
+    profile's own, else one per CPU this process may use (never the runtime's "0 = all")."""
+    key = THREAD_OPTION.get(target.backend)
+    if key is None:
+        return target
+    count = threads or int(target.options.get(key, 0)) or available_cpus()
+    return replace(target, options={**target.options, key: count})
+
+
+def settings(opts: dict) -> dict:
+    """Pin to ``opts["cpus"]`` (if given) and say what both sides of every comparison run
+    with: the CPUs, the thread count (resolved) and whether rounds go on until stable."""
+    cpus = opts.get("cpus") or ""
+    if cpus:
+        try:
+            pin(cpus)
+        except ValueError as e:
+            raise KdxError(f"--cpus (benchmark.cpus): {e}") from None
+    return {
+        "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "pinned": bool(cpus),
+        "threads": opts.get("threads") or available_cpus(),
+        "until_stable_s": opts.get("until_stable_s", 0),
+    }
+
+
 def _bench_target(compiled: Artifact, target: Target, x: np.ndarray, opts: dict) -> dict:
     """Time the target's shipped models (an INT8 model that failed its gate is not there)."""
     module = backend(target.backend, target.name)
@@ -143,17 +209,17 @@ def _bench_target(compiled: Artifact, target: Target, x: np.ndarray, opts: dict)
     paths = {
         m: compiled.path / target.name / entries[m]["file"] for m in MODELS if entries[m]["shipped"]
     }
-    result = time_models(
-        {m: (lambda p=p: module.load(p, target)) for m, p in paths.items()}, x, opts
-    )
+    target = with_threads(target, opts["threads"])
+    loaders = {m: (lambda p=paths[m]: module.load(p, target)) for m in MODELS if m in paths}
+    result = time_models(loaders, x, opts)
     if opts["memory"]:
         for m, p in paths.items():
             result[m]["memory"] = peak_memory(p, target, _batch(x, 1))
     if len(paths) == len(MODELS):
-        result["speedup"] = {
-            s: result["teacher"]["latency"][s]["p50_ms"] / result["student"]["latency"][s]["p50_ms"]
-            for s in result["student"]["latency"]
-        }
+        detail = speedup(result)
+        result["speedup"] = {s: d["ratio"] for s, d in detail.items()}
+        result["speedup_detail"] = detail
+    result.pop("ratios", None)
     return result
 
 
@@ -168,11 +234,30 @@ def benchmark(
     rounds: Annotated[int, Range(1)] = 5,
     repeats: Annotated[int, Range(1, 100)] = 2,
     memory: bool = True,
+    threads: Annotated[int, Range(0, 1024)] = 0,
+    cpus: str = "",
+    until_stable_s: Annotated[float, Range(0.0)] = 0.0,
+    stable_bound: Annotated[float, Range(0.0)] = 0.05,
 ) -> Artifact:
-    """Measure teacher and student on every compiled target; writes RUN/benchmark."""
+    """Measure teacher and student on every compiled target; writes RUN/benchmark.
+
+    ``threads``: the runtimes' intra-op threads (0: one per CPU this process may use, resolved
+    and recorded); ``cpus``: pin to these CPUs ("0", "0-1"); ``until_stable_s``: go on with
+    rounds, up to this many seconds, until the speed-up's IQR is under ``stable_bound`` of it.
+    """
     if not batch_sizes:
         raise KdxError("benchmark.batch_sizes is empty; give at least one, e.g. [1, 64]")
     opts = stage_options(benchmark, locals())
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        return _benchmark(run, opts)
+    finally:
+        if affinity is not None and opts["cpus"]:
+            os.sched_setaffinity(0, affinity)  # pinned for this stage only
+
+
+def _benchmark(run: Run, opts: dict) -> Artifact:
+    fixed = settings(opts)
     compiled, exported = run.open("compile"), run.open("export")
     with np.load(exported.file("io_sample.npz")) as f:
         x = f["x"]
@@ -180,7 +265,7 @@ def benchmark(
         n for n, t in compiled.checks["targets"].items() if any(t[m]["shipped"] for m in MODELS)
     ]
     with Artifact.create(run.folder("benchmark"), "benchmark", opts, [compiled]) as w:
-        w.checks.update(method=METHOD, environment=fingerprint(), targets={})
+        w.checks.update(method=METHOD, environment=fingerprint(), settings=fixed, targets={})
         for i, name in enumerate(names):
             target = Target.from_dict(compiled.checks["targets"][name]["profile"])
             w.checks["targets"][name] = _bench_target(compiled, target, x, opts)
@@ -224,6 +309,7 @@ def benchmark_onnx(
     inputs = resolve(facts, given, path.name)
     opts = {**opts, "batch_sizes": _batch_sizes(inputs, path.name, opts, batch_sizes_given)}
     results = {"model": str(path), "method": METHOD, "environment": fingerprint(), "targets": {}}
+    results["settings"] = settings(opts)
     results["inputs"] = {
         n: {"dtype": inputs.dtypes[n], "shape": s} for n, s in inputs.shapes.items()
     }
@@ -235,6 +321,7 @@ def benchmark_onnx(
             raise KdxError(
                 f"target '{target.name}' needs calibration data: benchmark a run directory instead"
             )
+        target = with_threads(target, opts.get("threads", 0))
         results["targets"][target.name] = _time_file(path, target, inputs, opts)
     return results
 

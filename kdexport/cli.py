@@ -306,17 +306,27 @@ def _latency_lines(checks: dict) -> list[str]:
     lines = []
     for target, entry in checks["targets"].items():
         for model, result in entry.items():
-            if model == "speedup":
+            if model.startswith("speedup"):
                 continue
             for size, st in result["latency"].items():
                 lo, hi = st["p50_ci95_ms"]
-                flag = "  UNSTABLE (repeats differ by more than 5%)" if st["unstable"] else ""
+                why = "; ".join(st.get("unstable_reasons", []))
+                flag = f"  UNSTABLE ({why})" if st["unstable"] else ""
                 lines.append(
                     f"{target} {model} batch {size}: p50 {st['p50_ms']:.4f} ms (95% CI {lo:.4f}-{hi:.4f}), "
                     f"p90 {st['p90_ms']:.4f} ms, {st['throughput_per_s']:,.0f} samples/s{flag}"
                 )
-        for size, speedup in entry.get("speedup", {}).items():
-            lines.append(f"{target} batch {size}: student speed-up {speedup:.1f}x")
+        for size, d in entry.get("speedup_detail", {}).items():
+            why = "; ".join(d["unstable_reasons"])
+            lines.append(
+                f"{target} batch {size}: student speed-up {d['ratio']:.2f}x (median of "
+                f"{d['rounds']} per-round ratios, IQR {d['iqr'][0]:.2f}-{d['iqr'][1]:.2f})"
+                + (f"  UNSTABLE ({why})" if d["unstable"] else "")
+            )
+    settings = checks.get("settings")
+    if settings:
+        pinned = f", pinned to CPUs {settings['cpus']}" if settings["pinned"] else ""
+        lines.append(f"settings: {settings['threads']} intra-op threads{pinned}")
     return lines
 
 
@@ -343,16 +353,53 @@ def _latency_lines(checks: dict) -> list[str]:
 @click.option(
     "--quick", is_flag=True, help="Few iterations, one repeat, no memory probe: a smoke test."
 )
+@click.option(
+    "--threads",
+    type=int,
+    help="Intra-op threads for every model (default: one per CPU we may use; recorded).",
+)
+@click.option("--cpus", help="Pin to these CPUs, e.g. 0 or 0-1 (the same for every model).")
+@click.option(
+    "--until-stable",
+    type=float,
+    metavar="SECONDS",
+    help="Repeat rounds, up to SECONDS per comparison, until the speed-up's IQR is under 5%.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON line last.")
-def benchmark_cmd(source, recipe, overrides, targets, shapes, batch_sizes, quick, as_json):
+def benchmark_cmd(
+    source,
+    recipe,
+    overrides,
+    targets,
+    shapes,
+    batch_sizes,
+    quick,
+    threads,
+    cpus,
+    until_stable,
+    as_json,
+):
     """Time models: a run directory's teacher and student on every compiled target, or any
     ONNX file (`kdexport benchmark model.onnx --target openvino-cpu`)."""
     from kdexport.benchmark import QUICK, benchmark, benchmark_onnx
     from kdexport.feeds import parse_shapes
     from kdexport.pipeline import load_recipe, prepare_run
     from kdexport.rundir import Run
+    from kdexport.timing import parse_cpus
 
+    if until_stable is not None and until_stable <= 0:
+        raise KdxError(f"--until-stable {until_stable:g}: give a time limit in seconds above 0")
+    if threads is not None and threads < 1:
+        raise KdxError(f"--threads {threads}: give 1 or more (leave it out for one per CPU)")
+    if cpus:
+        try:
+            parse_cpus(cpus)
+        except ValueError as e:
+            raise KdxError(f"--cpus {e}") from None
     extra = [f"benchmark.batch_sizes=[{batch_sizes}]"] if batch_sizes else []
+    extra += [f"benchmark.threads={threads}"] if threads else []
+    extra += [f"benchmark.cpus={json.dumps(cpus)}"] if cpus else []
+    extra += [f"benchmark.until_stable_s={until_stable}"] if until_stable else []
     extra += [f"benchmark.{k}={json.dumps(v)}" for k, v in QUICK.items()] if quick else []
     if source.endswith(".onnx"):
         r = load_recipe(recipe, (*extra, *overrides))
@@ -461,14 +508,22 @@ def import_results_cmd(results, out, as_json):
 @cli.command("compare")
 @click.argument("run_a", type=click.Path(file_okay=False))
 @click.argument("run_b", type=click.Path(file_okay=False))
+@click.option(
+    "--allow-different-settings",
+    is_flag=True,
+    help="Compare runs benchmarked with other thread or CPU settings (with a warning).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON line last.")
-def compare_cmd(run_a, run_b, as_json):
-    """Show two complete runs side by side (e.g. the same recipe on two machines)."""
+def compare_cmd(run_a, run_b, allow_different_settings, as_json):
+    """Show two complete runs side by side (e.g. the same recipe on two machines), and whether
+    each figure differs beyond the two runs' measured spread."""
     from rich.table import Table
 
     from kdexport.compare import compare_runs
 
-    result = compare_runs(run_a, run_b)
+    result = compare_runs(run_a, run_b, allow_different_settings)
+    for line in result["warnings"]:
+        click.echo(f"warning: {line}", err=True)
     table = Table(*result["header"], title=f"A = {run_a}   B = {run_b}")
     for row in result["rows"]:
         table.add_row(*row)

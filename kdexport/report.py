@@ -34,6 +34,10 @@ def _model_figures(exported: dict, compiled: dict, benched: dict | None) -> dict
         **figs,
         "p50_ms": batch1["p50_ms"],
         "p90_ms": batch1["p90_ms"],
+        "p50_ci95_ms": batch1.get("p50_ci95_ms"),
+        "round_medians_ms": batch1.get("round_medians_ms"),
+        "unstable": batch1.get("unstable", False),
+        "unstable_reasons": batch1.get("unstable_reasons", []),
         "size_bytes": compiled["size_bytes"],
         "latency": benched["latency"],
         "cold_start": benched["cold_start"],
@@ -54,6 +58,8 @@ def figures(run_dir: str | Path) -> dict:
         by_batch = b.get("speedup", {})  # teacher p50 / student p50, from benchmark
         entry["speedup"] = by_batch.get("1", next(iter(by_batch.values()), None))
         entry["speedup_by_batch"] = by_batch
+        detail = b.get("speedup_detail", {})  # median of per-round ratios, IQR, unstable
+        entry["speedup_detail"] = detail.get("1", next(iter(detail.values()), None))
         targets[name] = entry
     return {
         "run_dir": str(run_dir),
@@ -68,10 +74,21 @@ def figures(run_dir: str | Path) -> dict:
         else None,
         "benchmark_method": bench["method"],
         "environment": bench["environment"],
+        "benchmark_settings": bench.get("settings"),
     }
 
 
-def _row(target: str, model: str, f: dict, speedup: float | None) -> list[str]:
+def speedup_cell(speedup: float | None, detail: dict | None) -> str:
+    """'3.1x (IQR 2.9-3.3)', with 'unstable' when the measurement was."""
+    if not speedup:
+        return ""
+    if not detail:
+        return f"{speedup:.1f}x"
+    lo, hi = detail["iqr"]
+    return f"{speedup:.2f}x ({lo:.2f}-{hi:.2f})" + (" unstable" if detail["unstable"] else "")
+
+
+def _row(target: str, model: str, f: dict, speedup: str) -> list[str]:
     head = [
         target,
         model,
@@ -90,7 +107,7 @@ def _row(target: str, model: str, f: dict, speedup: float | None) -> list[str]:
         f"{f['p50_ms']:.3f}",
         f"{f['p90_ms']:.3f}",
         f"{f['latency'][big]['throughput_per_s']:,.0f}",
-        f"{speedup:.1f}x" if model == "student" and speedup else "",
+        speedup if model == "student" else "",
     ]
 
 
@@ -112,7 +129,8 @@ def detail_rows(figs: dict) -> list[list[str]]:
                         f"{lo:.4f}-{hi:.4f}",
                         f"{st['p90_ms']:.4f}",
                         f"{st['p99_ms']:.4f}",
-                        f"{st['repeat_cv']:.1%}" + (" unstable" if st["unstable"] else ""),
+                        f"{st.get('round_spread', st['repeat_cv']):.1%}"
+                        + (" unstable" if st["unstable"] else ""),
                         f"{st['end_to_end']['p50_ms']:.4f}",
                         f"{f['cold_start']['load_s'] * 1000:.1f}",
                         f"{mem:.0f}" if mem else "-",
@@ -129,7 +147,7 @@ DETAIL_HEADER = [
     "p50 95% CI",
     "p90 ms",
     "p99 ms",
-    "repeat spread",
+    "round spread (IQR/median)",
     "end-to-end p50 ms",
     "load ms",
     "peak RSS MB",
@@ -138,7 +156,11 @@ DETAIL_HEADER = [
 
 def rows(figs: dict) -> list[list[str]]:
     """The report table: one row per target and model."""
-    return [_row(t, m, e[m], e["speedup"]) for t, e in figs["targets"].items() for m in MODELS]
+    return [
+        _row(t, m, e[m], speedup_cell(e["speedup"], e.get("speedup_detail")))
+        for t, e in figs["targets"].items()
+        for m in MODELS
+    ]
 
 
 def notes(figs: dict) -> list[str]:
@@ -157,6 +179,12 @@ def notes(figs: dict) -> list[str]:
                     f"{target}/{m}: {verdict}, {f['reason']} (accuracy drop {f['accuracy_drop_points']:.2f} "
                     f"points, int8/fp32 p50 {f['latency_ratio']:.2f})"
                 )
+        for m in MODELS:
+            if entry[m].get("unstable_reasons"):
+                why = "; ".join(entry[m]["unstable_reasons"])
+                out.append(f"{target}/{m}: latency unstable: {why}")
+        if (d := entry.get("speedup_detail")) and d["unstable"]:
+            out.append(f"{target}: speed-up unstable: {'; '.join(d['unstable_reasons'])}")
     out += [f"skipped {name}: {reason}" for name, reason in figs["skipped_targets"].items()]
     return out
 
@@ -173,7 +201,7 @@ HEADER = [
     "p50 ms (b=1)",
     "p90 ms (b=1)",
     "samples/s (largest batch)",
-    "speed-up",
+    "speed-up (IQR)",
 ]
 
 
@@ -216,10 +244,18 @@ def markdown(figs: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
         + ".",
         f"Latency method: {figs['benchmark_method']}.",
+        *_settings_line(figs.get("benchmark_settings")),
         "",
     ]
     lines += distillation_markdown(figs["distillation"], figs["run_dir"])
     return "\n".join(lines)
+
+
+def _settings_line(st: dict | None) -> list[str]:
+    if not st:
+        return []
+    pinned = f"pinned to CPUs {st['cpus']}" if st.get("pinned") else "not pinned"
+    return [f"Settings: {st['threads']} intra-op threads, {pinned}."]
 
 
 def report(run: Run, wall_s: float | None = None) -> dict:

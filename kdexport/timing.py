@@ -3,8 +3,12 @@
 Method (as OpenVINO's ``benchmark_app``): inputs bound once outside the timed loop, warm-up by
 iterations and time, then at least ``min_iters`` iterations and ``min_time_s`` seconds per model.
 Models compared are measured interleaved, in ``rounds`` alternating slices, so a drift in the
-machine's speed hits both. Each measurement is repeated with fresh sessions; a spread of the
-repeats' medians over 5% flags the figure as unstable.
+machine's speed hits both; a comparison is the median of the per-round ratios with their
+interquartile range (``paired``), never a ratio of two separate medians. Each measurement is
+repeated with fresh sessions. The noise monitor (``read_noise``: load average, other processes'
+share of the CPUs from /proc/stat, CPU frequency, throttling) is sampled around every round; a
+figure is unstable, with its reasons, when others used over 20% of the CPUs, its rounds spread
+over 10% (IQR / median), or its repeats' medians over 5%.
 """
 
 from __future__ import annotations
@@ -14,7 +18,21 @@ import importlib.metadata
 import numpy as np
 
 from kdexport.bundle import runner as bundle_runner
-from kdexport.bundle.runner import measure, summarize, timed
+from kdexport.bundle.runner import (
+    available_cpus,
+    measure,
+    measure_rounds,
+    noise_between,
+    noise_summary,
+    paired,
+    parse_cpus,
+    pin,
+    read_noise,
+    round_spread,
+    summarize,
+    timed,
+    unstable_reasons,
+)
 
 METHOD = (
     "inputs bound once (ONNX Runtime IO binding / OpenVINO shared-memory tensor), synchronous "
@@ -26,7 +44,25 @@ UNSTABLE_CV = 0.05  # repeats whose medians spread more than this are flagged
 
 # The timing loop itself lives in the bundle runner, which must run on devices with only numpy
 # and onnxruntime: one copy of the method serves the workstation and the device.
-__all__ = ["METHOD", "fingerprint", "measure", "median_ci95", "pooled", "summarize", "timed"]
+__all__ = [
+    "METHOD",
+    "available_cpus",
+    "fingerprint",
+    "measure",
+    "measure_rounds",
+    "median_ci95",
+    "noise_between",
+    "noise_summary",
+    "paired",
+    "parse_cpus",
+    "pin",
+    "pooled",
+    "read_noise",
+    "round_spread",
+    "summarize",
+    "timed",
+    "unstable_reasons",
+]
 
 
 def median_ci95(ms: list[float]) -> tuple[float, float]:
@@ -39,18 +75,32 @@ def median_ci95(ms: list[float]) -> tuple[float, float]:
     return float(a[max(lo, 0)]), float(a[min(hi, n - 1)])
 
 
-def pooled(repeats: list[list[float]]) -> dict:
-    """Statistics of all repeats' samples, the repeats' medians, their spread and the CI."""
-    stats = summarize([v for r in repeats for v in r])
-    medians = [float(np.median(r)) for r in repeats]
+def pooled(repeats: list[list[list[float]]], noise: list[dict] | None = None) -> dict:
+    """Statistics of all repeats' samples (each repeat a list of rounds, each round a list of
+    samples), the repeats' and the rounds' medians, their spread, the CI, and whether the figure
+    is unstable (``unstable_reasons``: the reasons, empty when it is not). A repeat given as a
+    flat list of samples is one round."""
+    repeats = [r if r and isinstance(r[0], list) else [r] for r in repeats]
+    flat = [v for rep in repeats for rnd in rep for v in rnd]
+    stats = summarize(flat)
+    medians = [float(np.median([v for rnd in rep for v in rnd])) for rep in repeats]
     spread = float(np.std(medians) / np.mean(medians)) if len(medians) > 1 else 0.0
-    lo, hi = median_ci95([v for r in repeats for v in r])
+    rounds = [float(np.median(rnd)) for rep in repeats for rnd in rep]
+    lo, hi = median_ci95(flat)
+    quiet = noise_summary(noise or [])
+    reasons = unstable_reasons(quiet, round_spread(rounds))
+    if spread > UNSTABLE_CV:
+        reasons.append(f"repeats' medians spread {spread:.0%} (bound {UNSTABLE_CV:.0%})")
     return {
         **stats,
         "p50_ci95_ms": [lo, hi],
         "repeat_medians_ms": medians,
         "repeat_cv": spread,
-        "unstable": spread > UNSTABLE_CV,
+        "round_medians_ms": rounds,
+        "round_spread": round_spread(rounds),
+        "noise": quiet,
+        "unstable": bool(reasons),
+        "unstable_reasons": reasons,
     }
 
 

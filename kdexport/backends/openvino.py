@@ -13,6 +13,7 @@ import numpy as np
 import openvino as ov
 
 from kdexport.errors import KdxError
+from kdexport.timing import available_cpus
 
 RUNTIME = "OpenVINO"
 RUNTIME_ERRORS = (RuntimeError,)  # OpenVINO's errors (OpConversionFailure and others) are these
@@ -88,8 +89,10 @@ class Runner:
             "PERFORMANCE_HINT": target.options.get("performance_hint", "LATENCY"),
             "INFERENCE_PRECISION_HINT": _PRECISIONS[target.precision][0],
         }
-        if threads := int(target.options.get("inference_num_threads", 0)):
-            config["INFERENCE_NUM_THREADS"] = threads
+        # Explicit, never "0 = all": both sides of a comparison run with the same count.
+        threads = int(target.options.get("inference_num_threads", 0))
+        if threads or target.device.upper() == "CPU":
+            config["INFERENCE_NUM_THREADS"] = threads or available_cpus()
         if target.options.get("cache", False):
             # Compiled blobs beside the IR: compile writes them, later loads start faster.
             config["CACHE_DIR"] = str(Path(path).parent / "cache")

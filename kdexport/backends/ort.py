@@ -30,6 +30,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from kdexport.errors import KdxError
 from kdexport.onnxfile import external_data_files, make_model
+from kdexport.timing import available_cpus
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -289,7 +290,8 @@ def _session_options(target, level: str) -> ort.SessionOptions:
             f"target '{target.name}': graph_optimization_level must be one of {', '.join(_LEVELS)}"
         )
     opts.graph_optimization_level = _LEVELS[level]
-    opts.intra_op_num_threads = int(target.options.get("intra_op_threads", 0))
+    # Explicit, never ORT's "0 = all": both sides of a comparison run with the same count.
+    opts.intra_op_num_threads = int(target.options.get("intra_op_threads", 0)) or available_cpus()
     opts.log_severity_level = 3
     return opts
 
@@ -511,7 +513,7 @@ class Runner:
             "device_id": self.device_id if gpu else None,
             "precision": target.precision,
             "io_dtype": np.dtype(self.dtype).name,
-            "intra_op_threads": int(target.options.get("intra_op_threads", 0)),
+            "intra_op_threads": int(target.options.get("intra_op_threads", 0)) or available_cpus(),
             "cuda_graph": self.graphs is not None,
             "onnxruntime": ort.__version__,
             "onnxruntime_build": build_in_use(),

@@ -22,6 +22,7 @@ student interleaved in ``--rounds`` slices.
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -163,6 +164,7 @@ def session(path: Path, provider: str = "CPUExecutionProvider", threads: int = 0
     """An ONNX Runtime session on ``path`` (all graph optimisations) and what it runs with."""
     ort = _ort()
     opts = ort.SessionOptions()
+    threads = threads or available_cpus()  # explicit and recorded, never ORT's "0 = all"
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
     try:
@@ -477,18 +479,201 @@ def timed(call, iters: int, seconds: float) -> list:
     return times
 
 
-def measure(calls: dict, opts: dict) -> dict:
-    """Warm up each call, then time them interleaved in ``rounds`` slices."""
+def measure_rounds(calls: dict, opts: dict) -> dict:
+    """Warm up each call, then time them interleaved in ``rounds`` alternating slices.
+
+    Returns ``{"samples": name -> [samples of round 1, round 2, ...], "noise": [per round]}``:
+    per-round samples let any comparison take a ratio per round (``paired``), so a burst of
+    load from a neighbour lands on both sides of that round's ratio. The noise monitor
+    (``read_noise``) is sampled before and after every round. With ``until_stable_s`` > 0,
+    rounds go on (up to that many seconds) until the first two calls' ratio interval is
+    narrower than ``stable_bound`` (relative IQR width).
+    """
     for call in calls.values():
         timed(call, opts["warmup_iters"], opts["warmup_s"])
-    samples = {k: [] for k in calls}
-    rounds = opts["rounds"]
-    for _ in range(rounds):
+    rounds, names = opts["rounds"], list(calls)
+    iters, seconds = -(-opts["min_iters"] // rounds), opts["min_time_s"] / rounds
+    samples, noise = {k: [] for k in calls}, []
+    limit, bound = opts.get("until_stable_s", 0) or 0, opts.get("stable_bound", 0.05)
+    end = time.monotonic() + limit
+    while True:
+        before = read_noise()
         for name, call in calls.items():
-            samples[name] += timed(
-                call, -(-opts["min_iters"] // rounds), opts["min_time_s"] / rounds
-            )
-    return samples
+            samples[name].append(timed(call, iters, seconds))
+        noise.append(noise_between(before, read_noise()))
+        done = len(samples[names[0]]) >= rounds
+        if done and (limit <= 0 or time.monotonic() >= end or len(names) < 2):
+            break
+        if done and paired(samples[names[0]], samples[names[1]])["rel_iqr"] <= bound:
+            break
+    return {"samples": samples, "noise": noise}
+
+
+def measure(calls: dict, opts: dict) -> dict:
+    """Warm up each call, then time them interleaved in ``rounds`` slices; name -> samples."""
+    by_round = measure_rounds(calls, opts)["samples"]
+    return {k: [v for r in rounds for v in r] for k, rounds in by_round.items()}
+
+
+def _quartiles(values: list) -> tuple:
+    """25th, 50th and 75th percentile (numpy's default linear interpolation)."""
+    q1, q2, q3 = np.percentile(np.asarray(values, dtype=float), [25, 50, 75])
+    return float(q1), float(q2), float(q3)
+
+
+def paired(a_rounds: list, b_rounds: list) -> dict:
+    """The ratio a / b measured in alternating rounds: per round, the median of a's samples over
+    the median of b's (a round may be given as its samples or as its median already); reported as the median of those ratios and their interquartile range
+    (IQR, 25th-75th percentile). ``rel_iqr`` is the IQR's width over the median."""
+    n = min(len(a_rounds), len(b_rounds))  # zip(strict=) needs Python 3.10; run.py runs on 3.9
+    ratios = [float(np.median(a_rounds[i]) / np.median(b_rounds[i])) for i in range(n)]
+    q1, med, q3 = _quartiles(ratios)
+    return {
+        "ratio": med,
+        "iqr": [q1, q3],
+        "rel_iqr": (q3 - q1) / med if med else 0.0,
+        "rounds": len(ratios),
+        "round_ratios": ratios,
+    }
+
+
+def round_spread(rounds: list) -> float:
+    """How far one model's per-round medians spread: their IQR over their median (a round may be
+    given as its samples or its median)."""
+    q1, med, q3 = _quartiles([float(np.median(r)) for r in rounds])
+    return (q3 - q1) / med if med else 0.0
+
+
+# A measurement is unstable when other processes used more than this share of all CPUs' time
+# during its rounds, or when its per-round ratios (or medians) spread wider than this (IQR / median).
+BUSY_SHARE = 0.2
+SPREAD_BOUND = 0.10
+
+
+def _read(root: str, rel: str) -> str | None:
+    try:
+        with open(os.path.join(root, rel), encoding="utf-8") as f:
+            return f.read()
+    except (OSError, ValueError):
+        return None
+
+
+def _sum_files(root: str, pattern: str) -> list:
+    values = []
+    for path in sorted(glob.glob(os.path.join(root, pattern))):
+        text = _read("/", path)
+        if text and text.strip().isdigit():
+            values.append(int(text.strip()))
+    return values
+
+
+def read_noise(root: str = "/") -> dict:
+    """What the OS says cheaply about the machine's load now (Linux; missing figures are None):
+    1-minute load average, all CPUs' busy and total jiffies (/proc/stat), this process's own
+    CPU time with its waited-for children (/proc/self/stat), the mean CPU frequency (MHz) and
+    the thermal throttling events so far."""
+    snap = {"t": time.monotonic(), "load_avg": None, "busy": None, "total": None, "own": None}
+    load = _read(root, "proc/loadavg")
+    if load:
+        snap["load_avg"] = float(load.split()[0])
+    stat = _read(root, "proc/stat")
+    if stat and stat.startswith("cpu "):
+        f = [int(v) for v in stat.splitlines()[0].split()[1:]]
+        # user nice system idle iowait irq softirq steal; guest time is already in user.
+        f += [0] * (8 - len(f))
+        snap["busy"] = f[0] + f[1] + f[2] + f[5] + f[6] + f[7]
+        snap["total"] = snap["busy"] + f[3] + f[4]
+    own = _read(root, "proc/self/stat")
+    if own:
+        fields = own.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces
+        snap["own"] = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    freqs = _sum_files(root, "sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq")
+    snap["freq_mhz"] = sum(freqs) / len(freqs) / 1000 if freqs else None
+    throttles = _sum_files(root, "sys/devices/system/cpu/cpu[0-9]*/thermal_throttle/*_count")
+    snap["throttle"] = sum(throttles) if throttles else None
+    return snap
+
+
+def noise_between(a: dict, b: dict) -> dict:
+    """The load between two ``read_noise`` snapshots: the share of all CPUs' time that other
+    processes used (busy jiffies less this process's own), the load average and frequency at
+    the end, throttling events in between."""
+    share = None
+    if None not in (a["busy"], b["busy"], a["own"], b["own"]) and b["total"] > a["total"]:
+        others = (b["busy"] - a["busy"]) - (b["own"] - a["own"])
+        share = max(0.0, others / (b["total"] - a["total"]))
+    thr = b["throttle"] - a["throttle"] if None not in (a["throttle"], b["throttle"]) else None
+    return {
+        "seconds": b["t"] - a["t"],
+        "others_cpu_share": share,
+        "load_avg": b["load_avg"],
+        "freq_mhz": b["freq_mhz"],
+        "throttle_events": thr,
+    }
+
+
+def noise_summary(noise: list) -> dict:
+    """The rounds' noise in one figure each: the worst share of others, the load average,
+    the lowest and highest frequency, the throttling events."""
+    shares = [n["others_cpu_share"] for n in noise if n["others_cpu_share"] is not None]
+    freqs = [n["freq_mhz"] for n in noise if n["freq_mhz"] is not None]
+    thr = [n["throttle_events"] for n in noise if n["throttle_events"] is not None]
+    loads = [n["load_avg"] for n in noise if n["load_avg"] is not None]
+    return {
+        "others_cpu_share_max": max(shares) if shares else None,
+        "others_cpu_share_mean": sum(shares) / len(shares) if shares else None,
+        "load_avg_max": max(loads) if loads else None,
+        "freq_mhz_range": [min(freqs), max(freqs)] if freqs else None,
+        "throttle_events": sum(thr) if thr else None,
+    }
+
+
+def unstable_reasons(noise: dict, spread: float) -> list:
+    """Why a measurement cannot be trusted (empty when it can)."""
+    reasons = []
+    share = noise.get("others_cpu_share_max")
+    if share is not None and share > BUSY_SHARE:
+        reasons.append(f"other processes used {share:.0%} of the CPUs (bound {BUSY_SHARE:.0%})")
+    if spread > SPREAD_BOUND:
+        reasons.append(f"rounds spread {spread:.0%} (IQR / median; bound {SPREAD_BOUND:.0%})")
+    if noise.get("throttle_events"):
+        reasons.append(f"{noise['throttle_events']} thermal throttling events")
+    return reasons
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity), the explicit thread count used for '0'."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def parse_cpus(text: str) -> set:
+    """'0', '0-1' or '0,2-3' as a set of CPU numbers; ValueError naming what is wrong."""
+    cpus = set()
+    for part in text.replace(" ", "").split(","):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+            raise ValueError(f"'{text}' is not a CPU list; give e.g. 0 or 0-1 or 0,2")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    have = set(range(os.cpu_count() or 1))
+    missing = sorted(cpus - have)
+    if missing:
+        raise ValueError(
+            f"'{text}' names CPU {missing[0]}, which this machine does not have (it has "
+            f"0-{max(have)}); give e.g. 0 or 0-{max(have)}"
+        )
+    return cpus
+
+
+def pin(text: str) -> list:
+    """Pin this process (and the runtime threads it starts later) to the CPUs in ``text``."""
+    cpus = parse_cpus(text)
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError("pinning to CPUs needs Linux (os.sched_setaffinity); drop --cpus")
+    os.sched_setaffinity(0, cpus)
+    return sorted(cpus)
 
 
 def summarize(ms: list) -> dict:
@@ -608,20 +793,24 @@ def bench(root: Path, opts: dict) -> dict:
         roles = [r for r in roles if r in bundle.manifest["compiled"][opts["target"]]["models"]]
     first = batch_feed(feed, axes, 1) if axes else feed
     sessions, result = _load(bundle, roles, opts, first)
+    speedup, speedup_iqr, noise = {}, {}, []
     for size in sizes:
         xb = batch_feed(feed, axes, size)
-        bound = measure({r: _bound(s, xb) for r, s in sessions.items()}, opts)
+        bound = measure_rounds({r: _bound(s, xb) for r, s in sessions.items()}, opts)
         e2e = measure({r: _end_to_end(s, xb) for r, s in sessions.items()}, opts)
+        noise += bound["noise"]
         for role in roles:
-            stats = summarize(bound[role])
+            stats = summarize([v for r in bound["samples"][role] for v in r])
             stats["throughput_per_s"] = size * 1000.0 / stats["p50_ms"]
             stats["end_to_end"] = summarize(e2e[role])
             result[role]["latency"][str(size)] = stats
+        if "teacher" in result:
+            ratio = paired(bound["samples"]["teacher"], bound["samples"]["student"])
+            speedup[str(size)], speedup_iqr[str(size)] = ratio["ratio"], ratio["iqr"]
     if "teacher" in result:
-        result["speedup"] = {
-            s: result["teacher"]["latency"][s]["p50_ms"] / result["student"]["latency"][s]["p50_ms"]
-            for s in result["student"]["latency"]
-        }
+        # Median of per-round ratios (teacher / student), with their IQR: see ``paired``.
+        result["speedup"], result["speedup_iqr"] = speedup, speedup_iqr
+    result["noise"] = noise_summary(noise)
     return {
         "kind": RESULT_KIND,
         "format_version": RESULT_FORMAT,
@@ -684,7 +873,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--batch-sizes", type=_sizes, help="default 1,64 (a fixed batch: the golden input's)"
     )
-    b.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ORT default)")
+    b.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads (0: one per CPU we may use)"
+    )
+    b.add_argument("--cpus", help="pin to these CPUs, e.g. 0 or 0-1 (os.sched_setaffinity)")
     for flag, kind, default in (
         ("--warmup-iters", int, 20),
         ("--warmup-s", float, 0.2),
@@ -721,6 +913,11 @@ def _bench_command(root: Path, args) -> dict:
         opts[k] = getattr(args, k)
     if min(opts["rounds"], opts["min_iters"]) < 1 or min(opts["warmup_s"], opts["min_time_s"]) < 0:
         raise BundleError("--rounds and --min-iters must be >= 1, times >= 0")
+    if args.cpus:
+        try:
+            opts["cpus"] = pin(args.cpus)
+        except ValueError as e:
+            raise BundleError(f"--cpus: {e}") from None
     result = bench(root, opts)
     # Beside the bundle folder by default: a file inside it would fail the next verify.
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in opts["device"])
