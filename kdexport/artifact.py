@@ -8,6 +8,7 @@ manifest is complete, and an interrupted stage leaves the previous artifact unto
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -17,11 +18,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from kdexport.bundle.runner import sha256  # one hashing routine for workstation and device
 from kdexport.errors import KdxError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+
+
+def sha256(path: Path) -> str:
+    """The file's sha256, read in 1 MiB blocks. The device runner (``bundle/runner.py``) hashes
+    the same way in its own copy: it must stay standalone, and this leaf must not import numpy
+    (``kdexport status`` hashes every file; a test keeps the two digests equal)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def file_table(root: Path) -> dict[str, dict[str, Any]]:

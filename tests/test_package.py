@@ -489,6 +489,13 @@ def test_runner_is_python_39_and_measures_as_kdexport_benchmark():
     assert bundle_runner.METHOD.startswith(bench.METHOD.split(" (")[0])
 
 
+def test_device_and_workstation_hash_alike(tmp_path):
+    """run.py keeps its own sha256 (it is standalone); the manifests' must be the same digest."""
+    path = tmp_path / "blob"
+    path.write_bytes(bytes(range(256)) * 9000)  # over one 1 MiB block
+    assert sha256(path) == bundle_runner.sha256(path)
+
+
 @pytest.mark.slow
 def test_fresh_environment_with_only_onnxruntime_and_numpy(archive, tmp_path):
     """A new virtual environment, `pip install onnxruntime numpy`, the three commands."""
