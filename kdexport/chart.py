@@ -1,4 +1,5 @@
-"""The report's chart: batch-1 latency per target, teacher vs student, with error bars."""
+"""Charts: the report's batch-1 latency per target (teacher vs student, with error bars) and
+the placement plan's latency vs accuracy per device."""
 
 from __future__ import annotations
 
@@ -42,5 +43,52 @@ def chart(figs: dict, path: Path) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both latency (lower) and accuracy (higher)."""
+    front, best = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def plan_chart(plan: dict, path: Path) -> None:
+    """Write a PNG per plan: one panel per device, p90 latency vs accuracy of each measured
+    variant, the budget as a vertical line, the Pareto front as a step line, the choice ringed."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to a file
+    import matplotlib.pyplot as plt
+
+    devices = plan["devices"]
+    fig, axes = plt.subplots(1, len(devices), figsize=(5 * len(devices), 4), squeeze=False)
+    for ax, (name, d) in zip(axes[0], devices.items(), strict=True):
+        variants = [v for v in [d["choice"], *d["rejected"]] if v and v["accuracy"] is not None]
+        for v in variants:
+            ax.scatter(v["p90_ms"], v["accuracy"], color="C0" if v["model"] == "student" else "C1")
+            ax.annotate(f"{v['model'][0]}:{v['target']}", (v["p90_ms"], v["accuracy"]), fontsize=7)
+        front = _pareto([(v["p90_ms"], v["accuracy"]) for v in variants])
+        if front:
+            ax.step(*zip(*front, strict=True), where="post", color="grey", label="Pareto front")
+        if d["choice"]:
+            c = d["choice"]
+            ax.scatter(c["p90_ms"], c["accuracy"], s=200, facecolors="none", edgecolors="green")
+        ax.axvline(
+            d["budget_ms"], color="red", linestyle="--", label=f"budget {d['budget_ms']:g} ms"
+        )
+        ax.set_xlabel(f"p90 latency, batch {plan['batch']} (ms)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
     write_bytes(path, buf.getvalue())

@@ -505,6 +505,53 @@ def import_results_cmd(results, out, as_json):
         click.echo(json.dumps(fleet, sort_keys=True))
 
 
+@cli.command("plan")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.argument("results", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--budget-ms", type=float, help="p90 latency budget per device (ms).")
+@click.option("--batch", type=int, default=1, show_default=True, help="Batch size to plan for.")
+@click.option("--max-mb", type=float, help="Peak memory limit (MB), where memory was measured.")
+@click.option("--min-accuracy", type=float, help="Refuse variants below this accuracy (0..1).")
+@click.option(
+    "--budgets",
+    type=click.Path(dir_okay=False),
+    help="TOML: [DEVICE or fingerprint] budget_ms = …, max_mb = … (overrides the flags).",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False),
+    default="plan.md",
+    show_default=True,
+    help="Markdown table; plan.json and plan.png are written beside it.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON line last.")
+def plan_cmd(run, results, budget_ms, batch, max_mb, min_accuracy, budgets, out, as_json):
+    """For each measured device (this machine's benchmark of RUN, and `run.py bench` RESULTS),
+    the most accurate variant whose p90 meets its budget."""
+    from rich.table import Table
+
+    from kdexport.plan import HEADER, plan, plan_cells
+
+    result = plan(
+        run,
+        results,
+        budget_ms=budget_ms,
+        batch=batch,
+        max_mb=max_mb,
+        min_accuracy=min_accuracy,
+        budgets=budgets,
+        out=out,
+    )
+    table = Table(*HEADER, title=f"kdexport plan: batch {batch}")
+    for row in plan_cells(result):
+        table.add_row(*row)
+    _console().print(table)
+    click.echo(f"plan: {out} (and {os.path.splitext(out)[0]}.json, .png)")
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True))
+
+
 @cli.command("compare")
 @click.argument("run_a", type=click.Path(file_okay=False))
 @click.argument("run_b", type=click.Path(file_okay=False))

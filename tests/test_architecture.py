@@ -25,7 +25,9 @@ def test_the_checks_catch_a_circle_and_a_private_import():
     assert arch.circles(graph) == [["a", "b", "c"]]
 
 
-@pytest.mark.parametrize("command", ["status", "compare", "import-results", "verify", "targets"])
+@pytest.mark.parametrize(
+    "command", ["status", "compare", "import-results", "verify", "targets", "plan"]
+)
 def test_json_commands_import_no_torch(command, tmp_path):
     args = {
         "status": ["status", str(tmp_path)],
@@ -33,5 +35,6 @@ def test_json_commands_import_no_torch(command, tmp_path):
         "import-results": ["import-results", str(tmp_path / "r.json")],
         "verify": ["verify", str(tmp_path / "b")],
         "targets": ["targets"],
+        "plan": ["plan", str(tmp_path), "--budget-ms", "5"],
     }[command]
     assert not arch.imported_heavy(args)["torch"]

@@ -26,7 +26,8 @@ FLEET_HEADER = [
 ]
 
 
-def _read_result(path: Path) -> dict:
+def read_result(path: Path) -> dict:
+    """One ``run.py bench`` result file, checked for its kind, format and required keys."""
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -81,7 +82,7 @@ def import_results(paths: list[str | Path], out: str | Path | None = None) -> di
         raise KdxError("give at least one result file from `python run.py bench`")
     latest: dict[tuple, dict] = {}
     for path in map(Path, paths):
-        result = _read_result(path)
+        result = read_result(path)
         key = (result["device"], result["bundle"]["name"], result["options"].get("target"))
         if key not in latest or result.get("created_unix", 0) >= latest[key].get("created_unix", 0):
             latest[key] = result

@@ -1,0 +1,372 @@
+"""``kdexport plan``: for each device, the model, precision and runtime that meet its budget
+(issue 15).
+
+The measurements are this machine's benchmark stage of the run (device ``local``) and any
+``run.py bench`` results from devices. A variant is a model (teacher or student) on a target
+(a compiled form of the run, or ``portable``: the exported ONNX file under ONNX Runtime CPU).
+Per device the plan keeps the most accurate variant whose **p90** at the batch size meets the
+budget and whose peak memory fits (when it was measured), ties to the faster; it never guesses
+a latency: an unmeasured variant is listed with the command that would measure it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+
+from kdexport.artifact import write_json, write_text
+from kdexport.bundle import fleet
+from kdexport.bundle import runner as bundle_runner
+from kdexport.errors import KdxError
+from kdexport.report import markdown_table
+from kdexport.rundir import MODELS, open_stage
+
+LOCAL = "local"
+PORTABLE = "portable"
+HEADER = ["device", "choice", "precision", "runtime", "accuracy", "p50 ms", "p90 ms", "budget ms"]
+HEADER += ["margin ms", "peak MB", "note"]
+
+
+def device_fingerprint(env: dict) -> str:
+    """12 hex digits naming a device's hardware: CPU, logical cores, machine."""
+    key = json.dumps([env.get("cpu"), env.get("logical_cores"), env.get("machine")])
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def run_facts(run_dir: Path) -> dict:
+    """The run's compiled targets (accuracy, precision, shipped), its student hash."""
+    exported, compiled = open_stage(run_dir, "export"), open_stage(run_dir, "compile")
+    student_file = exported.checks["student"].get("file", "student.onnx")
+    files = exported.manifest["files"]
+    digest = files.get(student_file, files.get("student.onnx", {})).get("sha256", "")
+    targets = {}
+    for name, entry in compiled.checks["targets"].items():
+        targets[name] = {
+            "precision": entry["profile"]["precision"],
+            "backend": entry["profile"]["backend"],
+            **{m: entry[m] for m in MODELS if m in entry},
+        }
+    return {"student_sha12": digest[:12], "targets": targets, "export": exported.checks}
+
+
+def accuracy(facts: dict, model: str, target: str) -> tuple[float | None, str]:
+    """A variant's test accuracy and where it comes from: the compiled model's; the portable
+    file's is ort-cpu's (same runtime, same graph), else PyTorch's before export."""
+    if target == PORTABLE:
+        entry = facts["targets"].get("ort-cpu", {}).get(model, {})
+        if "accuracy" in entry:
+            return entry["accuracy"], "ort-cpu compiled model"
+        return facts["export"].get(model, {}).get("torch_accuracy"), "PyTorch (before export)"
+    entry = facts["targets"].get(target, {}).get(model, {})
+    return entry.get("accuracy"), f"{target} compiled model"
+
+
+def _local(run_dir: Path, facts: dict, batch: int) -> dict:
+    """This machine's benchmark stage as one device's measurements."""
+    bench = open_stage(run_dir, "benchmark").checks
+    env = bench.get("environment", {})
+    measured = {}
+    for target, entry in bench["targets"].items():
+        for model in MODELS:
+            lat = entry.get(model, {}).get("latency", {}).get(str(batch))
+            if lat is None:
+                continue
+            mem = entry[model].get("memory", {}).get("peak_rss_mb")
+            runtime = entry[model].get("runtime", {})
+            measured[(model, target)] = {
+                "p50_ms": lat["p50_ms"],
+                "p90_ms": lat["p90_ms"],
+                "peak_mb": mem,
+                "runtime": runtime.get("provider") or runtime.get("device") or "?",
+                "source": f"{run_dir}/benchmark",
+            }
+    return {"environment": env, "measured": measured, "kind": "benchmark"}
+
+
+def _read_device_result(path: Path, facts: dict) -> dict:
+    result = fleet.read_result(path)
+    if result.get("format_version") != bundle_runner.RESULT_FORMAT:
+        raise KdxError(
+            f"{path}: result format {result.get('format_version')}, this kdexport reads format "
+            f"{bundle_runner.RESULT_FORMAT}; measure again with this version's run.py"
+        )
+    name = result["bundle"]["name"]
+    if name != f"student-{facts['student_sha12']}":
+        raise KdxError(
+            f"{path}: from bundle {name}, another run's student (this run's is "
+            f"student-{facts['student_sha12']}); plan with the run that made that bundle"
+        )
+    return result
+
+
+def _spread(m: dict) -> float:
+    return max(m["p90_ms"] - m["p50_ms"], 0.0)
+
+
+def _merge(old: dict, new: dict, where: str) -> dict:
+    """Two measurements of one device and variant: refused when their p90s differ by more than
+    their spreads (p90 - p50 each) together; else the slower is kept (the budget's safe side)."""
+    if abs(old["p90_ms"] - new["p90_ms"]) > _spread(old) + _spread(new):
+        raise KdxError(
+            f"{where}: p90 {old['p90_ms']:.3f} ms ({old['source']}) and {new['p90_ms']:.3f} ms "
+            f"({new['source']}) disagree beyond their spread; measure again and give one of them"
+        )
+    return old if old["p90_ms"] >= new["p90_ms"] else new
+
+
+def _devices(run_dir: Path, results: list, facts: dict, batch: int) -> dict:
+    devices = {LOCAL: _local(run_dir, facts, batch)}
+    for path in map(Path, results):
+        result = _read_device_result(path, facts)
+        if result["device"] == LOCAL:
+            raise KdxError(f"{path}: device name '{LOCAL}' is this machine's; bench with --device")
+        dev = devices.setdefault(
+            result["device"], {"environment": result["environment"], "measured": {}}
+        )
+        dev["kind"] = "run.py"
+        target = result["options"].get("target") or PORTABLE
+        for model in MODELS:
+            entry = result["results"].get(model)
+            lat = (entry or {}).get("latency", {}).get(str(batch))
+            if lat is None:
+                continue
+            providers = entry.get("runtime", {}).get("providers") or ["?"]
+            m = {
+                "p50_ms": lat["p50_ms"],
+                "p90_ms": lat["p90_ms"],
+                "peak_mb": None,
+                "runtime": providers[0],
+                "source": str(path),
+            }
+            key = (model, target)
+            where = f"device {result['device']}, {model} on {target}"
+            dev["measured"][key] = (
+                _merge(dev["measured"][key], m, where) if key in dev["measured"] else m
+            )
+    return devices
+
+
+def read_budgets(path: str | Path | None, devices: dict) -> dict:
+    """``budgets.toml``: one table per device name or fingerprint, with ``budget_ms`` and
+    optionally ``max_mb``; returns device -> {budget_ms, max_mb}."""
+    if path is None:
+        return {}
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KdxError(f"{path}: no such budgets file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise KdxError(f"{path}: unreadable budgets TOML ({e})") from None
+    prints = {n: device_fingerprint(d["environment"]) for n, d in devices.items()}
+    out: dict[str, dict] = {}
+    for key, table in raw.items():
+        names = [n for n in devices if key in (n, prints[n])]
+        if not names:
+            raise KdxError(
+                f"{path}: device '{key}' has no results; use one of {', '.join(sorted(devices))} "
+                "(or their fingerprints)"
+            )
+        if not isinstance(table, dict) or set(table) - {"budget_ms", "max_mb"}:
+            raise KdxError(f"{path}: [{key}] takes budget_ms and max_mb only")
+        for n in names:
+            out[n] = {**out.get(n, {}), **table}
+    return out
+
+
+def _positive(value, what: str) -> None:
+    if value is not None and (not isinstance(value, int | float) or value <= 0):
+        raise KdxError(f"{what} {value}: give a number above 0 (milliseconds or MB)")
+
+
+def _variants(facts: dict) -> list[tuple[str, str]]:
+    """Every variant the run can ship: each model on each compiled target, and portable."""
+    out = [(m, PORTABLE) for m in MODELS]
+    for t, entry in facts["targets"].items():
+        out += [(m, t) for m in MODELS if entry.get(m, {}).get("shipped")]
+    return out
+
+
+def _fill_command(run_dir: Path, device: str, kind: str, model: str, target: str, batch: int):
+    if kind == "benchmark":
+        return f"kdexport benchmark {run_dir} --batch-sizes {batch}"
+    if facts_backend(target) == "openvino":
+        return None  # run.py runs ONNX Runtime only
+    flags = f" --target {target}" if target != PORTABLE else ""
+    pack = f"kdexport package {run_dir}{' --with-teacher' if model == 'teacher' else ''}{flags}"
+    return f"{pack}; python student-*/run.py bench --device {device}{flags} --batch-sizes {batch}"
+
+
+def facts_backend(target: str) -> str:
+    return "openvino" if target.startswith("openvino") else "onnxruntime"
+
+
+def _judge(v: dict, budget: float, max_mb, min_acc) -> list[str]:
+    """Why a measured variant does not fit (empty when it does)."""
+    why = []
+    if v["accuracy"] is None:
+        why.append("no accuracy for it in the run")
+    elif min_acc is not None and v["accuracy"] < min_acc:
+        why.append(f"accuracy {v['accuracy']:.4f} < {min_acc:g}")
+    if v["p90_ms"] > budget:
+        why.append(f"p90 {v['p90_ms']:.3f} ms > budget {budget:g} ms")
+    if max_mb is not None and v["peak_mb"] is not None and v["peak_mb"] > max_mb:
+        why.append(f"peak memory {v['peak_mb']:.1f} MB > {max_mb:g} MB")
+    return why
+
+
+def _miss(v: dict, budget: float, max_mb) -> float:
+    """How far a variant is from fitting, as a ratio (1 = at the limit)."""
+    mem = v["peak_mb"] / max_mb if max_mb and v["peak_mb"] is not None else 0.0
+    return max(v["p90_ms"] / budget, mem)
+
+
+def plan_device(name: str, dev: dict, facts: dict, limits: dict, ctx: dict) -> dict:
+    """One device's choice, its rejected alternatives and its unmeasured variants."""
+    budget, max_mb = limits["budget_ms"], limits.get("max_mb")
+    variants, rejected = [], []
+    for (model, target), m in sorted(dev["measured"].items()):
+        acc, acc_from = accuracy(facts, model, target)
+        precision = "fp32" if target == PORTABLE else facts["targets"][target]["precision"]
+        v = {"model": model, "target": target, "precision": precision, "accuracy": acc}
+        v.update(accuracy_from=acc_from, **m)
+        v["margin_ms"] = budget - m["p90_ms"]
+        v["memory"] = "measured at batch 1" if m["peak_mb"] is not None else "not measured"
+        variants.append(v)
+    fits = [v for v in variants if not _judge(v, budget, max_mb, ctx["min_accuracy"])]
+    choice = min(fits, key=lambda v: (-v["accuracy"], v["p90_ms"])) if fits else None
+    for v in variants:
+        if v is not choice:
+            why = _judge(v, budget, max_mb, ctx["min_accuracy"])
+            if not why:
+                better = "more accurate" if v["accuracy"] < choice["accuracy"] else "faster"
+                why = [f"fits, but {choice['model']} on {choice['target']} is {better}"]
+            rejected.append({**v, "reason": "; ".join(why)})
+    closest = None
+    if choice is None and variants:
+        c = min(variants, key=lambda v: _miss(v, budget, max_mb))
+        closest = {
+            **c,
+            "misses_by_ms": c["p90_ms"] - budget,
+            "reason": "; ".join(_judge(c, budget, max_mb, ctx["min_accuracy"])),
+        }
+    missing = []
+    for model, target in _variants(facts):
+        if (model, target) in dev["measured"] or (
+            dev["kind"] == "benchmark" and target == PORTABLE
+        ):
+            continue
+        cmd = _fill_command(ctx["run"], name, dev["kind"], model, target, ctx["batch"])
+        missing.append({"model": model, "target": target, "command": cmd})
+    return {
+        "fingerprint": device_fingerprint(dev["environment"]),
+        "cpu": dev["environment"].get("cpu"),
+        "budget_ms": budget,
+        "max_mb": max_mb,
+        "feasible": choice is not None,
+        "choice": choice,
+        "closest": closest,
+        "rejected": rejected,
+        "unmeasured": missing,
+        "memory_note": None
+        if max_mb is None or all(v["peak_mb"] is not None for v in variants)
+        else "peak memory not measured on this device (run.py bench does not measure it)",
+    }
+
+
+def plan(
+    run_dir: str | Path,
+    results: list | tuple = (),
+    *,
+    budget_ms: float | None = None,
+    batch: int = 1,
+    max_mb: float | None = None,
+    min_accuracy: float | None = None,
+    budgets: str | Path | None = None,
+    out: str | Path | None = None,
+) -> dict:
+    """Plan every measured device; write ``out`` (Markdown), ``.json`` and ``.png`` beside it."""
+    run_dir = Path(run_dir)
+    _positive(budget_ms, "--budget-ms")
+    _positive(max_mb, "--max-mb")
+    if batch < 1:
+        raise KdxError(f"--batch {batch}: give 1 or more")
+    facts = run_facts(run_dir)
+    devices = _devices(run_dir, list(results), facts, batch)
+    per_device = read_budgets(budgets, devices)
+    ctx = {"run": run_dir, "batch": batch, "min_accuracy": min_accuracy}
+    planned = {}
+    for name, dev in sorted(devices.items()):
+        limits = {"budget_ms": budget_ms, "max_mb": max_mb, **per_device.get(name, {})}
+        if limits["budget_ms"] is None:
+            raise KdxError(f"no budget for device '{name}': give --budget-ms or [{name}] budget_ms")
+        _positive(limits["budget_ms"], f"budget_ms of '{name}'")
+        _positive(limits.get("max_mb"), f"max_mb of '{name}'")
+        planned[name] = plan_device(name, dev, facts, limits, ctx)
+    result = {
+        "kind": "kdx-plan",
+        "format_version": 1,
+        "run": str(run_dir),
+        "student": f"student-{facts['student_sha12']}",
+        "batch": batch,
+        "latency": "p90 at the batch size; never estimated",
+        "devices": planned,
+    }
+    if out is not None:
+        out = Path(out)
+        write_json(out.with_suffix(".json"), result)
+        write_text(out, plan_markdown(result))
+        from kdexport.chart import plan_chart
+
+        plan_chart(result, out.with_suffix(".png"))
+    return result
+
+
+def plan_cells(result: dict) -> list[list[str]]:
+    """One row per device: the choice, or the closest variant and why it misses."""
+
+    def f(v, fmt="{:.3f}"):
+        return "-" if v is None else fmt.format(v)
+
+    rows = []
+    for name, d in result["devices"].items():
+        v = d["choice"] or d["closest"] or {}
+        note = "" if d["choice"] else f"nothing fits: closest {v.get('reason', 'none measured')}"
+        if d["memory_note"]:
+            note = f"{note}; {d['memory_note']}".strip("; ")
+        rows.append(
+            [
+                name,
+                f"{v.get('model', '-')} on {v.get('target', '-')}" if v else "-",
+                v.get("precision", "-"),
+                v.get("runtime", "-"),
+                f(v.get("accuracy"), "{:.4f}"),
+                f(v.get("p50_ms")),
+                f(v.get("p90_ms")),
+                f"{d['budget_ms']:g}",
+                f(v.get("margin_ms")),
+                f(v.get("peak_mb"), "{:.1f}"),
+                note,
+            ]
+        )
+    return rows
+
+
+def plan_markdown(result: dict) -> str:
+    lines = [
+        "# kdexport placement plan",
+        "",
+        f"Run {result['run']} ({result['student']}), batch {result['batch']}: per device the "
+        "most accurate variant whose p90 meets the budget (ties to the faster).",
+        "",
+        *markdown_table(HEADER, plan_cells(result)),
+        "",
+    ]
+    for name, d in result["devices"].items():
+        for r in d["rejected"]:
+            lines.append(f"- {name}: {r['model']} on {r['target']}: {r['reason']}")
+        for u in d["unmeasured"]:
+            how = u["command"] or "not measurable by run.py (ONNX Runtime only)"
+            lines.append(f"- {name}: {u['model']} on {u['target']} not measured: `{how}`")
+    return "\n".join(lines) + "\n"
