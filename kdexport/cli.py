@@ -36,9 +36,34 @@ class _Cli(click.Group):
             ctx.exit(130)
 
 
+# A dependency this Python lacks -> how to get it (the rest: pip install NAME).
+_INSTALL = {
+    "torch": "install PyTorch first, the build for your machine (docs/install.md; ./run.sh and "
+    "./test.sh set up .venv with it)",
+    "onnxruntime": "pip install 'kdexport[cpu]' (or '[gpu]')",
+    "sklearn": "pip install scikit-learn",
+    "PIL": "pip install pillow",
+    "tomli_w": "pip install tomli-w",
+}
+
+
+def _missing_package(e: ModuleNotFoundError) -> str | None:
+    """One line for a dependency that is not installed; None for a module of kdexport itself."""
+    top = (e.name or "").split(".")[0]
+    if not top or top == "kdexport":
+        return None
+    hint = _INSTALL.get(top, f"pip install {top}")
+    return (
+        f"this command needs the {top} package, which {sys.executable} does not have: {hint} "
+        "(from a clone, pip install -e '.[cpu]' installs every dependency but PyTorch)"
+    )
+
+
 def _one_line(e: Exception) -> str:
     if isinstance(e, KdxError):
         return str(e)
+    if isinstance(e, ModuleNotFoundError) and (missing := _missing_package(e)):
+        return missing
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}: {e.filename or ''}".rstrip(": ")
     return f"unexpected {type(e).__name__}: {str(e)[:300]} (rerun with --debug for the traceback)"

@@ -596,3 +596,37 @@ def test_output_cut_short_by_the_reader_is_quiet():
         stderr = proc.stderr.read().decode()
     assert proc.returncode in (0, 141), stderr
     assert "error" not in stderr and "Traceback" not in stderr, stderr
+
+
+_WITHOUT_TORCH = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+sys.meta_path.insert(0, Block())
+sys.argv = ["kdexport", "distill-and-export", "--out", sys.argv[1]]
+from kdexport.cli import main
+main()
+"""
+
+
+def test_a_python_without_torch_is_told_how_to_get_it(tmp_path):
+    """A Python without PyTorch (not .venv's): one line naming the package and the fix, exit 1."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, str(tmp_path / "run")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert (
+        line.startswith("error: this command needs the torch package") and "docs/install.md" in line
+    )
+    assert "unexpected" not in line
