@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from kdexport.timing import (
     paired,
     pin,
     pooled,
+    rss_mb,
     unstable_reasons,
 )
 
@@ -155,18 +155,22 @@ def peak_memory(path: Path, target: Target, batch: np.ndarray | Feed) -> dict:
 
 
 def _memory_child(path: str, target_json: str, folder: str) -> None:
-    """In the child: baseline after imports, then peak after loading and running the model."""
+    """In the child: resident memory after imports, then the peak after loading and running the
+    model (``timing.rss_mb``: this process's own peak, not its forked parent's)."""
     target = Target.from_dict(json.loads(target_json))
     names = json.loads((Path(folder) / "names.json").read_text())
     with np.load(Path(folder) / "x.npz") as f:
         arrays = [f[f"arr_{i}"] for i in range(len(names))]
     x = arrays[0] if names == [""] else dict(zip(names, arrays, strict=True))
     module = backend(target.backend, target.name)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = rss_mb()[0]
     runner = module.load(Path(path), target)
     for _ in range(50):
         runner.run(x)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = rss_mb()[1]
+    if before is None or peak is None:
+        print(json.dumps({"peak_rss_mb": None, "note": "no /proc/self/status here"}))
+        return
     print(
         json.dumps({"peak_rss_mb": peak, "runtime_baseline_mb": before, "model_mb": peak - before})
     )

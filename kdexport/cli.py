@@ -464,13 +464,20 @@ def report_cmd(run_dir, as_json):
 )
 @click.option("--with-teacher", is_flag=True, help="Add the teacher, for speed-ups on devices.")
 @click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(dir_okay=False),
+    help="A `kdexport plan` plan.json of this run: add every variant it chose and the plan, so "
+    "run.py runs each device's own.",
+)
+@click.option(
     "--shape",
     "shapes",
     multiple=True,
     help="For a .onnx SOURCE with symbolic dims: the golden input's shape, as for benchmark "
     "(e.g. 1,3,224,224, or NAME=DIMS per input).",
 )
-def package_cmd(source, out, directory, targets, with_teacher, shapes):
+def package_cmd(source, out, directory, targets, with_teacher, plan_file, shapes):
     """Bundle a run's student, or any ONNX file, for devices that have only onnxruntime and
     numpy.
 
@@ -484,7 +491,13 @@ def package_cmd(source, out, directory, targets, with_teacher, shapes):
     if (out is None) == (directory is None):
         raise click.UsageError("give exactly one of -o BUNDLE.kdx.tar.gz or --dir FOLDER")
     r = package(
-        source, out, directory, targets=list(targets), with_teacher=with_teacher, shapes=shapes
+        source,
+        out,
+        directory,
+        targets=list(targets),
+        with_teacher=with_teacher,
+        shapes=shapes,
+        plan=plan_file,
     )
     click.echo(f"bundle: {r['path']}  {r['bytes']:,} bytes  {r['files']} files  ({r['name']})")
     click.echo(f"bundle id (sha256 of manifest.json): {r['id']}")
@@ -546,9 +559,8 @@ def import_results_cmd(results, out, as_json):
     "-o",
     "--out",
     type=click.Path(dir_okay=False),
-    default="plan.md",
-    show_default=True,
-    help="Markdown table; plan.json and plan.png are written beside it.",
+    help="Markdown table; plan.json and plan.png are written beside it (default: RUN/plan/plan.md, "
+    "and the run's report gets a Placement section).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON line last.")
 def plan_cmd(run, results, budget_ms, batch, max_mb, min_accuracy, budgets, out, as_json):
@@ -558,6 +570,8 @@ def plan_cmd(run, results, budget_ms, batch, max_mb, min_accuracy, budgets, out,
 
     from kdexport.plan import HEADER, plan, plan_cells
 
+    into_run = out is None
+    out = out or os.path.join(run, "plan", "plan.md")
     result = plan(
         run,
         results,
@@ -573,6 +587,12 @@ def plan_cmd(run, results, budget_ms, batch, max_mb, min_accuracy, budgets, out,
         table.add_row(*row)
     _console().print(table)
     click.echo(f"plan: {out} (and {os.path.splitext(out)[0]}.json, .png)")
+    if into_run:
+        from kdexport.report import report
+        from kdexport.rundir import Run
+
+        report(Run(run))
+        click.echo(f"report: {os.path.join(run, 'report.md')} (section Placement)")
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
 

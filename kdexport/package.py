@@ -43,6 +43,7 @@ from kdexport.bundle.archive import verify_folder, write_archive
 from kdexport.errors import KdxError
 from kdexport.feeds import BATCH, parse_shapes, resolve
 from kdexport.onnxfile import check_onnx_file, external_data_files, reference_outputs
+from kdexport.plan import bundle_plan
 
 BUNDLE_FORMAT = bundle_runner.BUNDLE_FORMAT
 RUNNER = Path(__file__).with_name("bundle") / "runner.py"
@@ -146,16 +147,17 @@ def _add_compiled(root: Path, run_dir: Path, targets: list[str], roles: list[str
     out = {}
     for target in targets:
         entry = compiled.checks["targets"].get(target)
-        if entry is None or not entry["student"].get("shipped", True):
+        shipped = [r for r in roles if entry and entry[r].get("shipped", True)]
+        if not shipped:  # e.g. an INT8 student that failed its accuracy gate
             known = [
                 t
                 for t, e in compiled.checks["targets"].items()
-                if e["student"].get("shipped", True)
+                if any(e[r].get("shipped", True) for r in roles)
             ]
             raise KdxError(
-                f"no compiled student for target '{target}' in {run_dir}; compiled: {', '.join(known)}"
+                f"no compiled {' or '.join(roles)} for target '{target}' in {run_dir}; "
+                f"compiled: {', '.join(known)}"
             )
-        shipped = [r for r in roles if entry[r].get("shipped", True)]
         files = sorted(
             n for n in compiled.manifest["files"] for r in shipped if n.startswith(f"{target}/{r}.")
         )
@@ -239,16 +241,25 @@ def _manifest(run_dir: Path, run: dict, models: dict, golden: dict, compiled: di
 
 
 def _from_run(run_dir: Path, root: Path, opts: dict) -> dict:
-    """A run's student (and teacher): PyTorch's outputs on held-out inputs are the golden ones."""
+    """A run's student (and teacher): PyTorch's outputs on held-out inputs are the golden ones.
+    With a placement plan, every variant it chose is added, and the plan with them."""
     if opts["shapes"]:
         raise KdxError("--shape is for an ONNX file; a run's bundle takes its inputs from the run")
     run, export = _open_run(run_dir)
+    targets, with_teacher, placement = list(opts["targets"]), opts["with_teacher"], None
+    if opts["plan"] is not None:
+        name = f"student-{sha256(export.file('student.onnx'))[:12]}"
+        placement = bundle_plan(Path(opts["plan"]), name)
+        targets += [t for t in placement.pop("targets") if t not in targets]
+        with_teacher = with_teacher or placement.pop("teacher")
     root.mkdir()
-    roles = ["student", "teacher"] if opts["with_teacher"] else ["student"]
+    roles = ["student", "teacher"] if with_teacher else ["student"]
     models = {r: _add_model(root, export.file(f"{r}.onnx")) for r in roles}
     golden = _add_golden(root, export, roles, opts["samples"])
-    compiled = _add_compiled(root, run_dir, opts["targets"], roles)
+    compiled = _add_compiled(root, run_dir, targets, roles)
     manifest = _manifest(run_dir, run, models, golden, compiled)
+    if placement is not None:
+        manifest["plan"] = placement
     _compiled_golden(root, manifest)
     return manifest
 
@@ -294,9 +305,9 @@ def _reference(path: Path, feed: dict, described: str) -> dict:
 def _from_file(path: Path, root: Path, opts: dict) -> dict:
     """Any ONNX file: random golden inputs made as ``kdexport benchmark`` makes them, at the
     batch it would pick, and ONNX Runtime's CPU reference outputs for them."""
-    if opts["targets"] or opts["with_teacher"]:
+    if opts["targets"] or opts["with_teacher"] or opts["plan"] is not None:
         raise KdxError(
-            "--target and --with-teacher need a run directory; an ONNX file is bundled alone "
+            "--target, --with-teacher and --plan need a run directory; an ONNX file is bundled alone "
             "(time it per target with kdexport benchmark FILE --target T)"
         )
     facts = _model_facts(path)
@@ -343,7 +354,7 @@ def _from_file(path: Path, root: Path, opts: dict) -> dict:
 
 def build(source: Path, root: Path, **opts) -> dict:
     """Write the bundle of a run directory or an ONNX file into the new folder ``root``; return
-    its manifest. ``opts``: targets, with_teacher, samples, shapes."""
+    its manifest. ``opts``: targets, with_teacher, plan, samples, shapes."""
     make = _from_file if source.is_file() or source.suffix == ".onnx" else _from_run
     manifest = make(source, root, opts)
     shutil.copyfile(RUNNER, root / "run.py")
@@ -373,10 +384,12 @@ def package(
     with_teacher: bool = False,
     golden_samples: int = 8,
     shapes: Sequence[str] = (),
+    plan: str | Path | None = None,
 ) -> dict:
     """Bundle a run's student, or any ONNX file, into ``out`` (.tar.gz) or the folder
     ``directory``; verify it first. ``shapes``: ``--shape`` values for an ONNX file's
-    symbolic axes (``kdexport.feeds``).
+    symbolic axes (``kdexport.feeds``); ``plan``: a ``kdexport plan`` result (plan.json) of
+    this run, whose chosen variants and device assignments the bundle carries.
 
     Returns the verification report plus ``path``, ``bytes`` and ``name``.
     """
@@ -396,6 +409,7 @@ def package(
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     try:
         opts = {"targets": list(targets), "with_teacher": with_teacher, "shapes": list(shapes)}
+        opts["plan"] = plan
         manifest = build(source, staging / "bundle", samples=golden_samples, **opts)
         root = staging / manifest["name"]
         os.replace(staging / "bundle", root)

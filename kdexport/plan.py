@@ -4,19 +4,21 @@
 The measurements are this machine's benchmark stage of the run (device ``local``) and any
 ``run.py bench`` results from devices. A variant is a model (teacher or student) on a target
 (a compiled form of the run, or ``portable``: the exported ONNX file under ONNX Runtime CPU).
-Per device the plan keeps the most accurate variant whose **p90** at the batch size meets the
-budget and whose peak memory fits (when it was measured), ties to the faster; it never guesses
-a latency: an unmeasured variant is listed with the command that would measure it.
+Per device the plan keeps the most accurate variant whose **p90** at the batch size, raised by
+its measured spread between rounds, meets the budget and whose peak memory fits (when it was
+measured). Among equally accurate variants the faster wins when it is faster beyond noise
+(``NOISE``), else the simpler (``simplicity``): the same graph timed twice is not re-planned by
+chance. The plan never guesses a latency: an unmeasured variant is listed with the command
+that would measure it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tomllib
 from pathlib import Path
 
-from kdexport.artifact import write_json, write_text
+from kdexport.artifact import sha256, write_json, write_text
 from kdexport.bundle import fleet
 from kdexport.bundle import runner as bundle_runner
 from kdexport.errors import KdxError
@@ -25,14 +27,31 @@ from kdexport.rundir import MODELS, open_stage
 
 LOCAL = "local"
 PORTABLE = "portable"
+PLAN_FORMAT = 1
 HEADER = ["device", "choice", "precision", "runtime", "accuracy", "p50 ms", "p90 ms", "budget ms"]
 HEADER += ["margin ms", "peak MB", "note"]
+# A variant counts as faster than a simpler, equally accurate one only when its p90 is lower by
+# more than this share (or than both variants' spreads together, when wider): timing.SPREAD_BOUND,
+# the spread beyond which a measurement is flagged unstable.
+NOISE = bundle_runner.SPREAD_BOUND
+device_key = bundle_runner.device_key
 
 
-def device_fingerprint(env: dict) -> str:
-    """12 hex digits naming a device's hardware: CPU, logical cores, machine."""
-    key = json.dumps([env.get("cpu"), env.get("logical_cores"), env.get("machine")])
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
+def simplicity(variant: dict) -> int:
+    """Lower is simpler to deploy: the portable file, then an fp32 ONNX Runtime form, an fp32
+    form of another runtime, reduced float precision, integer quantization."""
+    if variant["target"] == PORTABLE:
+        return 0
+    if variant["precision"] == "fp32":
+        return 1 if variant["backend"] == "onnxruntime" else 2
+    return 3 if variant["precision"] in ("fp16", "bf16") else 4
+
+
+def _settings(threads, cpus) -> dict:
+    """The threads and CPUs a measurement ran with, as run.py takes them back."""
+    if isinstance(cpus, list | tuple | set):
+        cpus = ",".join(map(str, sorted(cpus))) or None
+    return {"threads": threads or None, "cpus": cpus or None}
 
 
 def run_facts(run_dir: Path) -> dict:
@@ -67,6 +86,8 @@ def _local(run_dir: Path, facts: dict, batch: int) -> dict:
     """This machine's benchmark stage as one device's measurements."""
     bench = open_stage(run_dir, "benchmark").checks
     env = bench.get("environment", {})
+    st = bench.get("settings") or {}
+    settings = _settings(st.get("threads"), st.get("cpus") if st.get("pinned") else None)
     measured = {}
     for target, entry in bench["targets"].items():
         for model in MODELS:
@@ -78,8 +99,10 @@ def _local(run_dir: Path, facts: dict, batch: int) -> dict:
             measured[(model, target)] = {
                 "p50_ms": lat["p50_ms"],
                 "p90_ms": lat["p90_ms"],
+                "spread": lat.get("round_spread", 0.0),
                 "peak_mb": mem,
                 "runtime": runtime.get("provider") or runtime.get("device") or "?",
+                "settings": settings,
                 "source": f"{run_dir}/benchmark",
             }
     return {"environment": env, "measured": measured, "kind": "benchmark"}
@@ -102,6 +125,7 @@ def _read_device_result(path: Path, facts: dict) -> dict:
 
 
 def _spread(m: dict) -> float:
+    """A measurement's spread in ms: p90 - p50."""
     return max(m["p90_ms"] - m["p50_ms"], 0.0)
 
 
@@ -133,11 +157,14 @@ def _devices(run_dir: Path, results: list, facts: dict, batch: int) -> dict:
             if lat is None:
                 continue
             providers = entry.get("runtime", {}).get("providers") or ["?"]
+            opts = result["options"]
             m = {
                 "p50_ms": lat["p50_ms"],
                 "p90_ms": lat["p90_ms"],
-                "peak_mb": None,
+                "spread": lat.get("round_spread", 0.0),
+                "peak_mb": entry.get("memory", {}).get("peak_rss_mb"),
                 "runtime": providers[0],
+                "settings": _settings(opts.get("threads"), opts.get("cpus")),
                 "source": str(path),
             }
             key = (model, target)
@@ -159,7 +186,7 @@ def read_budgets(path: str | Path | None, devices: dict) -> dict:
         raise KdxError(f"{path}: no such budgets file") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise KdxError(f"{path}: unreadable budgets TOML ({e})") from None
-    prints = {n: device_fingerprint(d["environment"]) for n, d in devices.items()}
+    prints = {n: device_key(d["environment"]) for n, d in devices.items()}
     out: dict[str, dict] = {}
     for key, table in raw.items():
         names = [n for n in devices if key in (n, prints[n])]
@@ -209,8 +236,9 @@ def _judge(v: dict, budget: float, max_mb, min_acc) -> list[str]:
         why.append("no accuracy for it in the run")
     elif min_acc is not None and v["accuracy"] < min_acc:
         why.append(f"accuracy {v['accuracy']:.4f} < {min_acc:g}")
-    if v["p90_ms"] > budget:
-        why.append(f"p90 {v['p90_ms']:.3f} ms > budget {budget:g} ms")
+    if v["p90_bound_ms"] > budget:
+        spread = f" + {v['spread']:.1%} spread" if v["spread"] >= 0.0005 else ""
+        why.append(f"p90 {v['p90_ms']:.3f} ms{spread} > budget {budget:g} ms")
     if max_mb is not None and v["peak_mb"] is not None and v["peak_mb"] > max_mb:
         why.append(f"peak memory {v['peak_mb']:.1f} MB > {max_mb:g} MB")
     return why
@@ -219,7 +247,34 @@ def _judge(v: dict, budget: float, max_mb, min_acc) -> list[str]:
 def _miss(v: dict, budget: float, max_mb) -> float:
     """How far a variant is from fitting, as a ratio (1 = at the limit)."""
     mem = v["peak_mb"] / max_mb if max_mb and v["peak_mb"] is not None else 0.0
-    return max(v["p90_ms"] / budget, mem)
+    return max(v["p90_bound_ms"] / budget, mem)
+
+
+def pick(fits: list[dict]) -> dict | None:
+    """The most accurate of ``fits``; among equally accurate ones the simplest, unless another
+    is faster beyond noise (p90 lower by more than ``NOISE`` or both spreads together)."""
+    if not fits:
+        return None
+    best = max(v["accuracy"] for v in fits)
+    tied = sorted(
+        (v for v in fits if v["accuracy"] == best), key=lambda v: (simplicity(v), v["p90_ms"])
+    )
+    choice = tied[0]
+    for v in tied[1:]:
+        if v["p90_ms"] * (1 + max(NOISE, v["spread"] + choice["spread"])) < choice["p90_ms"]:
+            choice = v
+    return choice
+
+
+def _why_not(v: dict, choice: dict) -> str:
+    if v["accuracy"] < choice["accuracy"]:
+        return f"fits, but {choice['model']} on {choice['target']} is more accurate"
+    if choice["p90_ms"] < v["p90_ms"]:
+        return f"fits, but {choice['model']} on {choice['target']} is as accurate and faster"
+    return (
+        f"fits, but {choice['model']} on {choice['target']} is as accurate, simpler and not "
+        f"slower beyond noise ({NOISE:.0%})"
+    )
 
 
 def plan_device(name: str, dev: dict, facts: dict, limits: dict, ctx: dict) -> dict:
@@ -228,27 +283,27 @@ def plan_device(name: str, dev: dict, facts: dict, limits: dict, ctx: dict) -> d
     variants, rejected = [], []
     for (model, target), m in sorted(dev["measured"].items()):
         acc, acc_from = accuracy(facts, model, target)
-        precision = "fp32" if target == PORTABLE else facts["targets"][target]["precision"]
+        known = facts["targets"].get(target, {})
+        precision = "fp32" if target == PORTABLE else known.get("precision", "?")
         v = {"model": model, "target": target, "precision": precision, "accuracy": acc}
-        v.update(accuracy_from=acc_from, **m)
-        v["margin_ms"] = budget - m["p90_ms"]
-        v["memory"] = "measured at batch 1" if m["peak_mb"] is not None else "not measured"
+        v.update(accuracy_from=acc_from, backend=known.get("backend", "onnxruntime"), **m)
+        v["variant"] = bundle_runner.variant_name(model, target)
+        v["p90_bound_ms"] = m["p90_ms"] * (1 + m["spread"])
+        v["margin_ms"] = budget - v["p90_bound_ms"]
+        v["memory"] = "measured" if m["peak_mb"] is not None else "not measured"
         variants.append(v)
     fits = [v for v in variants if not _judge(v, budget, max_mb, ctx["min_accuracy"])]
-    choice = min(fits, key=lambda v: (-v["accuracy"], v["p90_ms"])) if fits else None
+    choice = pick(fits)
     for v in variants:
         if v is not choice:
             why = _judge(v, budget, max_mb, ctx["min_accuracy"])
-            if not why:
-                better = "more accurate" if v["accuracy"] < choice["accuracy"] else "faster"
-                why = [f"fits, but {choice['model']} on {choice['target']} is {better}"]
-            rejected.append({**v, "reason": "; ".join(why)})
+            rejected.append({**v, "reason": "; ".join(why) or _why_not(v, choice)})
     closest = None
     if choice is None and variants:
         c = min(variants, key=lambda v: _miss(v, budget, max_mb))
         closest = {
             **c,
-            "misses_by_ms": c["p90_ms"] - budget,
+            "misses_by_ms": c["p90_bound_ms"] - budget,
             "reason": "; ".join(_judge(c, budget, max_mb, ctx["min_accuracy"])),
         }
     missing = []
@@ -260,10 +315,11 @@ def plan_device(name: str, dev: dict, facts: dict, limits: dict, ctx: dict) -> d
         cmd = _fill_command(ctx["run"], name, dev["kind"], model, target, ctx["batch"])
         missing.append({"model": model, "target": target, "command": cmd})
     return {
-        "fingerprint": device_fingerprint(dev["environment"]),
+        "fingerprint": device_key(dev["environment"]),
         "cpu": dev["environment"].get("cpu"),
         "budget_ms": budget,
         "max_mb": max_mb,
+        "min_accuracy": ctx["min_accuracy"],
         "feasible": choice is not None,
         "choice": choice,
         "closest": closest,
@@ -271,7 +327,7 @@ def plan_device(name: str, dev: dict, facts: dict, limits: dict, ctx: dict) -> d
         "unmeasured": missing,
         "memory_note": None
         if max_mb is None or all(v["peak_mb"] is not None for v in variants)
-        else "peak memory not measured on this device (run.py bench does not measure it)",
+        else "peak memory not measured for some variants (results of an older run.py)",
     }
 
 
@@ -286,12 +342,15 @@ def plan(
     budgets: str | Path | None = None,
     out: str | Path | None = None,
 ) -> dict:
-    """Plan every measured device; write ``out`` (Markdown), ``.json`` and ``.png`` beside it."""
+    """Plan every measured device; write ``out`` (Markdown), ``.json`` and ``.png`` beside it
+    (with ``out`` None, nothing is written)."""
     run_dir = Path(run_dir)
     _positive(budget_ms, "--budget-ms")
     _positive(max_mb, "--max-mb")
     if batch < 1:
         raise KdxError(f"--batch {batch}: give 1 or more")
+    if min_accuracy is not None and not 0 <= min_accuracy <= 1:
+        raise KdxError(f"--min-accuracy {min_accuracy}: give a share of the test set, 0 to 1")
     facts = run_facts(run_dir)
     devices = _devices(run_dir, list(results), facts, batch)
     per_device = read_budgets(budgets, devices)
@@ -306,11 +365,11 @@ def plan(
         planned[name] = plan_device(name, dev, facts, limits, ctx)
     result = {
         "kind": "kdx-plan",
-        "format_version": 1,
+        "format_version": PLAN_FORMAT,
         "run": str(run_dir),
         "student": f"student-{facts['student_sha12']}",
         "batch": batch,
-        "latency": "p90 at the batch size; never estimated",
+        "latency": "p90 at the batch size, raised by its spread between rounds; never estimated",
         "devices": planned,
     }
     if out is not None:
@@ -321,6 +380,57 @@ def plan(
 
         plan_chart(result, out.with_suffix(".png"))
     return result
+
+
+def read_plan(path: Path) -> dict:
+    """A ``plan.json`` written by ``kdexport plan``, checked for its kind and format."""
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KdxError(f"{path}: no such plan; write one with kdexport plan RUN ...") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise KdxError(
+            f"{path}: unreadable plan ({e}); write it again with kdexport plan"
+        ) from None
+    if not isinstance(result, dict) or result.get("kind") != "kdx-plan":
+        raise KdxError(f"{path}: not a plan of `kdexport plan` (give its plan.json)")
+    if result.get("format_version") != PLAN_FORMAT:
+        raise KdxError(
+            f"{path}: plan format {result.get('format_version')}, this kdexport reads format "
+            f"{PLAN_FORMAT}; plan again with this version"
+        )
+    return result
+
+
+def bundle_plan(path: Path, student: str) -> dict:
+    """What a bundle carries of the plan at ``path``: per device its fingerprint, the chosen
+    variant (or None and the closest), the budget, the planned p90 and the settings it was
+    measured with; and which compiled targets and models the bundle needs for the choices."""
+    result = read_plan(path)
+    if result["student"] != student:
+        raise KdxError(
+            f"{path}: a plan for {result['student']}, not this run's {student}; plan this run"
+        )
+    devices, targets, teacher = {}, [], False
+    for name, d in result["devices"].items():
+        c = d["choice"]
+        entry = {"fingerprint": d["fingerprint"], "budget_ms": d["budget_ms"], "variant": None}
+        if c is None:
+            closest = d.get("closest")
+            entry["closest"] = closest and f"closest {closest['variant']}: {closest['reason']}"
+        else:
+            entry.update(variant=c["variant"], p90_ms=c["p90_ms"], settings=c.get("settings"))
+            teacher |= c["model"] == "teacher"
+            if c["target"] != PORTABLE and c["target"] not in targets:
+                targets.append(c["target"])
+        devices[name] = entry
+    return {
+        "batch": result["batch"],
+        "plan_sha256": sha256(Path(path)),
+        "devices": devices,
+        "targets": targets,
+        "teacher": teacher,
+    }
 
 
 def plan_cells(result: dict) -> list[list[str]]:
@@ -358,7 +468,9 @@ def plan_markdown(result: dict) -> str:
         "# kdexport placement plan",
         "",
         f"Run {result['run']} ({result['student']}), batch {result['batch']}: per device the "
-        "most accurate variant whose p90 meets the budget (ties to the faster).",
+        "most accurate variant whose p90, raised by its spread between rounds, meets the "
+        f"budget; among equally accurate ones the simplest unless another is faster by more "
+        f"than {NOISE:.0%} (or both spreads).",
         "",
         *markdown_table(HEADER, plan_cells(result)),
         "",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -248,7 +249,30 @@ def markdown(figs: dict) -> str:
         "",
     ]
     lines += distillation_markdown(figs["distillation"], figs["run_dir"])
+    lines += placement_markdown(figs["run_dir"])
     return "\n".join(lines)
+
+
+def placement_markdown(run_dir: str | Path) -> list[str]:
+    """The report's section on placement: RUN/plan/ as ``kdexport plan`` wrote it, when it was
+    planned for this run's student."""
+    folder = Path(run_dir) / "plan"
+    if not (folder / "plan.json").is_file():
+        return []
+    plan = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
+    files = open_stage(run_dir, "export").manifest["files"]
+    student = f"student-{files['student.onnx']['sha256'][:12]}"
+    lines = ["", "## Placement", ""]
+    if plan.get("student") != student:
+        return [
+            *lines,
+            f"The plan in `plan/` is for {plan.get('student')}, not this run's "
+            f"{student}; plan again with `kdexport plan {run_dir} ...`.",
+            "",
+        ]
+    table = (folder / "plan.md").read_text(encoding="utf-8").splitlines()
+    body = "\n".join(line for line in table if not line.startswith("# ")).strip().splitlines()
+    return [*lines, *body, "", "![p90 latency vs accuracy per device](plan/plan.png)", ""]
 
 
 def _settings_line(st: dict | None) -> list[str]:

@@ -38,17 +38,23 @@ def read_result(path: Path) -> dict:
         raise KdxError(f"{path}: not a result of `python run.py bench`")
     if result.get("format_version", 0) > bundle_runner.RESULT_FORMAT:
         raise KdxError(f"{path}: written by a newer run.py; upgrade kdexport to import it")
-    for key in ("device", "bundle.name", "environment.cpu", "options", "results.student.latency"):
+    for key in ("device", "bundle.name", "environment.cpu", "options", "results"):
         value = result
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if value is None:
             raise KdxError(f"{path}: malformed result, no '{key}'; run `python run.py bench` again")
+    timed = [m for m in ("student", "teacher") if isinstance(result["results"].get(m), dict)]
+    if not timed or not all(isinstance(result["results"][m].get("latency"), dict) for m in timed):
+        raise KdxError(f"{path}: malformed result, no latency; run `python run.py bench` again")
     return result
 
 
 def _rows(result: dict) -> list[dict]:
+    """The result's student rows (none for a target that holds the teacher alone)."""
     env, res = result["environment"], result["results"]
+    if "student" not in res:
+        return []
     runtime = res["student"].get("runtime", {})
     provider = (runtime.get("providers") or ["?"])[0].replace("ExecutionProvider", "")
     rows = []

@@ -8,6 +8,14 @@ onnxruntime, and nothing else (Pillow only to read images):
     python run.py predict input.npy|.npz|image [--json] top classes (or outputs) of each sample
     python run.py bench [--json] [--device NAME]        latency, written to a result file
 
+A bundle packaged with a placement plan (``kdexport package RUN --plan plan.json``) holds
+several variants (teacher or student, portable or compiled) and the plan: ``predict`` and
+``bench`` run the variant the plan assigns to this device (by ``--device NAME``, else by the
+device's fingerprint), with the threads and CPUs it was measured with; ``--variant
+[teacher@|student@]TARGET`` names one instead. ``bench`` on a device the plan does not hold
+says so and measures every variant this device can run, one result file each, so that the
+results can be imported and planned.
+
 A bundle of a run holds its student; a bundle of any ONNX file (manifest "source": "onnx-file")
 holds that model, random golden inputs and ONNX Runtime's outputs for them, and no labels.
 Golden arrays are one ``.npy`` (the first input or output) or a ``.npz`` of named arrays.
@@ -44,6 +52,7 @@ except ImportError:  # the one dependency needed before anything else can be sai
 BUNDLE_FORMAT = 2
 RESULT_FORMAT = 1
 KIND, RESULT_KIND = "kdx-bundle", "kdx-bench-result"
+PORTABLE = "portable"  # a variant's target when it is the bundle's portable model
 MANIFEST = "manifest.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff")
 METHOD = (
@@ -440,16 +449,19 @@ def _describe(outputs: dict, first: int = 5) -> list:
     return rows
 
 
-def predict(root: Path, input_path: Path, top: int = 3, target: str | None = None) -> dict:
-    """Top classes of every sample in ``input_path``; for a foreign ONNX file, its outputs."""
+def predict(root: Path, input_path: Path, top: int = 3, pick: dict | None = None) -> dict:
+    """Top classes of every sample in ``input_path`` from the variant ``pick`` (role, target,
+    threads; default the portable student); for a foreign ONNX file, its outputs."""
     bundle = Bundle(root)
+    pick = pick or {"role": "student", "target": None}
     model = bundle.manifest["models"]["student"]
     pre = bundle.manifest.get("preprocessing", {})
     feed = load_inputs(Path(input_path), model["inputs"], pre)
-    path = bundle.model_path("student", target)
-    sess, _ = session(path)
+    path = bundle.model_path(pick["role"], pick["target"])
+    sess, _ = session(path, threads=pick.get("threads", 0))
     outs = run_model(sess, feed, path.name)
     shapes = {n: list(x.shape) for n, x in feed.items()}
+    variant = variant_name(pick["role"], pick["target"])
     if bundle.manifest.get("source") == "onnx-file":
         return {"input": str(input_path), "shapes": shapes, "outputs": _describe(outs)}
     logits = next(iter(outs.values()))
@@ -462,6 +474,7 @@ def predict(root: Path, input_path: Path, top: int = 3, target: str | None = Non
         samples.append([{"label": labels[i], "class": int(i), "p": float(row[i])} for i in best])
     return {
         "input": str(input_path),
+        "variant": variant,
         "shape": shapes[model["inputs"][0]["name"]],
         "predictions": samples,
     }
@@ -724,6 +737,27 @@ def fingerprint() -> dict:
     }
 
 
+def device_key(env: dict) -> str:
+    """12 hex digits naming a device's hardware (CPU, logical cores, machine): the key a
+    placement plan files each device under."""
+    key = json.dumps([env.get("cpu"), env.get("logical_cores"), env.get("machine")])
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def rss_mb() -> tuple:
+    """(current, peak) resident memory of this process in MB, or (None, None) where unknown.
+
+    Read from /proc/self/status (Linux: VmRSS, VmHWM): the peak there is this program's own,
+    reset at exec, unlike getrusage's ru_maxrss, which keeps a large forked parent's.
+    """
+    found = {}
+    for line in (_read("/proc/self", "status") or "").splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM") and value.split():
+            found[key] = int(value.split()[0]) / 1024  # kB
+    return found.get("VmRSS"), found.get("VmHWM")
+
+
 def _bound(sess, feed: dict):
     """One inference on inputs bound once, outputs left on the CPU."""
     ort = _ort()
@@ -769,29 +803,47 @@ def _batch_sizes(bundle: Bundle, sizes) -> list:
 
 
 def _load(bundle: Bundle, roles: list, opts: dict, first: dict) -> tuple:
+    """A session per role; each one's cold start and the memory its loading and first run
+    added to this process (``model_mb``)."""
     sessions, result = {}, {}
     for role in roles:
+        before = rss_mb()[0]
         t0 = time.perf_counter()
         path = bundle.model_path(role, opts["target"])
         sessions[role], info = session(path, threads=opts["threads"])
         t1 = time.perf_counter()
         run_model(sessions[role], first, path.name)
         cold = {"load_s": t1 - t0, "first_inference_s": time.perf_counter() - t1}
-        result[role] = {"file": path.name, "cold_start": cold, "runtime": info, "latency": {}}
+        after = rss_mb()[0]
+        memory = {"model_mb": None if before is None else max(after - before, 0.0)}
+        result[role] = {
+            "file": path.name,
+            "cold_start": cold,
+            "runtime": info,
+            "memory": memory,
+            "latency": {},
+        }
     return sessions, result
 
 
 def bench(root: Path, opts: dict) -> dict:
-    """Latency of the student (and the teacher, when shipped) on this device."""
+    """Latency of the student (and the teacher, when shipped) on this device, on the portable
+    models or on ``opts["target"]``'s compiled forms."""
     bundle = Bundle(root)
     feed, axes = golden_feed(bundle), _batch_axes(bundle)
     sizes = _batch_sizes(bundle, opts.get("batch_sizes"))
     roles = [r for r in ("teacher", "student") if r in bundle.manifest["models"]]
     if opts["target"]:
-        bundle.model_path("student", opts["target"])  # an unknown or non-ORT target fails here
-        # A compiled student is compared only with the teacher compiled for the same target.
-        roles = [r for r in roles if r in bundle.manifest["compiled"][opts["target"]]["models"]]
+        # A compiled model is compared only with the other compiled for the same target; a
+        # target may hold the teacher alone (an INT8 student that failed its gate).
+        roles = [
+            r
+            for r in roles
+            if r in bundle.manifest.get("compiled", {}).get(opts["target"], {}).get("models", {})
+        ]
+        bundle.model_path(roles[0] if roles else "student", opts["target"])  # unknown, non-ORT
     first = batch_feed(feed, axes, 1) if axes else feed
+    baseline = rss_mb()[0]  # python, numpy and onnxruntime, before any model
     sessions, result = _load(bundle, roles, opts, first)
     speedup, speedup_iqr, noise = {}, {}, []
     for size in sizes:
@@ -800,17 +852,24 @@ def bench(root: Path, opts: dict) -> dict:
         e2e = measure({r: _end_to_end(s, xb) for r, s in sessions.items()}, opts)
         noise += bound["noise"]
         for role in roles:
-            stats = summarize([v for r in bound["samples"][role] for v in r])
+            rounds = bound["samples"][role]
+            stats = summarize([v for r in rounds for v in r])
+            stats["round_spread"] = round_spread(rounds)
             stats["throughput_per_s"] = size * 1000.0 / stats["p50_ms"]
             stats["end_to_end"] = summarize(e2e[role])
             result[role]["latency"][str(size)] = stats
-        if "teacher" in result:
+        if len(roles) == 2:
             ratio = paired(bound["samples"]["teacher"], bound["samples"]["student"])
             speedup[str(size)], speedup_iqr[str(size)] = ratio["ratio"], ratio["iqr"]
-    if "teacher" in result:
+    if len(roles) == 2:
         # Median of per-round ratios (teacher / student), with their IQR: see ``paired``.
         result["speedup"], result["speedup_iqr"] = speedup, speedup_iqr
     result["noise"] = noise_summary(noise)
+    for role in roles:
+        if baseline is not None:
+            # A process that runs this model alone: the runtime's baseline plus the model.
+            result[role]["memory"]["runtime_baseline_mb"] = baseline
+            result[role]["memory"]["peak_rss_mb"] = baseline + result[role]["memory"]["model_mb"]
     return {
         "kind": RESULT_KIND,
         "format_version": RESULT_FORMAT,
@@ -823,6 +882,83 @@ def bench(root: Path, opts: dict) -> dict:
         "options": {k: v for k, v in {**opts, "batch_sizes": sizes}.items() if k != "device"},
         "results": result,
     }
+
+
+def parse_variant(text: str) -> tuple:
+    """``[teacher@|student@]TARGET`` (TARGET ``portable`` or a compiled target) -> (role,
+    target or None)."""
+    role, _, target = text.rpartition("@")
+    role = role or "student"
+    if role not in ("teacher", "student") or not target:
+        raise BundleError(
+            f"--variant '{text}': give [teacher@|student@]TARGET, e.g. student@ort-cpu or "
+            f"teacher@{PORTABLE}"
+        )
+    return role, None if target == PORTABLE else target
+
+
+def variant_name(role: str, target) -> str:
+    return f"{role}@{target or PORTABLE}"
+
+
+def runnable_targets(bundle: Bundle) -> tuple:
+    """The targets this device can time with run.py (None: the portable models), and why the
+    others cannot be timed here."""
+    available = _ort().get_available_providers()
+    targets, skipped = [None], {}
+    for target, entry in bundle.manifest.get("compiled", {}).items():
+        if entry["backend"] != "onnxruntime":
+            skipped[target] = f"holds {entry['backend']} models; run.py runs ONNX Runtime only"
+        elif entry.get("provider") not in available:
+            skipped[target] = f"needs {entry.get('provider')}, which this onnxruntime lacks"
+        else:
+            targets.append(target)
+    return targets, skipped
+
+
+def planned_device(bundle: Bundle, device) -> tuple:
+    """(name, plan entry) of this device in the bundle's plan: by ``device`` name when one is
+    given, else by this device's fingerprint; (None, None) when the plan does not hold it (or
+    the bundle has no plan)."""
+    devices = (bundle.manifest.get("plan") or {}).get("devices", {})
+    if device is not None:
+        return (device, devices[device]) if device in devices else (None, None)
+    key = device_key(fingerprint())
+    same = sorted(n for n, d in devices.items() if d.get("fingerprint") == key)
+    if len(same) > 1:
+        raise BundleError(
+            f"the plan holds several devices with this device's fingerprint {key} "
+            f"({', '.join(same)}); pass --device NAME or --variant"
+        )
+    return (same[0], devices[same[0]]) if same else (None, None)
+
+
+def choose(bundle: Bundle, variant, target, device) -> dict:
+    """Which variant to run here: ``--variant``, ``--target`` (the student), the plan's
+    choice for this device, or the portable student. ``every`` is set when the plan does not
+    hold this device or found nothing within its budget; ``said`` tells the user why."""
+    if variant and target:
+        raise BundleError("give --variant or --target, not both")
+    if variant:
+        role, target = parse_variant(variant)
+        return {"role": role, "target": target, "said": f"variant {variant} (--variant)"}
+    if target or not bundle.manifest.get("plan"):
+        return {"role": "student", "target": target, "said": None}
+    name, entry = planned_device(bundle, device)
+    if entry is None:
+        key = device_key(fingerprint())
+        known = ", ".join(sorted(bundle.manifest["plan"]["devices"]))
+        said = f"this device ({device or 'unnamed'}, fingerprint {key}) is not in the bundle's plan (planned: {known})"
+        return {"role": "student", "target": None, "every": True, "said": said}
+    if not entry.get("variant"):
+        said = f"the plan found no variant within budget for device {name} ({entry.get('closest') or 'none measured'})"
+        return {"role": "student", "target": None, "every": True, "said": said}
+    role, target = parse_variant(entry["variant"])
+    said = (
+        f"plan: device {name} runs {entry['variant']} (budget {entry['budget_ms']:g} ms, "
+        f"planned p90 {entry['p90_ms']:.3f} ms at batch {bundle.manifest['plan']['batch']})"
+    )
+    return {"role": role, "target": target, "said": said, "device": name, "entry": entry}
 
 
 def write_json(path: Path, obj) -> None:
@@ -865,10 +1001,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, help="classes shown per sample (default 3)")
     p.add_argument("--target", help="run this compiled form instead of the portable model")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--device", help="this device's name in the bundle's plan (default: found by fingerprint)"
+    )
     b = sub.add_parser("bench", help="latency on this device, written to a result file")
     b.add_argument("--json", action="store_true", help="print the result as JSON too")
     b.add_argument("--out", type=Path, help="result file (default: beside the bundle folder)")
-    b.add_argument("--device", default=platform.node() or "device", help="name in the table")
+    b.add_argument(
+        "--device",
+        help="name in the results table and the plan (default: the planned name found by "
+        "fingerprint, else the host name)",
+    )
     b.add_argument("--target", help="time this compiled form instead of the portable model")
     b.add_argument(
         "--batch-sizes", type=_sizes, help="default 1,64 (a fixed batch: the golden input's)"
@@ -877,6 +1020,12 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=0, help="intra-op threads (0: one per CPU we may use)"
     )
     b.add_argument("--cpus", help="pin to these CPUs, e.g. 0 or 0-1 (os.sched_setaffinity)")
+    for sub_parser in (p, b):
+        sub_parser.add_argument(
+            "--variant",
+            help="run this variant, [teacher@|student@]TARGET (TARGET: portable or a compiled "
+            "target), instead of the plan's choice",
+        )
     for flag, kind, default in (
         ("--warmup-iters", int, 20),
         ("--warmup-s", float, 0.2),
@@ -907,34 +1056,101 @@ def _print_verify(result: dict) -> None:
     print(f"bundle id (sha256 of manifest.json): {result['id']}")
 
 
-def _bench_command(root: Path, args) -> dict:
-    opts = {k: getattr(args, k) for k in ("device", "target", "batch_sizes", "threads")}
-    for k in ("warmup_iters", "warmup_s", "min_iters", "min_time_s", "rounds"):
-        opts[k] = getattr(args, k)
-    if min(opts["rounds"], opts["min_iters"]) < 1 or min(opts["warmup_s"], opts["min_time_s"]) < 0:
-        raise BundleError("--rounds and --min-iters must be >= 1, times >= 0")
-    if args.cpus:
+def _planned_settings(pick: dict, args) -> dict:
+    """Threads and CPUs for the run: the command line's, else those the plan's measurement of
+    this device used (its p90 holds for them)."""
+    settings = (pick.get("entry") or {}).get("settings") or {}
+    threads = getattr(args, "threads", 0) or settings.get("threads") or 0
+    cpus = getattr(args, "cpus", None) or settings.get("cpus")
+    if cpus:
         try:
-            opts["cpus"] = pin(args.cpus)
+            cpus = pin(str(cpus))
         except ValueError as e:
             raise BundleError(f"--cpus: {e}") from None
-    result = bench(root, opts)
-    # Beside the bundle folder by default: a file inside it would fail the next verify.
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in opts["device"])
+    return {"threads": threads, "cpus": cpus}
+
+
+def _plan_check(result: dict, pick: dict, batch: int) -> dict:
+    """The planned variant's p90 measured now against the device's budget."""
+    entry = pick["entry"]
+    p90 = result["results"][pick["role"]]["latency"][str(batch)]["p90_ms"]
+    return {
+        "device": pick["device"],
+        "variant": entry["variant"],
+        "batch": batch,
+        "budget_ms": entry["budget_ms"],
+        "planned_p90_ms": entry["p90_ms"],
+        "p90_ms": p90,
+        "within_budget": p90 <= entry["budget_ms"],
+    }
+
+
+def _bench_out(root: Path, args, device: str, target, every: bool) -> Path:
+    """Beside the bundle folder by default: a file inside it would fail the next verify. When
+    every variant is measured, each compiled target's file takes the target's name."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device)
     out = args.out or root.parent / f"{root.name}.bench-{safe}.json"
-    try:
-        write_json(out, result)
-    except OSError as e:
-        raise BundleError(f"cannot write {out} ({e.strerror}); pass --out PATH") from None
-    role = "model" if Bundle(root).manifest.get("source") == "onnx-file" else "student"
-    for size, s in result["results"]["student"]["latency"].items():
+    return out.with_name(f"{out.stem}-{target}{out.suffix}") if every and target else out
+
+
+def _print_bench(result: dict, out: Path, role: str) -> None:
+    where = result["options"].get("target") or PORTABLE
+    timed = "student" if "student" in result["results"] else "teacher"
+    role = role if timed == "student" else timed
+    for size, s in result["results"][timed]["latency"].items():
         extra = ""
         if "speedup" in result["results"]:
             t = result["results"]["teacher"]["latency"][size]["p50_ms"]
             extra = f", teacher p50 {t:.3f} ms, speed-up {result['results']['speedup'][size]:.1f}x"
-        print(f"batch {size}: {role} p50 {s['p50_ms']:.3f} ms, p90 {s['p90_ms']:.3f} ms{extra}")
+        print(
+            f"{where}, batch {size}: {role} p50 {s['p50_ms']:.3f} ms, p90 {s['p90_ms']:.3f} ms{extra}"
+        )
+    check = result.get("plan")
+    if check:
+        verdict = "within" if check["within_budget"] else "OVER"
+        print(
+            f"planned {check['variant']}: p90 {check['p90_ms']:.3f} ms at batch {check['batch']}, "
+            f"{verdict} the budget of {check['budget_ms']:g} ms (planned p90 {check['planned_p90_ms']:.3f} ms)"
+        )
     print(f"result: {out}")
-    return result
+
+
+def _bench_command(root: Path, args) -> dict:
+    bundle = Bundle(root)
+    pick = choose(bundle, args.variant, args.target, args.device)
+    every = bool(pick.get("every"))
+    if pick["said"]:
+        print(pick["said"] + ("; measuring every variant" if every else ""))
+    opts = {**_planned_settings(pick, args), "batch_sizes": args.batch_sizes}
+    opts["device"] = args.device or pick.get("device") or platform.node() or "device"
+    for k in ("warmup_iters", "warmup_s", "min_iters", "min_time_s", "rounds"):
+        opts[k] = getattr(args, k)
+    if min(opts["rounds"], opts["min_iters"]) < 1 or min(opts["warmup_s"], opts["min_time_s"]) < 0:
+        raise BundleError("--rounds and --min-iters must be >= 1, times >= 0")
+    plan_batch = (bundle.manifest.get("plan") or {}).get("batch", 1)
+    if pick.get("entry") and not opts["batch_sizes"]:
+        opts["batch_sizes"] = [plan_batch]
+    targets = [pick["target"]]
+    if every:
+        targets, skipped = runnable_targets(bundle)
+        for target, why in skipped.items():
+            print(f"{target}: not timed ({why})")
+    if pick["role"] == "teacher" and "teacher" not in bundle.manifest["models"]:
+        raise BundleError("this bundle has no teacher; package it with --with-teacher")
+    role = "model" if bundle.manifest.get("source") == "onnx-file" else "student"
+    results = []
+    for target in targets:
+        result = bench(root, {**opts, "target": target})
+        if pick.get("entry"):
+            result["plan"] = _plan_check(result, pick, plan_batch)
+        out = _bench_out(root, args, opts["device"], target, every)
+        try:
+            write_json(out, result)
+        except OSError as e:
+            raise BundleError(f"cannot write {out} ({e.strerror}); pass --out PATH") from None
+        _print_bench(result, out, role)
+        results.append(result)
+    return results[0] if len(results) == 1 else {"every_variant": True, "results": results}
 
 
 def _run(root: Path, args) -> dict:
@@ -943,7 +1159,16 @@ def _run(root: Path, args) -> dict:
         if not args.json:
             _print_verify(result)
     elif args.command == "predict":
-        result = predict(root, args.input, max(args.top, 1), args.target)
+        bundle = Bundle(root)
+        pick = choose(bundle, args.variant, args.target, args.device)
+        if pick["said"]:
+            # Standard error: --json keeps standard output one JSON document.
+            print(
+                pick["said"] + ("; running the portable student" if pick.get("every") else ""),
+                file=sys.stderr,
+            )
+        pick["threads"] = _planned_settings(pick, args)["threads"]
+        result = predict(root, args.input, max(args.top, 1), pick)
         if not args.json:
             _print_predictions(result)
     else:
