@@ -642,11 +642,13 @@ def targets_cmd():
     """List the targets; say which are available here, and why not."""
     from kdexport.backends.profiles import builtin_names, load_target
 
-    for name in builtin_names():
+    names = builtin_names()
+    width = max(map(len, names))
+    for name in names:
         target = load_target(name)
         reason = target.unavailable_reason()
         status = "available" if reason is None else f"unavailable: {reason}"
-        click.echo(f"{name:<14} {target.description}\n{'':<14} {status}")
+        click.echo(f"{name:<{width}} {target.description}\n{'':<{width}} {status}")
 
 
 def main() -> None:

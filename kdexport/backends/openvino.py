@@ -3,6 +3,13 @@
 Compiled with the profile's performance hint (LATENCY by default, as ``benchmark_app -hint
 latency``) and an explicit inference precision: on CPUs with bf16 support OpenVINO would
 otherwise pick bf16 by itself.
+
+A profile's device is one OpenVINO device (``CPU``, ``GPU.1``) or OpenVINO's own choice among
+several (issue 15): ``AUTO`` (whatever exists), ``AUTO:GPU,CPU`` (the first in the list that
+compiles the model) or ``HETERO:GPU,CPU`` (each op on the first listed device that supports
+it). A profile is available only where every device it lists exists. AUTO's CPU start-up
+helper and its run-time retry on another device are switched off, so that every inference runs
+where ``EXECUTION_DEVICES`` says, and ``Runner.info`` records that rather than the request.
 """
 
 from __future__ import annotations
@@ -50,10 +57,49 @@ def explain(e: Exception) -> str:
     return " ".join(" ".join(lines).split())[:300]
 
 
+VIRTUAL = ("AUTO", "HETERO")  # OpenVINO's devices that place a model on other devices
+# What Runner.info reports per device that runs the model: info key -> OpenVINO property.
+_REPORTED = {
+    "precision": "INFERENCE_PRECISION_HINT",
+    "performance_hint": "PERFORMANCE_HINT",
+    "streams": "NUM_STREAMS",
+    "inference_num_threads": "INFERENCE_NUM_THREADS",
+}
+
+
+def named_devices(device: str) -> list[str]:
+    """The devices a profile's device names: ``["GPU", "CPU"]`` for ``HETERO:GPU,CPU``,
+    ``["CPU"]`` for ``CPU``, none for a bare ``AUTO`` (whatever exists)."""
+    virtual, _, listed = device.partition(":")
+    if virtual.upper() not in VIRTUAL:
+        return [device]
+    return [d for d in listed.split(",") if d]
+
+
+def _present(name: str, available: list[str]) -> bool:
+    """``GPU`` is present when ``GPU.0`` is; ``GPU.0`` when the only GPU is listed as ``GPU``."""
+    bases = {d.split(".")[0] for d in available}
+    return name in available or name in bases or name.split(".")[0] in available
+
+
+def devices_problem(device: str, available: list[str]) -> str | None:
+    """None when the devices ``device`` names are among ``available`` (OpenVINO's
+    ``Core.available_devices``), else one line: which are missing, which exist, the fix."""
+    seen = ", ".join(available) or "none"
+    missing = [d for d in named_devices(device) if not _present(d, available)]
+    if not available or missing:
+        fix = (
+            "; an Intel GPU is listed once its OpenCL compute runtime is installed"
+            if any(d.upper().startswith("GPU") for d in missing)
+            else ""
+        )
+        return f"{device}: OpenVINO sees no {', '.join(missing) or 'device'} here (available_devices: {seen}){fix}"
+    return None
+
+
 def unavailable_reason(target) -> str | None:
-    devices = ov.Core().available_devices
-    if target.device.split(".")[0] not in devices:
-        return f"OpenVINO sees no {target.device} device here (it sees: {', '.join(devices) or 'none'})"
+    if problem := devices_problem(target.device, ov.Core().available_devices):
+        return problem
     if target.precision not in _PRECISIONS:
         return f"precision '{target.precision}' is not one of {', '.join(_PRECISIONS)}"
     return None
@@ -84,26 +130,12 @@ class Runner:
     or a dict input name -> array."""
 
     def __init__(self, path: Path, target):
-        core = ov.Core()
-        config = {
-            "PERFORMANCE_HINT": target.options.get("performance_hint", "LATENCY"),
-            "INFERENCE_PRECISION_HINT": _PRECISIONS[target.precision][0],
-        }
-        # Explicit, never "0 = all": both sides of a comparison run with the same count.
-        threads = int(target.options.get("inference_num_threads", 0))
-        if threads or target.device.upper() == "CPU":
-            config["INFERENCE_NUM_THREADS"] = threads or available_cpus()
-        if target.options.get("cache", False):
-            # Compiled blobs beside the IR: compile writes them, later loads start faster.
-            config["CACHE_DIR"] = str(Path(path).parent / "cache")
-        self.compiled = core.compile_model(str(path), target.device, config)
+        self.compiled = ov.Core().compile_model(str(path), target.device, _config(path, target))
         self.request = self.compiled.create_infer_request()
         self.info = {
-            "device": target.device,
-            "precision": self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
-            "performance_hint": str(self.compiled.get_property("PERFORMANCE_HINT")),
-            "streams": int(self.compiled.get_property("NUM_STREAMS")),
-            "inference_num_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
+            "device": ",".join(self.compiled.get_property("EXECUTION_DEVICES")),
+            "requested_device": target.device,
+            **_executed(self.compiled),
             "openvino": ov.get_version(),
         }
 
@@ -119,6 +151,66 @@ class Runner:
                 name, ov.Tensor(np.ascontiguousarray(value), shared_memory=True)
             )
         return self.request.infer
+
+
+def _config(path: Path, target) -> dict:
+    """compile_model's properties for the profile. AUTO and HETERO pass the hints on to their
+    devices; the CPU's own settings go to the CPU alone (DEVICE_PROPERTIES), never to a GPU."""
+    precision = _PRECISIONS[target.precision][0]
+    config = {
+        "PERFORMANCE_HINT": target.options.get("performance_hint", "LATENCY"),
+        "INFERENCE_PRECISION_HINT": precision,
+    }
+    # Explicit, never "0 = all": both sides of a comparison run with the same count.
+    cpu = {
+        "INFERENCE_NUM_THREADS": int(target.options.get("inference_num_threads", 0))
+        or available_cpus()
+    }
+    names, virtual = named_devices(target.device), target.device.split(":")[0].upper()
+    if virtual in VIRTUAL and ("CPU" in names or not names):
+        if precision == "f16":  # f16 is the GPU's; a CPU part stays f32 (not bf16, as some would)
+            cpu["INFERENCE_PRECISION_HINT"] = "f32"
+        config["DEVICE_PROPERTIES"] = {"CPU": cpu}
+    elif target.device.upper() == "CPU":
+        config |= cpu
+    if virtual == "AUTO":  # no CPU start-up helper, no retry elsewhere: one device runs it all
+        config |= {"ENABLE_STARTUP_FALLBACK": False, "ENABLE_RUNTIME_FALLBACK": False}
+    if target.options.get("cache", False):
+        # Compiled blobs beside the IR: compile writes them, later loads start faster.
+        config["CACHE_DIR"] = str(Path(path).parent / "cache")
+    return config
+
+
+def _executed(compiled) -> dict:
+    """Precision, hint, streams and threads as the devices that run the model report them:
+    one value when one device runs it, else device -> value (HETERO across devices)."""
+    supported = compiled.get_property("SUPPORTED_PROPERTIES")
+    running = compiled.get_property("EXECUTION_DEVICES")
+    if "DEVICE_PROPERTIES" in supported:  # AUTO, HETERO: those of the devices that run it
+        kinds = {d.split(".")[0] for d in running}
+        per_device = {
+            d: props
+            for d, props in compiled.get_property("DEVICE_PROPERTIES").items()
+            if d.split(".")[0] in kinds
+        }
+    else:
+        per_device = {
+            d: {p: compiled.get_property(p) for p in _REPORTED.values() if p in supported}
+            for d in running
+        }
+    info = {}
+    for key, prop in _REPORTED.items():
+        values = {d: _plain(props[prop]) for d, props in per_device.items() if prop in props}
+        if values:
+            info[key] = next(iter(values.values())) if len(values) == 1 else values
+    return info
+
+
+def _plain(value):
+    """An OpenVINO property value as JSON: ``f32`` for an element type, ints and strings."""
+    if isinstance(value, ov.Type):
+        return value.to_string()
+    return value if isinstance(value, int) else str(value)
 
 
 def load(path: Path, target) -> Runner:
