@@ -1020,6 +1020,12 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=0, help="intra-op threads (0: one per CPU we may use)"
     )
     b.add_argument("--cpus", help="pin to these CPUs, e.g. 0 or 0-1 (os.sched_setaffinity)")
+    b.add_argument(
+        "--all-variants",
+        action="store_true",
+        help="time every variant this device can run (portable and each compiled target), one "
+        "result file each, as on a device the plan does not hold",
+    )
     for sub_parser in (p, b):
         sub_parser.add_argument(
             "--variant",
@@ -1117,7 +1123,12 @@ def _print_bench(result: dict, out: Path, role: str) -> None:
 
 def _bench_command(root: Path, args) -> dict:
     bundle = Bundle(root)
-    pick = choose(bundle, args.variant, args.target, args.device)
+    if args.all_variants and (args.variant or args.target):
+        raise BundleError("give --all-variants, --variant or --target, not two of them")
+    if args.all_variants:
+        pick = {"role": "student", "target": None, "every": True, "said": None}
+    else:
+        pick = choose(bundle, args.variant, args.target, args.device)
     every = bool(pick.get("every"))
     if pick["said"]:
         print(pick["said"] + ("; measuring every variant" if every else ""))
