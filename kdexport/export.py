@@ -1,7 +1,7 @@
 """torch -> ONNX for teacher and student, with a dynamic batch axis and a parity check.
 
 The dynamo exporter (``torch.onnx.export(dynamo=True)``, onnxscript) runs first; if it fails the
-TorchScript exporter runs, and the manifest records which one did. The exported graph must pass
+TorchScript exporter runs, and the manifest records which one did (``onnxfile.torch_to_onnx``). The exported graph must pass
 ``onnx.checker`` (full check, with shape inference) and have a symbolic batch axis, and ONNX
 Runtime (no graph rewrites) must reproduce PyTorch at batch 1, the export batch and a larger one,
 and on the held-out sample, whose PyTorch outputs go into ``io_sample.npz`` for every later stage
@@ -10,12 +10,7 @@ to compare with. Training data for INT8 calibration goes into ``calibration.npz`
 
 from __future__ import annotations
 
-import io
 import json
-import logging
-import re
-import warnings
-from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +22,7 @@ from kdexport.artifact import Artifact
 from kdexport.distill import load_student
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy, parity
-from kdexport.onnxfile import check_onnx_file, run_reference
+from kdexport.onnxfile import check_onnx_file, run_reference, torch_to_onnx
 from kdexport.options import Range, stage_options
 from kdexport.rundir import MODELS, Run
 from kdexport.teacher import load_teacher, teacher_sha256
@@ -56,57 +51,12 @@ def count_flops(model: torch.nn.Module, example: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def _unsupported_op(model, example, error: str) -> str:
-    """Name the op the exporter could not translate and the module that calls it."""
-    found = re.search(r"op='(aten\.\w+)'|aten::(\w+)", error)
-    if not found:
-        return ""
-    op = found.group(1) or f"aten.{found.group(2)}"
-    try:
-        program = torch.export.export(model, (example,), strict=False)
-    except Exception:  # the op is named even where the module cannot be found
-        return f"op {op} is not supported by the ONNX exporters"
-    for node in program.graph.nodes:
-        if op.split(".")[1] in str(node.target).split(".")[1:2] or op in str(node.target):
-            stack = node.meta.get("nn_module_stack") or {"": ("", "the model")}
-            path, cls = list(stack.values())[-1]
-            cls = getattr(cls, "__name__", str(cls).rsplit(".", 1)[-1])
-            return f"op {op} in module '{path or '(top)'}' ({cls}) is not supported by the ONNX exporters"
-    return f"op {op} is not supported by the ONNX exporters"
-
-
 def _torch_export(
     model, example, path: Path, opset: int, dynamic: bool = True, external: bool = False
 ) -> str:
     """Write ``path``; return the exporter that succeeded ("dynamo" or "torchscript")."""
-    # The exporter logs and prints its progress (and "torchvision is not installed"): keep quiet.
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    names = {"input_names": [INPUT], "output_names": [OUTPUT], "opset_version": opset}
-    dims = ({0: torch.export.Dim("batch", min=1, max=1 << 20)},) if dynamic else None
-    try:
-        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (example,),
-                path,
-                dynamo=True,
-                external_data=external,
-                dynamic_shapes=dims,
-                **names,
-            )
-        return "dynamo"
-    except Exception as dynamo_error:  # the exporter raises many types; fall back, then report
-        axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic else None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(model, (example,), path, dynamo=False, dynamic_axes=axes, **names)
-            return "torchscript"
-        except Exception as e:
-            named = _unsupported_op(model, example, f"{dynamo_error}\n{e}")
-            detail = named or f"dynamo: {dynamo_error!s:.200}; torchscript: {e!s:.200}"
-            raise KdxError(f"cannot export to ONNX opset {opset}: {detail}") from None
+    batch = {0: "batch"} if dynamic else {}
+    return torch_to_onnx(model, (example,), path, opset, {INPUT: batch}, {OUTPUT: batch}, external)
 
 
 def _finish_onnx(path: Path, metadata: dict[str, str], dynamic: bool) -> dict:

@@ -2,8 +2,10 @@
 
 A loss maps (student, teacher, labels) to a scalar batch mean. Logit losses get the models'
 outputs; feature losses (``inputs = "features"``) get the outputs of one named intermediate
-layer of each model, read by a ``LayerTap``. A label of -1 (``UNLABELED``) marks a transfer
-sample without a label: only the teacher's outputs teach on it.
+layer of each model, read by a ``LayerTap``. Text losses (``inputs = "hidden_states"`` or
+``"attentions"``) get a transformer's tuples of those (``kdexport.text.features``) and the
+attention mask. A label of -1 (``UNLABELED``) marks a transfer sample without a label: only the
+teacher's outputs teach on it.
 """
 
 from __future__ import annotations
@@ -141,12 +143,119 @@ class AttentionLoss(nn.Module):
         return (self.attention(student) - self.attention(teacher)).pow(2).mean()
 
 
+def _token_mask(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, L) float mask of the real tokens: 1 where ``attention_mask`` is 1, all ones without one."""
+    if attention_mask is None:
+        return hidden.new_ones(hidden.shape[:2], dtype=torch.float32)
+    return attention_mask.to(device=hidden.device, dtype=torch.float32)
+
+
+class TinyBERTHiddenLoss(nn.Module):
+    """TinyBERT hidden-state transfer (Jiao et al. 2020, "TinyBERT: Distilling BERT for Natural
+    Language Understanding", arXiv:1909.10351, eq. 8 with the uniform layer map of sec. 3.1):
+
+    L = sum_{m=0}^{M} mean_{tokens t, dims d} ((H^S_m W)_td - (H^T_{g(m)})_td)^2,  g(m) = m·k,
+    k = N / M for a student of M and a teacher of N transformer layers; m = 0 is the embedding
+    output (TinyBERT's embedding loss, with the same W, as the authors' code does). W (d_s x
+    d_t, learned, no bias) trains with the student but is not part of it: the exported student
+    never holds it. The mean runs over real tokens only (``attention_mask`` 1; padding does not
+    count, unlike the authors' code), so one sample's loss is the same alone or padded in a batch.
+
+    Inputs: ``student``/``teacher`` are the models' ``hidden_states`` tuples (embeddings, then
+    one per layer: M + 1 and N + 1 tensors of (B, L, d)), as ``kdexport.text.features`` returns.
+    """
+
+    inputs = "hidden_states"
+
+    def __init__(
+        self, student_hidden: int, teacher_hidden: int, student_layers: int, teacher_layers: int
+    ):
+        super().__init__()
+        if student_layers < 1 or teacher_layers % student_layers:
+            raise KdxError(
+                f"loss 'tinybert_hidden': the teacher's {teacher_layers} layers do not map onto the "
+                f"student's {student_layers} uniformly (g(m) = m·N/M); pick a student whose layer "
+                "count divides the teacher's"
+            )
+        self.step = teacher_layers // student_layers
+        self.layers = student_layers
+        self.projection = nn.Linear(student_hidden, teacher_hidden, bias=False)
+
+    def layer_map(self) -> list[tuple[int, int]]:
+        """(student index, teacher index) into the hidden_states tuples, embeddings first."""
+        return [(m, m * self.step) for m in range(self.layers + 1)]
+
+    def forward(self, student, teacher, labels, attention_mask=None) -> torch.Tensor:
+        if len(student) != self.layers + 1 or len(teacher) != self.layers * self.step + 1:
+            raise KdxError(
+                f"loss 'tinybert_hidden' was built for {self.layers} student and "
+                f"{self.layers * self.step} teacher layers, got {len(student) - 1} and "
+                f"{len(teacher) - 1}; pass the models' whole hidden_states tuples"
+            )
+        mask = _token_mask(student[0], attention_mask).unsqueeze(-1)
+        count = mask.sum() * teacher[0].shape[-1]
+        total = student[0].new_zeros((), dtype=torch.float32)
+        for m, n in self.layer_map():
+            diff = self.projection(student[m].float()) - teacher[n].float()
+            total = total + (diff.pow(2) * mask).sum() / count.clamp_min(1.0)
+        return total
+
+
+class MiniLMAttentionLoss(nn.Module):
+    """MiniLM self-attention distribution transfer of the last layer (Wang et al. 2020, "MiniLM:
+    Deep Self-Attention Distillation for Task-Agnostic Compression of Pre-Trained
+    Transformers", arXiv:2002.10957, eq. 6):
+
+    L = 1 / (A_h |x|) sum_{a=1}^{A_h} sum_{t=1}^{|x|} KL(A^T_{L,a,t} || A^S_{M,a,t}),
+    A the softmax attention distributions (query t over keys) of the teacher's last layer L and
+    the student's last layer M, A_h heads, |x| the real (unpadded) query positions, then the
+    batch mean. Padded keys carry no probability in either model and add nothing. As the paper,
+    it needs the same number of heads (and, with one tokenizer, the same sequence); the value-
+    relation term of the paper is left out (Hugging Face models do not return the values).
+    No parameters: the student's hidden size and depth may differ from the teacher's.
+
+    Inputs: ``student``/``teacher`` are the models' ``attentions`` tuples (one (B, heads, L, L)
+    tensor per layer; eager attention), or their last layers' tensors.
+    """
+
+    inputs = "attentions"
+
+    def __init__(self, student_heads: int, teacher_heads: int):
+        super().__init__()
+        if student_heads != teacher_heads:
+            raise KdxError(
+                f"loss 'minilm_attention' needs the same number of attention heads (student "
+                f"{student_heads}, teacher {teacher_heads}), as MiniLM does; use tinybert_hidden"
+            )
+
+    def forward(self, student, teacher, labels, attention_mask=None) -> torch.Tensor:
+        a_s = (student[-1] if isinstance(student, (tuple, list)) else student).float()
+        a_t = (teacher[-1] if isinstance(teacher, (tuple, list)) else teacher).float()
+        if a_s.shape != a_t.shape:
+            raise KdxError(
+                f"loss 'minilm_attention': attention maps {tuple(a_s.shape)} (student) and "
+                f"{tuple(a_t.shape)} (teacher) differ; same heads and the same tokenized input needed"
+            )
+        mask = _token_mask(a_s[:, 0, :, 0], attention_mask)  # (B, L)
+        keys = mask[:, None, None, :] > 0
+        # p log p - p log q over real keys; 0 log 0 = 0 and padded keys are left out
+        log_s = torch.where(keys, a_s.clamp_min(1e-30).log(), 0.0)
+        log_t = torch.where(keys, a_t.clamp_min(1e-30).log(), 0.0)
+        kl = (a_t * (log_t - log_s) * keys).sum(-1)  # (B, heads, queries)
+        per_sample = (kl * mask[:, None, :]).sum((1, 2)) / (
+            kl.shape[1] * mask.sum(1).clamp_min(1.0)
+        )
+        return per_sample.mean()
+
+
 LOSSES: dict[str, type[nn.Module]] = {
     "ce": CELoss,
     "kd": KDLoss,
     "logit_mse": LogitMSELoss,
     "hint": HintLoss,
     "attention": AttentionLoss,
+    "tinybert_hidden": TinyBERTHiddenLoss,
+    "minilm_attention": MiniLMAttentionLoss,
 }
 LOGIT_LOSSES = ("kd", "logit_mse")
 FEATURE_LOSSES = ("none", "hint", "attention")
@@ -175,6 +284,11 @@ def make_loss(name: str, temperature: float, feature_shapes: tuple | None) -> nn
         if feature_shapes is None:
             raise KdxError(f"feature loss '{name}' needs distill.student_layer and teacher_layer")
         return cls(*feature_shapes)
+    if cls.inputs != "logits":  # the text losses need the models' sizes and the attention mask
+        raise KdxError(
+            f"loss '{name}' takes a transformer's {cls.inputs}: build it with the models' sizes "
+            "and call it with kdexport.text.features (see its docstring)"
+        )
     return cls()
 
 

@@ -6,7 +6,12 @@ outside its own folder is a ``KdxError`` naming the file.
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import re
+import warnings
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +174,76 @@ def reference_outputs(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.n
     sess = _reference_session(path)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feed), strict=True))
+
+
+def _unsupported_op(model, args: tuple, error: str) -> str:
+    """Name the op the exporter could not translate and the module that calls it."""
+    import torch
+
+    found = re.search(r"op='(aten\.\w+)'|aten::(\w+)", error)
+    if not found:
+        return ""
+    op = found.group(1) or f"aten.{found.group(2)}"
+    try:
+        program = torch.export.export(model, args, strict=False)
+    except Exception:  # the op is named even where the module cannot be found
+        return f"op {op} is not supported by the ONNX exporters"
+    for node in program.graph.nodes:
+        if op.split(".")[1] in str(node.target).split(".")[1:2] or op in str(node.target):
+            stack = node.meta.get("nn_module_stack") or {"": ("", "the model")}
+            path, cls = list(stack.values())[-1]
+            cls = getattr(cls, "__name__", str(cls).rsplit(".", 1)[-1])
+            return f"op {op} in module '{path or '(top)'}' ({cls}) is not supported by the ONNX exporters"
+    return f"op {op} is not supported by the ONNX exporters"
+
+
+def torch_to_onnx(
+    model,
+    args: tuple,
+    path: Path,
+    opset: int,
+    inputs: dict[str, dict[int, str]],
+    outputs: dict[str, dict[int, str]],
+    external: bool = False,
+    sizes: dict[str, tuple[int, int]] | None = None,
+) -> str:
+    """Write ``model`` called on ``args`` to ``path``; return the exporter that succeeded.
+
+    ``inputs``/``outputs``: name -> {axis: dim name} of the dynamic axes ({} for none); a dim
+    name shared by several inputs is one dimension, bounded by ``sizes`` (name -> (min, max),
+    default 1..2^20). The dynamo exporter runs first, then TorchScript; a failure of both is a
+    ``KdxError`` naming the unsupported op where it can be found.
+    """
+    import torch
+
+    # The exporter logs and prints its progress (and "torchvision is not installed"): keep quiet.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    names = {"input_names": list(inputs), "output_names": list(outputs), "opset_version": opset}
+    dynamic = any(inputs.values())
+    bounds = {n: (sizes or {}).get(n, (1, 1 << 20)) for ax in inputs.values() for n in ax.values()}
+    dims = {n: torch.export.Dim(n, min=lo, max=hi) for n, (lo, hi) in bounds.items()}
+    shapes = tuple({a: dims[n] for a, n in ax.items()} for ax in inputs.values())
+    try:
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                args,
+                path,
+                dynamo=True,
+                external_data=external,
+                dynamic_shapes=shapes if dynamic else None,
+                **names,
+            )
+        return "dynamo"
+    except Exception as dynamo_error:  # the exporter raises many types; fall back, then report
+        axes = {k: v for k, v in {**inputs, **outputs}.items() if v} if dynamic else None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, args, path, dynamo=False, dynamic_axes=axes, **names)
+            return "torchscript"
+        except Exception as e:
+            named = _unsupported_op(model, args, f"{dynamo_error}\n{e}")
+            detail = named or f"dynamo: {dynamo_error!s:.200}; torchscript: {e!s:.200}"
+            raise KdxError(f"cannot export to ONNX opset {opset}: {detail}") from None

@@ -3,6 +3,7 @@ decides whether an INT8 model ships.
 
 ONNX Runtime targets: QDQ quantization by ``onnxruntime.quantization.quantize_static``
 (activations uint8, weights int8, per channel), after ONNX Runtime's recommended pre-processing.
+``quantize_onnx_dynamic``: weights only, activations at run time (for transformers).
 OpenVINO targets: ``nncf.quantize`` on the OpenVINO model.
 
 The gate: an INT8 model ships only if its accuracy on the test sample is within
@@ -31,12 +32,17 @@ GATE_TIMING = {
 }
 
 
-def _batches(x: np.ndarray, count: int) -> list[np.ndarray]:
+def _batches(x, count: int) -> list:
+    """Batch-1 slices of the calibration data: of an array (the first input), or of a dict
+    input name -> array (a text model's input_ids, attention_mask, ...), as such dicts."""
+    if isinstance(x, dict):
+        n = min(len(v) for v in x.values())
+        return [{k: v[i : i + 1] for k, v in x.items()} for i in range(min(count, n))]
     return [x[i : i + 1] for i in range(min(count, len(x)))]
 
 
-def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, q: dict) -> None:
-    """Write a QDQ INT8 copy of ``src`` to ``dst``."""
+def quantize_onnx(src: Path, dst: Path, calibration, q: dict) -> None:
+    """Write a QDQ INT8 copy of ``src`` to ``dst``; ``calibration`` as ``_batches`` takes it."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -58,7 +64,7 @@ def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, q: dict) -> Non
 
     class Reader(CalibrationDataReader):
         def __init__(self, batches):
-            self.items = iter([{"input": b} for b in batches])
+            self.items = iter([b if isinstance(b, dict) else {"input": b} for b in batches])
 
         def get_next(self):
             return next(self.items, None)
@@ -78,8 +84,31 @@ def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, q: dict) -> Non
         )
 
 
-def quantize_openvino(model, calibration: np.ndarray, q: dict):
-    """An INT8 copy of an OpenVINO model, by NNCF post-training quantization."""
+def quantize_onnx_dynamic(src: Path, dst: Path, per_channel: bool = False) -> None:
+    """Write a copy of ``src`` to ``dst`` whose MatMul and Gemm weights are INT8 (signed,
+    symmetric) and whose activations are quantized at run time (uint8, each tensor's own
+    range): ``onnxruntime.quantization.quantize_dynamic``. No calibration data; the choice
+    for transformers on ONNX Runtime's CPU provider (docs/text-export.md)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_dynamic(
+            str(pre),
+            str(dst),
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+        )
+
+
+def quantize_openvino(model, calibration, q: dict, transformer: bool = False):
+    """An INT8 copy of an OpenVINO model, by NNCF post-training quantization.
+
+    ``transformer``: NNCF's transformer scheme (``nncf.ModelType.TRANSFORMER``), which leaves
+    the ops that lose most in INT8 in a transformer (softmax inputs, layer norms...) in float."""
     import nncf
 
     if q["method"] not in NNCF_PRESETS:
@@ -91,8 +120,9 @@ def quantize_openvino(model, calibration: np.ndarray, q: dict):
         "mixed": nncf.QuantizationPreset.MIXED,
     }
     batches = _batches(calibration, q["calibration_samples"])
+    extra = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
     return nncf.quantize(
-        model, nncf.Dataset(batches), subset_size=len(batches), preset=preset[q["method"]]
+        model, nncf.Dataset(batches), subset_size=len(batches), preset=preset[q["method"]], **extra
     )
 
 

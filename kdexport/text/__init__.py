@@ -1,0 +1,1 @@
+"""Text (transformer) classifiers: distilling, exporting and shipping them (issue 14)."""
