@@ -15,6 +15,7 @@ batch to its longest example.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -65,7 +66,7 @@ class TextSet:
             batch_size=batch_size,
             shuffle=shuffle,
             generator=generator,
-            collate_fn=lambda items: pad_batch(items, self.pad_id),
+            collate_fn=functools.partial(pad_batch, pad_id=self.pad_id),
         )
 
 

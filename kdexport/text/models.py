@@ -33,7 +33,7 @@ TOKENIZER_FILE = "tokenizer.json"
 # Config keys the student takes from the teacher: it predicts the teacher's classes.
 INHERITED = ("id2label", "label2id", "pad_token_id")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_LAYER = re.compile(r"\.(\d+)\.")  # the first ".N." of a parameter name: its layer index
+_INDEXED = re.compile(r"^(.*?)\.(\d+)\.")  # "bert.encoder.layer.3.attention...": prefix, 3
 
 
 @dataclass
@@ -277,8 +277,9 @@ def init_from_teacher(student, teacher) -> dict:
         return {"init": "random", "reason": f"random init: {reason}"}
     k = t.num_hidden_layers // s.num_hidden_layers
     t_state, new = teacher.state_dict(), {}
+    layer = _layer_list(t_state, t.num_hidden_layers)
     for name, tensor in student.state_dict().items():
-        src = _LAYER.sub(lambda m: f".{int(m.group(1)) * k}.", name, count=1)
+        src = _teacher_name(name, layer, k)
         if src not in t_state or t_state[src].shape != tensor.shape:
             got = tuple(t_state[src].shape) if src in t_state else "absent"
             why = f"{name} {tuple(tensor.shape)} has no teacher match ({src}: {got})"
@@ -286,8 +287,27 @@ def init_from_teacher(student, teacher) -> dict:
         new[name] = t_state[src]
     student.load_state_dict(new)
     layers = {str(j): j * k for j in range(s.num_hidden_layers)}
-    other = sorted({_group(name) for name in new if not _LAYER.search(name)})
+    other = sorted({_group(name) for name in new if not name.startswith(f"{layer}.")})
     return {"init": "every-k-th-layer", "k": k, "layers": layers, "copied": other}
+
+
+def _layer_list(state: dict, num_layers: int) -> str:
+    """The prefix of the transformer layers' parameters ("bert.encoder.layer"): the numbered
+    module list with as many entries as the config has layers."""
+    counts: dict[str, set[int]] = {}
+    for name in state:
+        if m := _INDEXED.match(name):
+            counts.setdefault(m.group(1), set()).add(int(m.group(2)))
+    found = [p for p, idx in counts.items() if idx == set(range(num_layers))]
+    return found[0] if found else ""
+
+
+def _teacher_name(name: str, layer: str, k: int) -> str:
+    """The teacher parameter student parameter ``name`` starts from: layer j from layer j*k."""
+    if not layer or not name.startswith(f"{layer}."):
+        return name
+    index, rest = name[len(layer) + 1 :].split(".", 1)
+    return f"{layer}.{int(index) * k}.{rest}"
 
 
 def _group(name: str) -> str:
