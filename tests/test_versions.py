@@ -15,7 +15,10 @@ from kdexport.onnxfile import IR_VERSION, OPSET, make_model
 pytestmark = pytest.mark.backends  # onnx.checker on the IR version and opset kdexport writes
 
 ROOT = Path(__file__).resolve().parents[1]
-DEPENDENCIES = {"onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "torch", "numpy"}
+DEPENDENCIES = {
+    *("onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "torch", "numpy"),
+    *("transformers", "tokenizers", "huggingface_hub"),  # kdexport.text
+}
 
 
 def _private_uses(tree: ast.AST) -> list[str]:

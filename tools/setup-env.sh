@@ -44,6 +44,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # Both builds own the same files: remove both, so that the one wanted is installed whole.
     "$venv/bin/python" -m pip uninstall -y -q onnxruntime onnxruntime-gpu
   fi
-  "${pip[@]}" -e "$root[$ort,test]"
+  "${pip[@]}" -e "$root[$ort,test,text]"  # text: transformers + tokenizers, for tests/test_text_*
   echo "$want" > "$stamp"
 fi
