@@ -501,7 +501,7 @@ CASES = [
         "usage",
         lambda t, r: ["package", _onnx_input(["N", 8])(t, r), "--dir", t / "b", "--with-teacher"],
         1,
-        "--target and --with-teacher need a run directory",
+        "--target, --with-teacher and --plan need a run directory",
     ),
     (
         "package-run-with-shape",
