@@ -29,6 +29,7 @@ from kdexport.feeds import Feed, Inputs, resolve
 from kdexport.onnxfile import check_onnx_file
 from kdexport.options import Range, stage_options
 from kdexport.rundir import MODELS, Run
+from kdexport.text.tokens import at_shape, is_packed, unpack
 from kdexport.timing import (
     METHOD,
     available_cpus,
@@ -75,6 +76,7 @@ def time_models(
     (bound inputs) and end-to-end (numpy in and out) latency are pooled over the repeats.
     """
     inputs = x if callable(x) else (lambda size: _batch(x, size))
+    # A text model is timed per (batch, sequence length) shape, "BxS", from ``x(shape)``.
     result: dict[str, dict] = {n: {"latency": {}} for n in loaders}
     e2e_opts = {**opts, "min_time_s": opts["min_time_s"] / 2, "until_stable_s": 0}
     pairs: dict[str, dict] = {}
@@ -98,7 +100,10 @@ def time_models(
                 e2e[n].append(rounds)
         for n in loaders:
             stats = pooled(bound[n], noise)
-            stats["throughput_per_s"] = size * 1000.0 / stats["p50_ms"]
+            batch, _, seq = str(size).partition("x")  # a text shape "BxS": batch x tokens
+            stats["throughput_per_s"] = int(batch) * 1000.0 / stats["p50_ms"]
+            if seq:
+                stats["tokens_per_s"] = int(batch) * int(seq) * 1000.0 / stats["p50_ms"]
             stats["end_to_end"] = pooled(e2e[n])
             result[n]["latency"][str(size)] = stats
         if len(loaders) == 2:
@@ -206,8 +211,9 @@ def settings(opts: dict) -> dict:
     }
 
 
-def _bench_target(compiled: Artifact, target: Target, x: np.ndarray, opts: dict) -> dict:
-    """Time the target's shipped models (an INT8 model that failed its gate is not there)."""
+def _bench_target(compiled: Artifact, target: Target, x, opts: dict) -> dict:
+    """Time the target's shipped models (an INT8 model that failed its gate is not there);
+    ``x``: the held-out sample, or for a text model the inputs of a shape (``text_inputs``)."""
     module = backend(target.backend, target.name)
     entries = compiled.checks["targets"][target.name]
     paths = {
@@ -218,7 +224,7 @@ def _bench_target(compiled: Artifact, target: Target, x: np.ndarray, opts: dict)
     result = time_models(loaders, x, opts)
     if opts["memory"]:
         for m, p in paths.items():
-            result[m]["memory"] = peak_memory(p, target, _batch(x, 1))
+            result[m]["memory"] = peak_memory(p, target, x(1) if callable(x) else _batch(x, 1))
     if len(paths) == len(MODELS):
         detail = speedup(result)
         result["speedup"] = {s: d["ratio"] for s, d in detail.items()}
@@ -242,8 +248,12 @@ def benchmark(
     cpus: str = "",
     until_stable_s: Annotated[float, Range(0.0)] = 0.0,
     stable_bound: Annotated[float, Range(0.0)] = 0.05,
+    text_shapes: list[str] = ["1x16", "1x128", "8x128"],  # noqa: B006 (read-only)
 ) -> Artifact:
     """Measure teacher and student on every compiled target; writes RUN/benchmark.
+
+    A text model is timed at ``text_shapes`` ("BxS": batch x sequence length, tokens per
+    second beside samples per second) instead of ``batch_sizes``.
 
     ``threads``: the runtimes' intra-op threads (0: one per CPU this process may use, resolved
     and recorded); ``cpus``: pin to these CPUs ("0", "0-1"); ``until_stable_s``: go on with
@@ -251,6 +261,12 @@ def benchmark(
     """
     if not batch_sizes:
         raise KdxError("benchmark.batch_sizes is empty; give at least one, e.g. [1, 64]")
+    for shape in text_shapes:
+        batch, _, seq = shape.partition("x")
+        if not (batch.isdigit() and seq.isdigit() and int(batch) > 0 and int(seq) > 0):
+            raise KdxError(
+                f"benchmark.text_shapes: '{shape}' is not BATCHxSEQUENCE, e.g. \"1x128\""
+            )
     opts = stage_options(benchmark, locals())
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:
@@ -265,6 +281,9 @@ def _benchmark(run: Run, opts: dict) -> Artifact:
     compiled, exported = run.open("compile"), run.open("export")
     with np.load(exported.file("io_sample.npz")) as f:
         x = f["x"]
+    if is_packed(x):  # a text model: timed per (batch, sequence) shape
+        x = text_inputs(x, [i["name"] for i in exported.checks["student"]["inputs"]])
+        opts = {**opts, "batch_sizes": opts["text_shapes"]}
     names = [
         n for n, t in compiled.checks["targets"].items() if any(t[m]["shipped"] for m in MODELS)
     ]
@@ -275,6 +294,17 @@ def _benchmark(run: Run, opts: dict) -> Artifact:
             w.checks["targets"][name] = _bench_target(compiled, target, x, opts)
             run.progress("benchmark", i + 1, len(names), name)
     return w.artifact
+
+
+def text_inputs(x: np.ndarray, names: list[str]) -> Callable:
+    """Shape -> named token inputs: "BxS" (or a batch size: S = 16) filled from the first
+    held-out sample (``kdexport.text.tokens.at_shape``)."""
+
+    def inputs(shape) -> dict:
+        batch, _, seq = str(shape).partition("x")
+        return unpack(at_shape(x, int(batch), int(seq or 16)), names)
+
+    return inputs
 
 
 def _batch_sizes(inputs: Inputs, file: str, opts: dict, given: bool) -> list[int]:

@@ -21,6 +21,7 @@ from kdexport.backends.profiles import Target, load_target
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy, parity
 from kdexport.rundir import MODELS, Run
+from kdexport.text.tokens import feed
 
 
 def select_targets(names: list[str], skip_unavailable: bool) -> tuple[list[Target], dict[str, str]]:
@@ -136,7 +137,13 @@ def compile_targets(
             result = {"profile": target.as_dict()}
             for name in MODELS:
                 onnx_path = exported.file(f"{name}.onnx")
-                result[name] = compile_model(onnx_path, out_dir, name, target, sample, calibration)
+                # A text model's packed token arrays become its named inputs.
+                inputs = [i["name"] for i in exported.checks[name]["inputs"]]
+                model_sample = {**sample, "x": feed(sample["x"], inputs)}
+                model_calibration = feed(calibration, inputs)
+                result[name] = compile_model(
+                    onnx_path, out_dir, name, target, model_sample, model_calibration
+                )
                 done += 1
                 run.progress("compile", done, steps, f"{target.name}/{name}")
             w.checks["targets"][target.name] = result

@@ -9,7 +9,11 @@ Sources (``data.source``, and ``data.transfer`` for extra unlabeled inputs):
   transfer folder: images anywhere below it, labels ignored), resized to ``image_size`` and
   read in ``image_mode`` (``L`` grey, ``RGB``), pixels scaled to 0..1;
 - ``path/to/file.py:factory``: a function returning a torch ``Dataset`` whose items are
-  ``(x, y)`` (or ``x`` alone for a transfer source), x a (C, H, W) tensor or array.
+  ``(x, y)`` (or ``x`` alone for a transfer source), x a (C, H, W) tensor or array;
+- ``path/to/file.csv|.tsv|.jsonl`` with ``text_column`` set: texts (or text pairs) and labels,
+  tokenised by ``tokenizer``'s fast tokenizer (an ``hf:`` folder; the pipeline gives the
+  teacher's) into packed token arrays (N, 3, max_length) int64 (``kdexport.text.tokens``),
+  cached in ``cache_dir`` (``kdexport.text.data``).
 
 Every source is read into memory once; ``mean``/``std`` then normalise each channel.
 """
@@ -178,8 +182,62 @@ def _dataset(spec: str) -> Source:
     return Source(x, y, None, {"layout": "NCHW", "source": spec})
 
 
-def read_source(spec: str, image_size: list[int], image_mode: str, labeled: bool) -> Source:
+def _text(spec: str, text: dict, labeled: bool) -> Source:
+    """A text file tokenised and packed (``kdexport.text``), with its labels' class names."""
+    from kdexport.text.data import load_text
+    from kdexport.text.tokens import pack
+
+    path = Path(spec)
+    if not path.is_file():
+        raise KdxError(f"data source {path}: no such file; give an existing .csv, .tsv or .jsonl")
+    got = load_text(
+        path,
+        text["tokenizer"],
+        text=text["text_column"],
+        text_pair=text["text_pair_column"],
+        label=text["label_column"] if labeled else "",
+        max_length=text["max_length"],
+        max_positions=text["positions"] or None,
+        cache_dir=text["cache_dir"] or None,
+    )
+    if labeled and (got.labels < 0).any():
+        raise KdxError(
+            f"data source {path}: {int((got.labels < 0).sum())} rows have no label; label them, "
+            "or give the unlabeled rows as data.transfer"
+        )
+    x = pack(got.input_ids, got.token_type_ids, text["max_length"], got.pad_id)
+    pre = {
+        "kind": "text",
+        "tokenizer": text["spec"],
+        "max_length": text["max_length"],
+        "pad_id": got.pad_id,
+        "columns": got.meta["columns"],
+        "truncated": got.meta["at_max_length"],
+    }
+    return Source(x, got.labels if labeled else None, got.classes, pre)
+
+
+def _text_options(opts: dict) -> dict | None:
+    """The text options of load_splits with the tokenizer loaded once; None for other data."""
+    if not opts["text_column"]:
+        return None
+    if not opts["tokenizer"]:
+        raise KdxError(
+            "data.text_column is set: set data.tokenizer to the hf: folder whose tokenizer reads "
+            "the text (the pipeline uses the teacher's when teacher.model is hf:)"
+        )
+    from kdexport.text.models import load_tokenizer
+
+    tokenizer, positions = load_tokenizer(opts["tokenizer"])
+    return {**opts, "tokenizer": tokenizer, "positions": positions, "spec": opts["tokenizer"]}
+
+
+def read_source(
+    spec: str, image_size: list[int], image_mode: str, labeled: bool, text: dict | None = None
+) -> Source:
     """Read one source into memory (see the module docstring for the forms)."""
+    if text and text["text_column"]:
+        return _text(spec, text, labeled)
     if spec == "digits":
         return _digits()
     if ".py:" in spec:
@@ -254,24 +312,36 @@ def load_splits(
     val_fraction: Annotated[float, Range(0.0, 0.5, lo_open=True)] = 0.15,
     test_fraction: Annotated[float, Range(0.0, 0.5, lo_open=True)] = 0.2,
     seed: Annotated[int, Range(0)] = 0,
+    text_column: str = "",
+    text_pair_column: str = "",
+    label_column: str = "label",
+    max_length: Annotated[int, Range(2, 8192)] = 128,
+    tokenizer: str = "",
+    cache_dir: str = "",
 ) -> Splits:
     """Load ``source``, split it stratified by class with a fixed seed; read ``transfer``.
 
-    ``num_classes`` 0 infers the count from the labels (or the class folders).
+    ``num_classes`` 0 infers the count from the labels (or the class folders). Text sources
+    (``text_column`` set): ``text_pair_column`` for sentence pairs, ``label_column``,
+    ``max_length`` tokens, ``tokenizer`` an ``hf:`` folder, ``cache_dir`` for the token ids.
     """
     if image_size and len(image_size) != 2:
         raise KdxError(f"data.image_size = {image_size} must be [H, W]")
-    src = read_source(source, image_size, image_mode, labeled=True)
+    text = _text_options(locals())
+    if text and (mean or std):
+        raise KdxError("data.mean and data.std apply to images; leave them [] for text")
+    src = read_source(source, image_size, image_mode, labeled=True, text=text)
     labels = _class_names(src, num_classes, source)
-    x = _normalise(src.x, mean, std)
+    x = src.x if text else _normalise(src.x, mean, std)
     if not np.isfinite(x).all():
         raise KdxError(
             f"data source '{source}': x holds NaN or infinite values; clean the data first"
         )
     pre = {**src.preprocessing, **{k: v for k, v in (("mean", mean), ("std", std)) if v}}
-    x_transfer = np.empty((0, *x.shape[1:]), np.float32)
+    x_transfer = np.empty((0, *x.shape[1:]), x.dtype)
     if transfer:
-        x_transfer = _normalise(read_source(transfer, image_size, image_mode, False).x, mean, std)
+        unlabeled = read_source(transfer, image_size, image_mode, False, text).x
+        x_transfer = unlabeled if text else _normalise(unlabeled, mean, std)
         if x_transfer.shape[1:] != x.shape[1:]:
             raise KdxError(
                 f"data.transfer '{transfer}': inputs {x_transfer.shape[1:]} differ from the source's {x.shape[1:]}; give inputs of the same shape"

@@ -58,18 +58,31 @@ from kdexport.train.qat import fake_quantized
 from kdexport.train.teacher_cache import cache_key, teacher_outputs
 from kdexport.zoo import create_model, load_checkpoint
 
+TEXT_CONFIG = "config.json"  # a text student's own config, beside its weights
+
 
 def load_student(run: Run) -> Loaded:
     """The distilled student of a run directory, in eval mode."""
     art, splits = run.open("student"), run.splits()
-    model = create_model(art.parameters["student"], splits.num_classes, splits.input_shape[0])
+    spec = art.parameters["student"]
+    if TEXT_CONFIG in art.manifest["files"]:  # a text student: its config, then its weights
+        spec = f"hf-config:{art.file(TEXT_CONFIG)}"
+    model = create_model(spec, splits.num_classes, splits.input_shape[0])
     return Loaded(load_checkpoint(model, art.file("model.pt"), art.parameters["student"]), art)
 
 
-def build_student(opts: dict, splits: Splits) -> nn.Module:
-    """The student of the [distill] options, before training: seeded, from its checkpoint if any."""
+def build_student(opts: dict, splits: Splits, teacher: nn.Module | None = None) -> nn.Module:
+    """The student of the [distill] options, before training: seeded, from its checkpoint if any.
+    A text student of the teacher's config (``hf-student:``, ``hf-config:``) starts from the
+    teacher where shapes allow; the rule applied is in ``net.init_record``."""
     torch.manual_seed(opts["seed"])  # seeds the initial weights
-    net = create_model(opts["student"], splits.num_classes, splits.input_shape[0])
+    if opts["student"].startswith(("hf-student:", "hf-config:")) and teacher is not None:
+        from kdexport.text.classifier import student
+
+        net, record = student(teacher, opts["student"], opts["seed"])
+        net.init_record = record
+    else:
+        net = create_model(opts["student"], splits.num_classes, splits.input_shape[0])
     if opts["checkpoint"]:
         load_checkpoint(net, opts["checkpoint"], opts["student"])
     if not any(p.requires_grad for p in net.parameters()):
@@ -100,8 +113,8 @@ def train_student(
     """Train the student of ``opts`` with KD from ``teacher`` (or from scratch, CE only, on the
     labeled share with the same number of steps); returns it with its history."""
     splits = run.splits()
-    net = build_student(opts, splits)
     model, art = teacher
+    net = build_student(opts, splits, model)
     shapes = check_models(model, net, splits, opts)
     steps = math.ceil((len(splits.x_train) + len(splits.x_transfer)) / opts["batch_size"])
     pool = student_pool(splits, opts, run.data.get("seed", 0), scratch)
@@ -203,6 +216,9 @@ def distill(
 
         def fill(writer) -> None:
             save_model(writer, net.cpu(), splits, history)
+            if hasattr(net, "hf"):  # a text student: the config it is rebuilt from
+                net.hf.config.to_json_file(writer.path / TEXT_CONFIG)
+                writer.checks["init"] = getattr(net, "init_record", None)
 
         return publish(c, run.folder("student"), "student", params, [teacher_art], fill)
 

@@ -95,6 +95,8 @@ def export_onnx(
     ``opts``: opset, example_batch, tolerance, external_data_mb, and static/static_batch for a
     fixed-shape variant PATH-static.onnx. Returns the exporter used and the file's facts.
     """
+    if hasattr(model, "hf"):  # a text classifier (kdexport.text.classifier)
+        return _export_text(model, path, x, opts, meta)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     big = weight_bytes > opts["external_data_mb"] * 2**20
     exporter = _torch_export(model, example, path, opts["opset"], external=big)
@@ -112,6 +114,45 @@ def export_onnx(
         if not check["passed"]:
             raise KdxError(f"{static.name} differs from PyTorch: {check['summary']}")
         facts["static"] = {"file": static.name, "batch": opts["static_batch"], "parity": check}
+    return {"exporter": exporter, **facts}
+
+
+def _export_text(model, path: Path, x: np.ndarray, opts: dict, meta: dict) -> dict:
+    """A text classifier with named int64 token inputs, dynamic batch and sequence axes
+    (``kdexport.text.export``), checked against PyTorch on the packed held-out sample at three
+    batch sizes, at (batch, sequence) shapes of padded random tokens, and for padding: each
+    held-out sample alone must give what it gets inside a padded batch."""
+    from kdexport.text.export import (
+        SHAPES,
+        check_parity,
+        export_text_classifier,
+        padding_drift,
+        reference_predict,
+    )
+    from kdexport.text.tokens import unpack
+
+    if opts.get("static"):
+        raise KdxError("export.static applies to image models; a text model keeps dynamic axes")
+    exporter = export_text_classifier(model.hf, path, opset=opts["opset"])["exporter"]
+    facts = _finish_onnx(path, meta, dynamic=True)
+    sizes = sorted({1, opts["example_batch"], 2 * opts["example_batch"] + 1})
+    facts["batch_check_max_abs_diff"] = _check_batch_sizes(path, model, x, sizes, opts["tolerance"])
+    limit = model.hf.config.max_position_embeddings
+    predict = reference_predict(path)
+    shaped = check_parity(predict, model.hf, [s for s in SHAPES if s[1] <= limit])
+    if not shaped["passed"]:
+        raise KdxError(
+            f"{path.name} differs from PyTorch on padded batches: max abs diff "
+            f"{shaped['max_abs_diff']:.3g} (shapes {', '.join(shaped['shapes'])})"
+        )
+    drift = padding_drift(predict, unpack(x[:8], [i["name"] for i in facts["inputs"]]))
+    if drift > opts["tolerance"]:
+        raise KdxError(
+            f"{path.name}: a sample alone and inside a padded batch differ by {drift:.3g} "
+            f"(bound {opts['tolerance']:g}); the attention mask is not honoured"
+        )
+    facts["shape_parity"] = {k: v["max_abs_diff"] for k, v in shaped["shapes"].items()}
+    facts["padding_drift"] = drift
     return {"exporter": exporter, **facts}
 
 

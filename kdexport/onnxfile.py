@@ -162,10 +162,15 @@ def _reference_session(path: Path):
 
 
 def run_reference(path: Path, x: np.ndarray) -> np.ndarray:
-    """The first output of an ONNX model for ``x`` (its first input) on ONNX Runtime's CPU
-    provider with no graph rewrites."""
+    """The first output of an ONNX model for ``x`` (its first input, or a packed token array
+    for a text model's named inputs: ``kdexport.text.tokens``) on ONNX Runtime's CPU provider
+    with no graph rewrites."""
+    from kdexport.text.tokens import feed
+
     sess = _reference_session(path)
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    names = [i.name for i in sess.get_inputs()]
+    given = feed(x, names)
+    return sess.run(None, given if isinstance(given, dict) else {names[0]: x})[0]
 
 
 def reference_outputs(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

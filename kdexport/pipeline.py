@@ -35,7 +35,11 @@ SECTIONS: recipes.Sections = {  # recipe section -> the function whose keyword o
 def load_recipe(recipe: str | Path | None = None, overrides=()) -> dict:
     """A recipe (default: the built-in digits recipe) with ``--set`` overrides, validated and
     complete: every section of ``SECTIONS`` with every key."""
-    return recipes.load(SECTIONS, recipe, overrides)
+    resolved = recipes.load(SECTIONS, recipe, overrides)
+    data, teacher = resolved["data"], resolved["teacher"]["model"]
+    if data["text_column"] and not data["tokenizer"] and teacher.startswith("hf:"):
+        data["tokenizer"] = teacher  # text is read by the teacher's tokenizer
+    return resolved
 
 
 def prepare_run(run_dir: str | Path, recipe: str | Path | None = None, overrides=()) -> dict:
@@ -67,7 +71,7 @@ def preflight(run: Run, r: dict) -> None:
     check_weighting(student["weighting"], student["kd_weight"])
     splits = run.splits()
     teacher = build_teacher(r["teacher"], splits)
-    check_models(teacher, build_student(student, splits), splits, student)
+    check_models(teacher, build_student(student, splits, teacher), splits, student)
     select_targets(r["compile"]["targets"], r["compile"]["skip_unavailable"])
 
 

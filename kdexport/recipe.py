@@ -102,11 +102,14 @@ def load(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
 ) -> dict:
-    """Read a recipe (default: the built-in digits recipe), apply ``--set`` overrides, validate.
+    """Read a recipe (a file, or a built-in one by name; default: the built-in digits recipe),
+    apply ``--set`` overrides, validate.
 
     Returns every section with every key filled in (defaults from the stage signatures).
     """
     path = Path(path) if path else builtin_recipe_path(DEFAULT_RECIPE)
+    if not path.exists() and not path.suffix and len(path.parts) == 1:
+        path = builtin_recipe_path(path.name)  # a built-in recipe by name: --recipe text
     raw = read_toml(path)
     for text in overrides:
         section, key, value = parse_override(text)

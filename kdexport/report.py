@@ -17,6 +17,17 @@ from kdexport.rundir import MODELS, STAGES, Run, open_stage
 _FLAGS = ("reason", "accuracy_drop_points", "latency_ratio", "fp32_accuracy", "cpu_fallback_nodes")
 
 
+def shape_order(size: str) -> tuple[int, ...]:
+    """A latency key's order: a batch size "64", or a text shape "8x128" (batch, tokens)."""
+    return tuple(int(p) for p in size.split("x"))
+
+
+def headline(latency: dict) -> str:
+    """The latency key the report's table shows: the smallest batch, and for text the longest
+    sequence at it ("1", "1x128")."""
+    return min(latency, key=lambda k: (shape_order(k)[0], [-v for v in shape_order(k)[1:]]))
+
+
 def _model_figures(exported: dict, compiled: dict, benched: dict | None) -> dict:
     """One model on one target; an INT8 model that failed its gate has no latency."""
     figs = {
@@ -30,7 +41,7 @@ def _model_figures(exported: dict, compiled: dict, benched: dict | None) -> dict
     }
     if benched is None:
         return figs
-    batch1 = benched["latency"].get("1") or next(iter(benched["latency"].values()))
+    batch1 = benched["latency"][headline(benched["latency"])]
     return {
         **figs,
         "p50_ms": batch1["p50_ms"],
@@ -57,10 +68,10 @@ def figures(run_dir: str | Path) -> dict:
         b = bench["targets"].get(name, {})
         entry = {m: _model_figures(exp[m], result[m], b.get(m)) for m in MODELS}
         by_batch = b.get("speedup", {})  # teacher p50 / student p50, from benchmark
-        entry["speedup"] = by_batch.get("1", next(iter(by_batch.values()), None))
+        entry["speedup"] = by_batch[headline(by_batch)] if by_batch else None
         entry["speedup_by_batch"] = by_batch
         detail = b.get("speedup_detail", {})  # median of per-round ratios, IQR, unstable
-        entry["speedup_detail"] = detail.get("1", next(iter(detail.values()), None))
+        entry["speedup_detail"] = detail[headline(detail)] if detail else None
         targets[name] = entry
     return {
         "run_dir": str(run_dir),
@@ -101,7 +112,7 @@ def _row(target: str, model: str, f: dict, speedup: str) -> list[str]:
     ]
     if not f["shipped"]:
         return [*head, "-", "-", "-", "-", "not shipped"]
-    big = max(f["latency"], key=int)
+    big = max(f["latency"], key=shape_order)
     return [
         *head,
         f"{f['size_bytes'] / 1024:.0f} KiB",
@@ -222,6 +233,14 @@ def markdown(figs: dict) -> str:
         "",
         *markdown_table(HEADER, rows(figs)),
     ]
+    shown = headline(next(iter(figs["targets"].values()))["student"].get("latency") or {"1": 0})
+    if "x" in shown:
+        lines += [
+            "",
+            f"A text model: latency columns at shape {shown} (batch x tokens; the smallest batch "
+            "of benchmark.text_shapes at its longest sequence); every shape, with tokens per "
+            "second, is in the detail below.",
+        ]
     lines += ["", *(f"- {line}" for line in notes(figs))]
     lines += [
         "",

@@ -63,7 +63,9 @@ class Run:
         if self._splits is None:
             from kdexport.data import load_splits
 
-            self._splits = load_splits(**self.data)
+            # Tokenised text is cached with the run unless the recipe names a folder.
+            cache = self.data.get("cache_dir") or str(self.path / "cache")
+            self._splits = load_splits(**{**self.data, "cache_dir": cache})
         return self._splits
 
     def open(self, stage: str) -> Artifact:

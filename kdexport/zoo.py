@@ -65,6 +65,10 @@ def mlp_tiny(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     )
 
 
+# Text classifiers (kdexport.text.classifier): a saved one, a fresh one of a config, a student
+# of the teacher's config.
+TEXT_SPECS = ("hf:", "hf-config:", "hf-student:")
+
 ZOO = {
     "digits-cnn-large": digits_cnn_large,
     "digits-cnn-small": digits_cnn_small,
@@ -92,7 +96,7 @@ def load_factory(spec: str, what: str = "model spec"):
 
 def is_model_file(spec: str) -> bool:
     """Whether ``spec`` names a complete model file (used as it is) rather than a factory."""
-    return not spec.startswith("zoo:") and ".py:" not in spec
+    return not spec.startswith(("zoo:", *TEXT_SPECS)) and ".py:" not in spec
 
 
 def _torch_file(path: Path, trust_pickle: bool) -> nn.Module:
@@ -127,7 +131,7 @@ def _model_file(spec: str, trust_pickle: bool, onnx_view: dict) -> nn.Module:
     path = Path(spec)
     if not path.is_file():
         raise KdxError(
-            f"model spec '{spec}': no such file; use zoo:NAME, path/to/file.py:factory or an "
+            f"model spec '{spec}': no such file; use zoo:NAME, path/to/file.py:factory, hf:PATH or an "
             "existing .onnx/.pt2/TorchScript model file"
         )
     if path.suffix == ".onnx":
@@ -148,6 +152,10 @@ def eval_mode(model: nn.Module) -> nn.Module:
         return model.eval()
     except NotImplementedError:
         return model
+
+
+def is_text_spec(spec: str) -> bool:
+    return isinstance(spec, str) and spec.startswith(TEXT_SPECS)
 
 
 def create_model(
@@ -173,6 +181,10 @@ def create_model(
     if is_model_file(spec):
         view = {"output": output, "output_kind": output_kind, "sample_shape": sample_shape}
         return eval_mode(_model_file(spec, trust_pickle, view))
+    if is_text_spec(spec):
+        from kdexport.text.classifier import text_model
+
+        return text_model(spec, num_classes)
     if spec.startswith("zoo:"):
         name = spec[4:]
         if name not in ZOO:

@@ -318,18 +318,21 @@ def _session(path: Path, target, opts: ort.SessionOptions, cpu_only: bool = Fals
 def compile(onnx_path: Path, out_dir: Path, name: str, target, calibration=None) -> Path:
     """Optimise the graph at the profile's level and save the result as NAME.onnx.
 
-    INT8: the model is first quantized (QDQ) into the portable NAME.qdq.onnx; fp16: converted
-    into NAME.fp16.onnx; then optimised.
+    INT8: the model is first quantized (QDQ; a text model's weights only, activations at run
+    time) into the portable NAME.qdq.onnx; fp16: converted into NAME.fp16.onnx; then optimised.
     """
     if problem := profile_problem(target):
         raise KdxError(f"target '{target.name}': {problem}")
     source = onnx_path
     if target.precision == "int8":
-        from kdexport.backends.quantize import quantize_onnx
+        from kdexport.backends.quantize import for_tokens, quantize_onnx, quantize_onnx_dynamic
 
         source = out_dir / f"{name}.qdq.onnx"
         try:
-            quantize_onnx(onnx_path, source, calibration, target.quantization)
+            if for_tokens(calibration):
+                quantize_onnx_dynamic(onnx_path, source, target.quantization["per_channel"])
+            else:
+                quantize_onnx(onnx_path, source, calibration, target.quantization)
         except KdxError:
             raise
         except Exception as e:  # the quantizer fails on some foreign graphs (issue 12)

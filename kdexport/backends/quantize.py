@@ -16,8 +16,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from kdexport.errors import KdxError
 from kdexport.timing import measure_rounds, paired, summarize
 
@@ -30,6 +28,13 @@ GATE_TIMING = {
     "min_time_s": 0.6,
     "rounds": 7,
 }
+
+
+def for_tokens(calibration) -> bool:
+    """Whether the calibration data are a text model's token inputs: such models are quantized
+    as measured best for transformers (docs/text-export.md): ONNX Runtime's dynamic
+    quantization, NNCF's transformer scheme."""
+    return isinstance(calibration, dict) and "input_ids" in calibration
 
 
 def _batches(x, count: int) -> list:
@@ -126,10 +131,11 @@ def quantize_openvino(model, calibration, q: dict, transformer: bool = False):
     )
 
 
-def gate(int8_runner, fp32_runner, x: np.ndarray, accuracies: tuple[float, float], q: dict) -> dict:
-    """Decide whether the INT8 model ships: accuracy drop within bounds and faster than fp32."""
+def gate(int8_runner, fp32_runner, x, accuracies: tuple[float, float], q: dict) -> dict:
+    """Decide whether the INT8 model ships: accuracy drop within bounds and faster than fp32
+    (timed on the first sample of ``x``: an array, or a dict of named inputs)."""
     acc8, acc32 = accuracies
-    one = np.ascontiguousarray(x[:1])
+    one = _batches(x, 1)[0]
     calls = {"int8": int8_runner.bind(one), "fp32": fp32_runner.bind(one)}
     rounds = measure_rounds(calls, GATE_TIMING)["samples"]
     p50 = {k: summarize([v for r in rs for v in r])["p50_ms"] for k, rs in rounds.items()}

@@ -69,14 +69,14 @@ def require_text_extra() -> None:
             ) from None
 
 
-def is_text_spec(spec: str) -> bool:
+def is_hf_spec(spec: str) -> bool:
     """Whether ``spec`` names a text model (``hf:...``)."""
     return isinstance(spec, str) and spec.startswith("hf:")
 
 
 def resolve_hf(spec: str) -> tuple[Path, str]:
     """The local folder an ``hf:`` spec names, and how it was found ("folder" or "hub cache")."""
-    if not is_text_spec(spec) or not spec[3:]:
+    if not is_hf_spec(spec) or not spec[3:]:
         raise KdxError(f"model spec '{spec}': use hf:PATH (a local folder) or hf:ORG/NAME")
     name = spec[3:]
     path = Path(name).expanduser()
@@ -112,7 +112,9 @@ def load_text_model(spec: str, labels: list[str] | None = None) -> TextModel:
     another size is replaced by a new one (listed in ``info["new_weights"]``)."""
     require_text_extra()
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()  # one line per stage is kdexport's own progress
     folder, found = resolve_hf(spec)
     if not (folder / "config.json").is_file():
         raise KdxError(
@@ -131,6 +133,18 @@ def load_text_model(spec: str, labels: list[str] | None = None) -> TextModel:
     )
     info = {"found_in": found, "new_weights": new, "model_type": model.config.model_type}
     return TextModel(model.eval(), tokenizer, spec, folder, info)
+
+
+def load_tokenizer(spec: str) -> tuple[Any, int]:
+    """The fast tokenizer of the ``hf:`` folder ``spec`` names, and the model's
+    ``max_position_embeddings`` (from its config.json; 0 when it has none)."""
+    require_text_extra()
+    folder, _ = resolve_hf(spec)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    return _tokenizer(spec, folder), int(config.get("max_position_embeddings") or 0)
 
 
 def _tokenizer(spec: str, folder: Path):
@@ -195,7 +209,7 @@ def student_config(teacher: TextModel, student: str | dict):
             raise KdxError(
                 f"student spec '{student}': use hf-config:PATH or a table of config overrides"
             )
-        config = _config_file(Path(student[len("hf-config:") :]).expanduser())
+        config = config_file(student[len("hf-config:") :])
     elif isinstance(student, dict):
         config = _overridden(base, student)
     else:
@@ -204,16 +218,19 @@ def student_config(teacher: TextModel, student: str | dict):
         )
     for key in INHERITED:
         setattr(config, key, getattr(base, key))
-    if config.vocab_size < len(teacher.tokenizer):
+    if teacher.tokenizer is not None and config.vocab_size < len(teacher.tokenizer):
         raise KdxError(
             f"student vocab_size {config.vocab_size} is smaller than the teacher's tokenizer ({len(teacher.tokenizer)} tokens), which the student shares; set vocab_size = {base.vocab_size}"
         )
     return config
 
 
-def _config_file(path: Path):
+def config_file(path: str | Path):
+    """The transformers config of a config.json (or of a folder holding one)."""
+    require_text_extra()
     from transformers import AutoConfig
 
+    path = Path(path).expanduser()
     file = path / "config.json" if path.is_dir() else path
     try:
         raw = json.loads(file.read_text(encoding="utf-8"))
