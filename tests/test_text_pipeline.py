@@ -1,0 +1,152 @@
+"""A text classifier through the whole pipeline (issue 14): the conformance case of the text
+model family. A tiny BERT teacher (2 layers, hidden 32) with a WordPiece tokenizer learnt from
+300 synthetic reviews, distilled into a 1-layer student of its config, exported with named
+int64 token inputs, compiled for ONNX Runtime and OpenVINO, timed per (batch x sequence)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import fails, kdx
+
+from kdexport.text.synthetic import CLASSES, generate, write_reviews
+from kdexport.text.tiny import tiny_teacher
+
+pytestmark = pytest.mark.backends
+
+ROWS = 300
+
+
+def text_args(folder: Path, *more: str) -> list[str]:
+    sets = [
+        f"data.source={folder / 'reviews.csv'}",
+        f"teacher.model=hf:{folder / 'teacher'}",
+        "data.max_length=64",
+        "teacher.epochs=2",
+        "teacher.lr=0.002",
+        "distill.epochs=2",
+        "distill.student=hf-student:num_hidden_layers=1",
+        "compile.targets=['ort-cpu', 'openvino-cpu']",
+        "benchmark.text_shapes=['1x16', '2x64']",
+        "benchmark.warmup_iters=1",
+        "benchmark.warmup_s=0.0",
+        "benchmark.min_iters=5",
+        "benchmark.min_time_s=0.0",
+        "benchmark.rounds=1",
+        "benchmark.memory=false",
+        *more,
+    ]
+    return ["--recipe", "text", *(a for s in sets for a in ("--set", s))]
+
+
+@pytest.fixture(scope="module")
+def text_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("text-example")
+    write_reviews(folder / "reviews.csv", ROWS, seed=0)
+    texts = [t for t, _ in generate(ROWS, seed=0)]
+    tiny_teacher(
+        folder / "teacher", texts, list(CLASSES), vocab_size=300, max_position_embeddings=64
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def text_run(text_folder, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("text-run") / "run"
+    r = kdx("distill-and-export", "--out", out, *text_args(text_folder), "--json")
+    return out, json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _checks(run: Path, stage: str) -> dict:
+    return json.loads((run / stage / "manifest.json").read_text())["checks"]
+
+
+def test_a_text_run_exports_compiles_and_times_per_shape(text_run):
+    run, figs = text_run
+    student = _checks(run, "student")
+    assert student["init"]["init"] == "every-k-th-layer" and student["init"]["k"] == 2
+    assert student["init"]["layers"] == {"0": 0}
+    exported = _checks(run, "export")
+    for model in ("teacher", "student"):
+        e = exported[model]
+        assert [i["name"] for i in e["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+        assert all(
+            i["dtype"] == "int64" and i["shape"] == ["batch", "sequence"] for i in e["inputs"]
+        )
+        assert e["padding_drift"] <= 1e-4 and e["parity"]["passed"]
+        assert set(e["shape_parity"]) == {"1x16", "3x37"}  # the shapes within 64 positions
+        assert max(e["shape_parity"].values()) <= 1e-4
+    for target in ("ort-cpu", "openvino-cpu"):
+        entry = figs["targets"][target]
+        assert entry["student"]["max_abs_diff"] <= 1e-4 and entry["student"]["top1_agreement"] == 1
+        latency = entry["student"]["latency"]
+        assert set(latency) == {"1x16", "2x64"}
+        assert latency["2x64"]["tokens_per_s"] == pytest.approx(
+            2 * 64 * 1000 / latency["2x64"]["p50_ms"]
+        )
+        assert set(entry["speedup_by_batch"]) == {"1x16", "2x64"}
+    report = (run / "report.md").read_text()
+    assert "A text model: latency columns at shape 1x16" in report  # smallest batch, longest seq
+
+
+def test_the_token_arrays_are_packed_and_the_padding_cut(text_run):
+    run, _ = text_run
+    with np.load(run / "export" / "io_sample.npz") as f:
+        x = f["x"]
+    assert x.dtype == np.int64 and x.shape[1:] == (3, 64)
+    lengths = x[:, 1].sum(axis=1)
+    assert 0 < lengths.min() < lengths.max() <= 64
+    assert (x[:, 0][x[:, 1] == 0] == 0).all()  # the pad id after each text
+
+
+def test_text_runs_reuse_the_tokenised_data(text_folder, text_run, tmp_path):
+    run, _ = text_run
+    cached = sorted(p.name for p in (run / "cache").glob("text-*.npz"))
+    assert cached, "the tokenised data is cached with the run"
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    kdx("export", copy)  # stages read the recorded recipe and the cache
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["data.text_column=body"], "no column 'body'; its columns: text, label"),
+        (["data.label_column=stars"], "no column 'stars'"),
+        (["data.max_length=100"], "longer than the model's position embeddings"),
+        (["distill.student=hf-student:num_layers=1"], "has no key 'num_layers'"),
+        (["data.tokenizer=hf:/nowhere"], "no such folder"),
+    ],
+)
+def test_text_bad_input_is_one_line_before_training(text_folder, tmp_path, sets, message):
+    out = tmp_path / "run"
+    fails("distill-and-export", "--out", out, *text_args(text_folder, *sets), message=message)
+    assert not (out / "teacher").exists()
+
+
+def test_text_data_mistakes_are_one_line(text_folder, tmp_path):
+    folder = tmp_path / "bad"
+    shutil.copytree(text_folder, folder)
+    (folder / "reviews.csv").write_text("text,label\ngood,positive\n,negative\n")
+    fails(
+        "distill-and-export",
+        "--out",
+        tmp_path / "r1",
+        *text_args(folder),
+        message="row 2 has no text",
+    )
+    (folder / "reviews.csv").write_text("text,label\ngood,1\nbad,positive\n")
+    fails("distill-and-export", "--out", tmp_path / "r2", *text_args(folder), message="label")
+    (folder / "teacher" / "tokenizer.json").unlink()
+    write_reviews(folder / "reviews.csv", 50)
+    fails(
+        "distill-and-export",
+        "--out",
+        tmp_path / "r3",
+        *text_args(folder),
+        message="no tokenizer.json",
+    )

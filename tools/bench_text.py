@@ -1,0 +1,160 @@
+"""The text recipe end to end (issue 14): does distillation make a BERT classifier fast enough,
+and does the shipped model answer as PyTorch?
+
+    .venv/bin/python tools/bench_text.py [--out runs/bench-text] [--seeds 3] [--keep]
+
+Writes the offline example (``python -m kdexport.text.example``: synthetic reviews and an
+untrained BERT teacher), runs ``kdexport distill-and-export --recipe text --baseline --seeds N``
+(the teacher trained here, the student distilled, KD compared with the same student trained from
+scratch over N seeds), then reads the run: accuracies and parameter counts, the teacher/student
+speed-up at 1x128 on each fp32 target (median of per-round ratios, as the benchmark stage
+measured them interleaved), parity with PyTorch, and padding invariance. INT8: the INT8 student
+timed interleaved with its fp32 form on the same runtime at 1x128 here (median of per-round
+ratios), with the accuracy it lost and whether the gate shipped it. Prints one line per goal
+and, last, one JSON object. Exit status 1 if a goal is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, installed or not
+
+from kdexport.backends import backend
+from kdexport.backends.profiles import Target
+from kdexport.text.tokens import at_shape, unpack
+from kdexport.timing import measure_rounds, paired
+
+SHAPE = "1x128"
+TIMING = {"warmup_iters": 20, "warmup_s": 0.2, "min_iters": 100, "min_time_s": 0.5, "rounds": 7}
+
+
+def kdx(*args: str, cwd: Path) -> None:
+    cmd = [sys.executable, "-m", "kdexport.cli", *args]
+    subprocess.run(cmd, check=True, cwd=cwd, stdout=subprocess.DEVNULL)
+
+
+def checks(run: Path, stage: str) -> dict:
+    return json.loads((run / stage / "manifest.json").read_text())["checks"]
+
+
+def int8_ratio(run: Path, fp32: str, int8: str) -> float | None:
+    """The INT8 student's p50 over its fp32 form's at 1x128, interleaved in rounds here."""
+    compiled = checks(run, "compile")["targets"]
+    if not compiled.get(int8, {}).get("student", {}).get("shipped"):
+        return None
+    import numpy as np
+
+    with np.load(run / "export" / "io_sample.npz") as f:
+        x = f["x"]
+    names = [i["name"] for i in checks(run, "export")["student"]["inputs"]]
+    batch, seq = (int(v) for v in SHAPE.split("x"))
+    feed = unpack(at_shape(x, batch, seq), names)
+    calls = {}
+    for name in (int8, fp32):
+        entry = compiled[name]
+        target = Target.from_dict(entry["profile"])
+        runner = backend(target.backend, name).load(
+            run / "compile" / name / entry["student"]["file"], target
+        )
+        calls[name] = runner.bind(feed)
+    rounds = measure_rounds(calls, TIMING)["samples"]
+    return paired(rounds[int8], rounds[fp32])["ratio"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, help="the run directory (default: a temporary one)")
+    ap.add_argument("--seeds", type=int, default=3)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_text-"))
+    run = (args.out or work / "run").resolve()
+    example = [sys.executable, "-m", "kdexport.text.example"]
+    subprocess.run(example, check=True, cwd=work, stdout=subprocess.DEVNULL)
+    kdx(
+        "distill-and-export",
+        "--recipe",
+        "text",
+        "--out",
+        str(run),
+        "--baseline",
+        "--seeds",
+        str(args.seeds),
+        cwd=work,
+    )
+
+    exported, compiled = checks(run, "export"), checks(run, "compile")["targets"]
+    bench = checks(run, "benchmark")["targets"]
+    models = {
+        m: {"params": exported[m]["params"], "accuracy": compiled["ort-cpu"][m]["accuracy"]}
+        for m in ("teacher", "student")
+    }
+    targets = {}
+    for name in ("ort-cpu", "openvino-cpu"):
+        targets[name] = {
+            "speedup": {SHAPE: bench[name]["speedup"][SHAPE]},
+            "speedup_iqr": bench[name]["speedup_detail"][SHAPE]["iqr"],
+            "max_abs_diff": max(
+                compiled[name][m]["parity"]["max_abs_diff"] for m in ("teacher", "student")
+            ),
+            "top1_agreement": min(
+                compiled[name][m]["parity"]["top1_agreement"] for m in ("teacher", "student")
+            ),
+        }
+    int8 = {}
+    for fp32, name in (("ort-cpu", "ort-cpu-int8"), ("openvino-cpu", "openvino-cpu-int8")):
+        entry = compiled[name]["student"]
+        int8[fp32] = {
+            "latency_ratio": int8_ratio(run, fp32, name),
+            "accuracy_drop": entry.get("accuracy_drop_points"),
+            "shipped": entry["shipped"],
+            "gate_reason": entry.get("reason"),
+        }
+    drift = max(exported[m]["padding_drift"] for m in ("teacher", "student"))
+    baseline = checks(run, "baseline")
+    figures = {
+        "teacher": models["teacher"],
+        "student": models["student"],
+        "targets": targets,
+        "int8": int8,
+        "padding_invariant": drift <= 1e-4,
+        "padding_drift": drift,
+        "kd_minus_scratch": baseline["kd_minus_scratch"],
+        "kd": baseline["kd"],
+        "scratch": baseline["scratch"],
+        "run": str(run),
+    }
+    goals = {
+        f"student >= 4x faster than the teacher at {SHAPE} on ort-cpu": targets["ort-cpu"][
+            "speedup"
+        ][SHAPE]
+        >= 4,
+        "fp32 parity <= 1e-4 with 100% top-1 on both CPU targets": all(
+            t["max_abs_diff"] <= 1e-4 and t["top1_agreement"] == 1 for t in targets.values()
+        ),
+        "an INT8 student at <= 0.7x its fp32 latency with <= 1 point lost": any(
+            i["shipped"]
+            and i["latency_ratio"] is not None
+            and i["latency_ratio"] <= 0.7
+            and i["accuracy_drop"] <= 1
+            for i in int8.values()
+        ),
+        "padding does not change a sample's logits": figures["padding_invariant"],
+    }
+    for goal, ok in goals.items():
+        print(f"{'ok  ' if ok else 'MISS'} {goal}")
+    verdict = "helped" if baseline["helped"] else "did not help"
+    print(
+        f"KD {verdict}: {baseline['kd_minus_scratch'] * 100:+.2f} points (mean of {args.seeds} seeds)"
+    )
+    print(json.dumps(figures))
+    return 0 if all(goals.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
