@@ -44,6 +44,7 @@ from kdexport.errors import KdxError
 from kdexport.feeds import BATCH, parse_shapes, resolve
 from kdexport.onnxfile import check_onnx_file, external_data_files, reference_outputs
 from kdexport.plan import bundle_plan
+from kdexport.text.tokens import is_packed, unpack
 
 BUNDLE_FORMAT = bundle_runner.BUNDLE_FORMAT
 RUNNER = Path(__file__).with_name("bundle") / "runner.py"
@@ -113,7 +114,10 @@ def _save_arrays(root: Path, stem: str, arrays: dict[str, np.ndarray]) -> str:
 
 
 def _preprocessing(recorded: dict, spec: dict) -> dict:
-    """The training data's preprocessing, completed with what an image needs to match it."""
+    """The training data's preprocessing, completed with what an image needs to match it; a
+    text model's as recorded (its tokenizer ships in the bundle: ``_add_tokenizer``)."""
+    if recorded.get("kind") == "text":
+        return dict(recorded)
     pre = {"layout": "NCHW", "scale": None, "mean": None, "std": None, **recorded}
     shape = spec["shape"]
     if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[1:]):
@@ -123,19 +127,69 @@ def _preprocessing(recorded: dict, spec: dict) -> dict:
     return pre
 
 
-def _add_golden(root: Path, export: Artifact, roles: list[str], samples: int) -> dict:
-    """A few held-out inputs and PyTorch's outputs for them: what every device must reproduce."""
+def _add_golden(
+    root: Path, export: Artifact, roles: list[str], samples: int, names: list[str]
+) -> dict:
+    """A few held-out inputs and PyTorch's outputs for them: what every device must reproduce.
+
+    A packed token array (``kdexport.text.tokens``) is stored as the model's named inputs
+    (golden/input.npz), cut back to the longest golden sample, each with its batch on axis 0.
+    """
     with np.load(export.file("io_sample.npz")) as f:
-        arrays = {"input": f["x"][:samples], **{r: f[r][:samples] for r in roles}}
+        x, outputs = f["x"][:samples], {r: f[r][:samples] for r in roles}
     (root / "golden").mkdir()
-    for key, array in arrays.items():
-        np.save(root / "golden" / f"{key}.npy", np.ascontiguousarray(array))
+    golden: dict = {}
+    if is_packed(x):
+        inputs = unpack(x, names)
+        golden["input"] = _save_arrays(root, "input", inputs)
+        golden["batch_axes"] = {name: [0] for name in inputs}
+    else:
+        np.save(root / "golden" / "input.npy", np.ascontiguousarray(x))
+        golden["input"] = "golden/input.npy"
+    for role, array in outputs.items():
+        np.save(root / "golden" / f"{role}.npy", np.ascontiguousarray(array))
     return {
-        "input": "golden/input.npy",
+        **golden,
         "outputs": {r: f"golden/{r}.npy" for r in roles},
         "tolerance": export.parameters["tolerance"],
-        "samples": len(arrays["input"]),
+        "samples": len(x),
         "reference": "PyTorch outputs of the trained models, as in export/io_sample.npz",
+    }
+
+
+def _add_tokenizer(root: Path, pre: dict, student: dict) -> dict:
+    """Copy the tokenizer.json of the run's tokenizer (``pre["tokenizer"]``, an ``hf:``
+    folder) into the bundle; return the manifest's "text" section, what run.py needs to read
+    text as the run did."""
+    from kdexport.text.models import TOKENIZER_FILE, resolve_hf
+
+    spec = pre.get("tokenizer")
+    try:
+        folder, _ = resolve_hf(spec)
+    except KdxError as e:
+        raise KdxError(
+            f"the bundle ships the run's tokenizer, {spec}, and it is not found here ({e}); "
+            "package from the folder the run was made in (a relative hf: path is read from there)"
+        ) from None
+    source = folder / TOKENIZER_FILE
+    if not source.is_file():
+        raise KdxError(
+            f"{spec}: no {TOKENIZER_FILE} in {folder}; the bundle ships the run's fast tokenizer "
+            "file: save it there with tokenizer.save_pretrained"
+        )
+    shutil.copyfile(source, root / TOKENIZER_FILE)
+    names = [i["name"] for i in student["inputs"]]
+    return {
+        "tokenizer": TOKENIZER_FILE,
+        "tokenizer_source": spec,
+        "max_length": pre["max_length"],
+        "pad_id": pre["pad_id"],
+        "inputs": names,
+        "token_type_ids": "token_type_ids" in names,
+        "columns": pre.get("columns"),
+        "truncation": "longest_first, right (as transformers' fast tokenizers)",
+        "padding": "per batch to its longest text: input_ids pad_id, attention_mask 0, "
+        "token_type_ids 0",
     }
 
 
@@ -255,9 +309,12 @@ def _from_run(run_dir: Path, root: Path, opts: dict) -> dict:
     root.mkdir()
     roles = ["student", "teacher"] if with_teacher else ["student"]
     models = {r: _add_model(root, export.file(f"{r}.onnx")) for r in roles}
-    golden = _add_golden(root, export, roles, opts["samples"])
+    names = [i["name"] for i in models["student"]["inputs"]]
+    golden = _add_golden(root, export, roles, opts["samples"], names)
     compiled = _add_compiled(root, run_dir, targets, roles)
     manifest = _manifest(run_dir, run, models, golden, compiled)
+    if manifest["preprocessing"].get("kind") == "text":
+        manifest["text"] = _add_tokenizer(root, manifest["preprocessing"], models["student"])
     if placement is not None:
         manifest["plan"] = placement
     _compiled_golden(root, manifest)

@@ -485,7 +485,7 @@ def test_runner_is_python_39_and_measures_as_kdexport_benchmark():
         if isinstance(n, ast.Import | ast.ImportFrom)
         for a in n.names
     }
-    assert imported - set(sys.stdlib_module_names) == {"numpy", "onnxruntime", "PIL"}
+    assert imported - set(sys.stdlib_module_names) == {"numpy", "onnxruntime", "PIL", "tokenizers"}
     assert bundle_runner.METHOD.startswith(bench.METHOD.split(" (")[0])
 
 

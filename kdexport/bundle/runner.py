@@ -2,11 +2,17 @@
 """Run a kdexport bundle on a device: verify it, predict with it, benchmark it.
 
 kdexport copies this file into every bundle as ``run.py``. It needs Python 3.9+, numpy and
-onnxruntime, and nothing else (Pillow only to read images):
+onnxruntime, and nothing else (Pillow only to read images, tokenizers only to read text):
 
     python run.py verify [--json]                       checksums, then the golden outputs
     python run.py predict input.npy|.npz|image [--json] top classes (or outputs) of each sample
+    python run.py predict texts.txt|.jsonl|.csv         a text model's bundle: one text per line,
+    python run.py predict --text "..." [--text ...]     or a "text" column; or literal texts
     python run.py bench [--json] [--device NAME]        latency, written to a result file
+
+A text model's bundle (manifest "text") ships its tokenizer.json: ``predict`` tokenises texts
+with the ``tokenizers`` package as the run did (truncated to max_length, padded per batch);
+``verify`` and ``bench`` run on the stored token arrays and need no tokenizers.
 
 A bundle packaged with a placement plan (``kdexport package RUN --plan plan.json``) holds
 several variants (teacher or student, portable or compiled) and the plan: ``predict`` and
@@ -54,6 +60,12 @@ RESULT_FORMAT = 1
 KIND, RESULT_KIND = "kdx-bundle", "kdx-bench-result"
 PORTABLE = "portable"  # a variant's target when it is the bundle's portable model
 MANIFEST = "manifest.json"
+TEXT_SUFFIXES = (".txt", ".jsonl", ".csv", ".tsv")
+TEXT_BATCH = 32  # texts per inference, each batch padded to its longest text
+NEEDS_TOKENIZERS = (
+    "this bundle holds a text model: run.py needs the tokenizers package to read text; "
+    "pip install tokenizers"
+)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff")
 METHOD = (
     "inputs bound once (ONNX Runtime IO binding), synchronous inference, warm-up then "
@@ -118,7 +130,12 @@ def _malformed(manifest: dict) -> str | None:
     for key, kind in (("name", str), ("files", dict), ("models", dict), ("golden", dict)):
         if not isinstance(manifest.get(key), kind):
             return key
-    for key, kind in (("labels", list), ("preprocessing", dict), ("compiled", dict)):
+    for key, kind in (
+        ("labels", list),
+        ("preprocessing", dict),
+        ("compiled", dict),
+        ("text", dict),
+    ):
         if not isinstance(manifest.get(key, kind()), kind):
             return key
     for name, e in manifest["files"].items():
@@ -449,22 +466,140 @@ def _describe(outputs: dict, first: int = 5) -> list:
     return rows
 
 
-def predict(root: Path, input_path: Path, top: int = 3, pick: dict | None = None) -> dict:
+def read_texts(path: Path) -> list:
+    """The texts of a .txt file (one per non-empty line), or of the ``text`` column of a
+    .jsonl/.csv/.tsv file; each a text or a (text, text_pair) pair where a ``text_pair``
+    column is given."""
+    suffix = path.suffix.lower()
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{path.name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if suffix == ".txt":
+        texts = [line.strip() for line in raw.splitlines() if line.strip()]
+    elif suffix == ".jsonl":
+        rows = []
+        for i, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise BundleError(f"{path.name}, line {i}: not JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise BundleError(f"{path.name}, line {i}: give one JSON object per line")
+            rows.append((i, row))
+        texts = _text_column(path, rows)
+    else:
+        import csv
+        import io
+
+        reader = csv.DictReader(io.StringIO(raw), delimiter="\t" if suffix == ".tsv" else ",")
+        try:
+            rows = [(i, row) for i, row in enumerate(reader, 2)]
+        except csv.Error as e:
+            raise BundleError(f"{path.name}: not readable as {suffix[1:].upper()} ({e})") from None
+        if "text" not in (reader.fieldnames or []):
+            shown = ", ".join(reader.fieldnames or []) or "none"
+            raise BundleError(f"{path.name}: no 'text' column (columns: {shown}); name it text")
+        texts = _text_column(path, rows)
+    if not texts:
+        raise BundleError(f"{path.name}: holds no text")
+    return texts
+
+
+def _text_column(path: Path, rows: list) -> list:
+    """Each row's ``text`` (with its ``text_pair`` where the row has one)."""
+    texts = []
+    for line, row in rows:
+        text, pair = row.get("text"), row.get("text_pair")
+        if not isinstance(text, str):
+            raise BundleError(f"{path.name}, line {line}: no 'text' string; give each row one")
+        texts.append((text, pair) if isinstance(pair, str) and pair else text)
+    return texts
+
+
+def tokenize(bundle: Bundle, texts: list) -> tuple:
+    """The texts as batches of the model's named int64 inputs, as the run tokenised them:
+    special tokens added, truncated to max_length, each batch padded to its longest text.
+    Returns (batches, how many texts were cut to max_length)."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise BundleError(NEEDS_TOKENIZERS) from None
+    text = bundle.manifest["text"]
+    path = inside(bundle.root, text["tokenizer"])
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises its own error types for files it cannot read
+        raise BundleError(f"{path.name}: the tokenizers package cannot read it ({e})") from None
+    max_length, pad_id = int(text["max_length"]), int(text["pad_id"])
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    names = [i["name"] for i in bundle.manifest["models"]["student"]["inputs"]]
+    batches, cut = [], 0
+    for start in range(0, len(texts), TEXT_BATCH):
+        encoded = tok.encode_batch(texts[start : start + TEXT_BATCH])
+        longest = max(1, max(len(e.ids) for e in encoded))
+        rows = {
+            "input_ids": np.full((len(encoded), longest), pad_id, np.int64),
+            "attention_mask": np.zeros((len(encoded), longest), np.int64),
+            "token_type_ids": np.zeros((len(encoded), longest), np.int64),
+        }
+        for i, e in enumerate(encoded):
+            n = len(e.ids)
+            rows["input_ids"][i, :n] = e.ids
+            rows["attention_mask"][i, :n] = e.attention_mask
+            rows["token_type_ids"][i, :n] = e.type_ids
+            cut += bool(e.overflowing)
+        batches.append({name: rows[name] for name in names})
+    return batches, cut
+
+
+def _text_feeds(bundle: Bundle, input_path, texts: list) -> tuple:
+    """(batches of named inputs, the texts, what they were given as, texts cut) of a text
+    model's predict: from ``texts`` (--text) or a text file."""
+    if input_path is not None and texts:
+        raise BundleError("give a text file or --text, not both")
+    if input_path is not None:
+        texts = read_texts(Path(input_path))
+    batches, cut = tokenize(bundle, list(texts))
+    return batches, texts, str(input_path) if input_path is not None else "--text", cut
+
+
+def predict(
+    root: Path, input_path, top: int = 3, pick: dict | None = None, texts: list | None = None
+) -> dict:
     """Top classes of every sample in ``input_path`` from the variant ``pick`` (role, target,
-    threads; default the portable student); for a foreign ONNX file, its outputs."""
+    threads; default the portable student); for a foreign ONNX file, its outputs. A text
+    model's bundle also takes a text file, or ``texts``."""
     bundle = Bundle(root)
     pick = pick or {"role": "student", "target": None}
     model = bundle.manifest["models"]["student"]
     pre = bundle.manifest.get("preprocessing", {})
-    feed = load_inputs(Path(input_path), model["inputs"], pre)
+    is_text = isinstance(bundle.manifest.get("text"), dict)
+    if texts and not is_text:
+        raise BundleError("--text: this bundle's model does not take text; give an input file")
+    if input_path is None and not texts:
+        raise BundleError("give an input file" + (" or --text TEXT" if is_text else ""))
+    suffix = "" if input_path is None else Path(input_path).suffix.lower()
+    if is_text and (texts or suffix in TEXT_SUFFIXES):
+        feeds, texts, given, cut = _text_feeds(bundle, input_path, texts)
+    else:
+        feeds, texts, given, cut = (
+            [load_inputs(Path(input_path), model["inputs"], pre)],
+            None,
+            None,
+            0,
+        )
     path = bundle.model_path(pick["role"], pick["target"])
     sess, _ = session(path, threads=pick.get("threads", 0))
-    outs = run_model(sess, feed, path.name)
-    shapes = {n: list(x.shape) for n, x in feed.items()}
+    outs = [run_model(sess, feed, path.name) for feed in feeds]
+    shapes = {n: list(x.shape) for n, x in feeds[0].items()}
     variant = variant_name(pick["role"], pick["target"])
     if bundle.manifest.get("source") == "onnx-file":
-        return {"input": str(input_path), "shapes": shapes, "outputs": _describe(outs)}
-    logits = next(iter(outs.values()))
+        return {"input": str(input_path), "shapes": shapes, "outputs": _describe(outs[0])}
+    logits = np.concatenate([next(iter(o.values())) for o in outs])
     z = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     labels = bundle.manifest.get("labels") or [str(i) for i in range(probs.shape[1])]
@@ -472,12 +607,16 @@ def predict(root: Path, input_path: Path, top: int = 3, pick: dict | None = None
     for row in probs:
         best = np.argsort(-row)[:top]
         samples.append([{"label": labels[i], "class": int(i), "p": float(row[i])} for i in best])
-    return {
+    result = {
         "input": str(input_path),
         "variant": variant,
         "shape": shapes[model["inputs"][0]["name"]],
         "predictions": samples,
     }
+    if texts is not None:
+        result.update(input=given, texts=texts, truncated=cut)
+        result["shape"] = [len(texts), max(f["input_ids"].shape[1] for f in feeds)]
+    return result
 
 
 def timed(call, iters: int, seconds: float) -> list:
@@ -995,8 +1134,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "input",
         type=Path,
+        nargs="?",
         help=".npy array (N, C, H, W) or (C, H, W), or an image; for a model of several inputs "
-        "a .npz of arrays named as the inputs",
+        "a .npz of arrays named as the inputs; for a text model also a .txt file (one text per "
+        "line) or a .jsonl/.csv/.tsv file with a text column",
+    )
+    p.add_argument(
+        "--text",
+        action="append",
+        default=[],
+        help="a text to classify (a text model's bundle; repeat for several)",
     )
     p.add_argument("--top", type=int, default=3, help="classes shown per sample (default 3)")
     p.add_argument("--target", help="run this compiled form instead of the portable model")
@@ -1048,9 +1195,15 @@ def _print_predictions(result: dict) -> None:
         top = o.get("top_class")
         shown = f"; top class index per sample: {', '.join(map(str, top[:16]))}" if top else ""
         print(f"{o['name']}: {o['dtype']} {tuple(o['shape'])}{shown}; first values {o['first']}")
+    texts = result.get("texts") or []
     for i, top in enumerate(result.get("predictions", [])):
         shown = ", ".join(f"{t['label']} ({t['p']:.1%})" for t in top)
+        if i < len(texts):  # a text model: the text after its classes
+            text = texts[i] if isinstance(texts[i], str) else " | ".join(texts[i])
+            shown += f"  <- {text[:60]}{'...' if len(text) > 60 else ''}"
         print(f"{i}: {shown}")
+    if result.get("truncated"):
+        print(f"note: {result['truncated']} texts were cut to the model's max_length tokens")
 
 
 def _print_verify(result: dict) -> None:
@@ -1179,7 +1332,7 @@ def _run(root: Path, args) -> dict:
                 file=sys.stderr,
             )
         pick["threads"] = _planned_settings(pick, args)["threads"]
-        result = predict(root, args.input, max(args.top, 1), pick)
+        result = predict(root, args.input, max(args.top, 1), pick, args.text)
         if not args.json:
             _print_predictions(result)
     else:
