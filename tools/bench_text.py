@@ -1,7 +1,7 @@
 """The text recipe end to end (issue 14): does distillation make a BERT classifier fast enough,
 and does the shipped model answer as PyTorch?
 
-    .venv/bin/python tools/bench_text.py [--out runs/bench-text] [--seeds 3] [--keep]
+    .venv/bin/python tools/bench_text.py [--out runs/bench-text] [--seeds 3] [--set KEY=VALUE ...]
 
 Writes the offline example (``python -m kdexport.text.example``: synthetic reviews and an
 untrained BERT teacher), runs ``kdexport distill-and-export --recipe text --baseline --seeds N``
@@ -71,6 +71,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="the run directory (default: a temporary one)")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--set", action="append", default=[], help="a recipe override (smoke runs)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_text-"))
     run = (args.out or work / "run").resolve()
