@@ -82,7 +82,8 @@ def test_the_lowest_versions_tested_are_the_lower_bounds():
     """tools/lowest-versions.txt (what tools/test-lowest.sh installs) pins each lower bound of
     pyproject.toml exactly, so that the bounds stated are the versions the tests passed with."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    requirements = project["dependencies"] + project["optional-dependencies"]["cpu"]
+    extras = project["optional-dependencies"]
+    requirements = project["dependencies"] + extras["cpu"] + extras["text"]
     bounds = {
         m["name"]: Version(m["low"])
         for r in requirements

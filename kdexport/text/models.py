@@ -185,6 +185,9 @@ def save_text_model(model, tokenizer, folder: str | Path) -> Path:
     import shutil
     import tempfile
 
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
