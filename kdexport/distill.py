@@ -5,6 +5,11 @@
 transfer set; with no random augmentation those outputs come from ``teacher_cache``. Under
 ``torchrun`` it trains with DistributedDataParallel (see ``parallel``). A killed stage
 continues with ``resume`` from ``RUN/checkpoints/student.pt``.
+
+Text runs (teacher ``hf:``, student ``hf-student:`` / ``hf-config:``) may add a transformer
+feature loss, ``feature_loss = "tinybert_hidden"`` or ``"minilm_attention"``, weighted by
+``feature_weight``: the models' hidden states or attentions are read through ``TextTap``, and
+the teacher then runs on every batch instead of from the cache (see ``_taps``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from kdexport.errors import KdxError
 from kdexport.losses import (
     FEATURE_LOSSES,
     LOGIT_LOSSES,
+    LOSSES,
+    TEXT_INPUTS,
     UNLABELED,
     WEIGHTINGS,
     LayerTap,
@@ -128,13 +135,10 @@ def train_student(
     keys = ("kd_loss", "weighting", "kd_weight", "feature_loss", "feature_weight")
     objective = Objective(term_weights(*(opts[k] for k in keys)), opts["temperature"], shapes)
     device = session.cluster.device
-    s_tap, t_tap = (None, None)
-    if shapes:
-        s_tap = LayerTap(net, opts["student_layer"], "student")
-        t_tap = LayerTap(model, opts["teacher_layer"], "teacher")
+    s_tap, t_tap = _taps(net, model, opts) if shapes else (None, None)
     try:
         job = Job(net, objective, pool, steps, model.to(device), t_tap, s_tap)
-        if opts["augment"] == "none":
+        if opts["augment"] == "none" and not _text_loss(opts):  # else per batch: see _taps
             _cache_teacher_outputs(job, art, run.folder("cache"), splits, device)
         with fake_quantized(net) if opts["quant_aware"] else contextlib.nullcontext():
             history = fit(job, (splits.x_val, splits.y_val), opts, session)
@@ -143,6 +147,29 @@ def train_student(
         for tap in (s_tap, t_tap):
             if tap:
                 tap.close()
+
+
+def _text_loss(opts: dict) -> bool:
+    """Whether the feature loss is a text loss (``tinybert_hidden``, ``minilm_attention``)."""
+    loss = LOSSES.get(opts["feature_loss"])
+    return loss is not None and loss.inputs in TEXT_INPUTS
+
+
+def _taps(net: nn.Module, teacher: nn.Module, opts: dict) -> tuple:
+    """The student's and the teacher's taps for the feature loss: one layer each (image
+    losses), or every layer's hidden states or attentions of the transformers (text losses).
+
+    The teacher's outputs are not cached for a text loss: every layer's hidden states (or
+    attention maps) of every training example would take far too much memory and disk, so the
+    teacher runs on each batch, beside the student."""
+    kind = LOSSES[opts["feature_loss"]].inputs
+    if kind in TEXT_INPUTS:
+        from kdexport.text.features import TextTap
+
+        s_tap = TextTap(net, kind, "student")
+        return s_tap, TextTap(teacher, kind, "teacher")
+    s_tap = LayerTap(net, opts["student_layer"], "student")
+    return s_tap, LayerTap(teacher, opts["teacher_layer"], "teacher")
 
 
 def _cache_teacher_outputs(job: Job, art: Artifact, cache_dir, splits: Splits, device):
@@ -192,6 +219,9 @@ def distill(
     ``checkpoint``: a state_dict to start the student from (default: fresh weights).
     ``weighting="alpha"``: L = (1-w)·CE + w·KD (w = ``kd_weight`` must be <= 1);
     ``weighting="lambda"``: L = CE + w·KD; a feature loss adds ``feature_weight``·F.
+    ``feature_loss``: ``hint``/``attention`` read ``student_layer`` and ``teacher_layer`` (image
+    models); ``tinybert_hidden``/``minilm_attention`` read every layer of two transformers (text
+    models; leave the layers empty), sized from their configs; the teacher then runs per batch.
     ``label_fraction``: the share of training labels the student sees (stratified, fixed by
     data.seed); the other training inputs teach through the teacher's outputs alone.
     ``quant_aware``: the student trains under simulated INT8 (``kdexport.train.qat``), so that the

@@ -171,15 +171,30 @@ class TinyBERTHiddenLoss(nn.Module):
         self, student_hidden: int, teacher_hidden: int, student_layers: int, teacher_layers: int
     ):
         super().__init__()
-        if student_layers < 1 or teacher_layers % student_layers:
-            raise KdxError(
-                f"loss 'tinybert_hidden': the teacher's {teacher_layers} layers do not map onto the "
-                f"student's {student_layers} uniformly (g(m) = m·N/M); pick a student whose layer "
-                "count divides the teacher's"
-            )
+        if problem := self.mismatch(student_hidden, teacher_hidden, student_layers, teacher_layers):
+            raise KdxError(f"loss 'tinybert_hidden': {problem}")
         self.step = teacher_layers // student_layers
         self.layers = student_layers
         self.projection = nn.Linear(student_hidden, teacher_hidden, bias=False)
+
+    @staticmethod
+    def sizes(student_config, teacher_config) -> tuple[int, int, int, int]:
+        """(d_s, d_t, M, N) from the two models' transformers configs."""
+        s, t = student_config, teacher_config
+        return s.hidden_size, t.hidden_size, s.num_hidden_layers, t.num_hidden_layers
+
+    @staticmethod
+    def mismatch(
+        student_hidden: int, teacher_hidden: int, student_layers: int, teacher_layers: int
+    ) -> str | None:
+        """Why the models' sizes do not fit the loss, or None."""
+        if student_layers < 1 or teacher_layers % student_layers:
+            return (
+                f"the teacher's {teacher_layers} layers do not map onto the student's "
+                f"{student_layers} uniformly (g(m) = m·N/M); pick a student whose layer count "
+                "divides the teacher's"
+            )
+        return None
 
     def layer_map(self) -> list[tuple[int, int]]:
         """(student index, teacher index) into the hidden_states tuples, embeddings first."""
@@ -222,11 +237,23 @@ class MiniLMAttentionLoss(nn.Module):
 
     def __init__(self, student_heads: int, teacher_heads: int):
         super().__init__()
+        if problem := self.mismatch(student_heads, teacher_heads):
+            raise KdxError(f"loss 'minilm_attention' {problem}")
+
+    @staticmethod
+    def sizes(student_config, teacher_config) -> tuple[int, int]:
+        """(student heads, teacher heads) from the two models' transformers configs."""
+        return student_config.num_attention_heads, teacher_config.num_attention_heads
+
+    @staticmethod
+    def mismatch(student_heads: int, teacher_heads: int) -> str | None:
+        """Why the models' sizes do not fit the loss, or None."""
         if student_heads != teacher_heads:
-            raise KdxError(
-                f"loss 'minilm_attention' needs the same number of attention heads (student "
-                f"{student_heads}, teacher {teacher_heads}), as MiniLM does; use tinybert_hidden"
+            return (
+                f"needs the same number of attention heads (student {student_heads}, teacher "
+                f"{teacher_heads}), as MiniLM does; use tinybert_hidden"
             )
+        return None
 
     def forward(self, student, teacher, labels, attention_mask=None) -> torch.Tensor:
         a_s = (student[-1] if isinstance(student, (tuple, list)) else student).float()
@@ -258,7 +285,8 @@ LOSSES: dict[str, type[nn.Module]] = {
     "minilm_attention": MiniLMAttentionLoss,
 }
 LOGIT_LOSSES = ("kd", "logit_mse")
-FEATURE_LOSSES = ("none", "hint", "attention")
+TEXT_INPUTS = ("hidden_states", "attentions")  # what the text losses read (TextClassifier taps)
+FEATURE_LOSSES = ("none", "hint", "attention", "tinybert_hidden", "minilm_attention")
 WEIGHTINGS = ("alpha", "lambda")
 
 
@@ -277,6 +305,9 @@ def term_weights(
 
 
 def make_loss(name: str, temperature: float, feature_shapes: tuple | None) -> nn.Module:
+    """Loss ``name``; ``feature_shapes`` is what pre-flight found for a feature loss: the two
+    layers' shapes (image losses) or the loss's sizes from the models' configs (text losses,
+    ``cls.sizes``)."""
     cls = LOSSES[name]
     if cls is KDLoss:
         return cls(temperature)
@@ -284,11 +315,13 @@ def make_loss(name: str, temperature: float, feature_shapes: tuple | None) -> nn
         if feature_shapes is None:
             raise KdxError(f"feature loss '{name}' needs distill.student_layer and teacher_layer")
         return cls(*feature_shapes)
-    if cls.inputs != "logits":  # the text losses need the models' sizes and the attention mask
-        raise KdxError(
-            f"loss '{name}' takes a transformer's {cls.inputs}: build it with the models' sizes "
-            "and call it with kdexport.text.features (see its docstring)"
-        )
+    if cls.inputs in TEXT_INPUTS:
+        if feature_shapes is None:  # the models' sizes and the attention mask are needed
+            raise KdxError(
+                f"loss '{name}' takes a transformer's {cls.inputs}: build it with the models' "
+                "sizes and call it with kdexport.text.features (see its docstring)"
+            )
+        return cls(*feature_shapes)
     return cls()
 
 
@@ -296,7 +329,10 @@ class Objective(nn.Module):
     """The training objective: L = sum_k w_k · loss_k over the terms of non-zero weight.
 
     Returns the total and each term's value, for the progress display and for naming a
-    non-finite term. Feature terms that learn (the hint adapter) are this module's parameters.
+    non-finite term. Feature terms that learn (the hint adapter, TinyBERT's W) are this
+    module's parameters. Image feature terms get the tapped layers' outputs (``LayerTap``); text
+    terms get what a ``kdexport.text.features.TextTap`` holds: the models' hidden states or
+    attentions and the batch's attention mask (``.states``, ``.attention_mask``).
     """
 
     def __init__(
@@ -318,6 +354,9 @@ class Objective(nn.Module):
         for k, f in self.terms.items():
             if f.inputs == "features":
                 values[k] = f(student_feature, teacher_feature, labels)
+            elif f.inputs in TEXT_INPUTS:  # teacher and student saw the same trimmed batch
+                mask = student_feature.attention_mask
+                values[k] = f(student_feature.states, teacher_feature.states, labels, mask)
             else:
                 values[k] = f(student, teacher, labels)
         total = sum(self.weights[k] * v for k, v in values.items())

@@ -18,6 +18,7 @@ Specs (``kdexport.zoo.create_model`` and the distill stage):
 from __future__ import annotations
 
 import tomllib
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -27,20 +28,45 @@ from kdexport.text.export import input_names
 from kdexport.text.tokens import PACKED
 
 
+class Captured(NamedTuple):
+    """What a ``TextClassifier`` in capture mode kept from its latest forward pass."""
+
+    hidden_states: tuple[torch.Tensor, ...] | None  # embeddings, then one (B, L, d) per layer
+    attentions: tuple[torch.Tensor, ...] | None  # one (B, heads, L, L) per layer
+    attention_mask: torch.Tensor  # (B, L) of the trimmed batch
+
+
 class TextClassifier(nn.Module):
     """``hf`` (a ``*ForSequenceClassification``) on packed token arrays; ``tokenizer`` kept
-    with it when known (the student shares the teacher's)."""
+    with it when known (the student shares the teacher's).
+
+    Capture mode, for the text feature losses: while ``capture`` names ``"hidden_states"``
+    and/or ``"attentions"``, each forward pass also asks the model for them and keeps them with
+    the trimmed batch's attention mask in ``captured`` (``kdexport.text.features.TextTap``
+    turns it on and reads it). It returns the logits either way."""
 
     def __init__(self, hf, tokenizer=None):
         super().__init__()
         self.hf = hf
         self.tokenizer = tokenizer
         self.inputs = input_names(hf)
+        self.capture: frozenset[str] = frozenset()
+        self.captured: Captured | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = max(int(x[:, 1].sum(dim=1).max()), 1) if len(x) else 1
         x = x[:, :, :n]
-        return self.hf(**{name: x[:, PACKED.index(name)] for name in self.inputs}).logits
+        feed = {name: x[:, PACKED.index(name)] for name in self.inputs}
+        if not self.capture:
+            return self.hf(**feed).logits
+        hidden, attentions = "hidden_states" in self.capture, "attentions" in self.capture
+        out = self.hf(**feed, output_hidden_states=hidden, output_attentions=attentions)
+        self.captured = Captured(
+            tuple(out.hidden_states) if hidden and out.hidden_states else None,
+            tuple(out.attentions) if attentions and out.attentions else None,
+            x[:, PACKED.index("attention_mask")],
+        )
+        return out.logits
 
 
 def student_overrides(spec: str) -> dict:

@@ -16,13 +16,20 @@ losses (``kdexport.losses``)::
 in the optimizer) and saved apart from it; ``attn = MiniLMAttentionLoss(heads_s, heads_t)``.
 Attention distributions need the eager attention implementation (``sdpa`` never materialises
 them): load the models with ``attn_implementation="eager"`` or call ``use_eager_attention``.
+
+The distill stage reads the same parts through ``TextTap`` (``distill.feature_loss =
+"tinybert_hidden"`` or ``"minilm_attention"``): a ``TextClassifier`` in capture mode keeps them
+from each forward pass, and the objective gets them with the batch's attention mask.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
 from kdexport.errors import KdxError
 
@@ -55,3 +62,85 @@ def text_features(model, batch: dict, attentions: bool = True) -> TextFeatures:
     return TextFeatures(
         out.logits, tuple(out.hidden_states), out.attentions and tuple(out.attentions)
     )
+
+
+class TappedText(NamedTuple):
+    """A ``TextTap``'s value: what a text loss compares, and the batch's (B, L) mask."""
+
+    states: tuple[torch.Tensor, ...]  # hidden states or attentions, one tensor per layer
+    attention_mask: torch.Tensor
+
+
+class TextTap:
+    """``LayerTap``'s interface for a ``kdexport.text.classifier.TextClassifier``: while open,
+    the model keeps its ``kind`` (``"hidden_states"`` or ``"attentions"``) from every forward
+    pass, and ``value`` is the latest as ``TappedText`` (None before the first pass).
+
+    For attentions the model is switched to eager attention (``use_eager_attention``; the same
+    values as ``sdpa``, more memory and time; it stays so after ``close``, and the saved config
+    does not record it), and the dropout on its attention probabilities is off until ``close``:
+    the models return the distributions after that dropout, and a dropped key (probability 0)
+    would make KL(teacher || student) meaningless (its log is -inf). Dropout elsewhere stays."""
+
+    def __init__(self, model, kind: str, role: str):
+        if not hasattr(model, "capture") or not hasattr(model, "hf"):
+            raise KdxError(
+                f"a text feature loss reads the {role}'s {kind}: the {role} must be a Hugging "
+                f"Face text classifier (hf:, hf-student:, hf-config:), not {type(model).__name__}"
+            )
+        if kind not in ("hidden_states", "attentions"):
+            raise KdxError(f"a text tap reads hidden_states or attentions, not '{kind}'")
+        self._dropouts: list[tuple[nn.Dropout, float]] = []
+        if kind == "attentions":
+            use_eager_attention(model.hf)
+            self._dropouts = [(d, d.p) for d in attention_dropouts(model.hf)]
+            for d, _ in self._dropouts:
+                d.p = 0.0
+        self.model, self.kind, self.role, self.name = model, kind, role, kind
+        model.capture = model.capture | {kind}
+        model.captured = None
+
+    @property
+    def value(self) -> TappedText | None:
+        captured = self.model.captured
+        if captured is None:
+            return None
+        states = getattr(captured, self.kind)
+        if not states:
+            raise KdxError(
+                f"the {self.role} returned no {self.kind.replace('_', ' ')} (for attentions its "
+                "attention implementation must be eager; see use_eager_attention)"
+            )
+        return TappedText(states, captured.attention_mask)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No capture inside (validation: its large batches' every layer is not needed)."""
+        self.model.capture = self.model.capture - {self.kind}
+        self.model.captured = None
+        try:
+            yield
+        finally:
+            self.model.capture = self.model.capture | {self.kind}
+            self.model.captured = None
+
+    def close(self) -> None:
+        """End the capture (a teacher is tapped again by every training run that uses it)."""
+        self.model.capture = self.model.capture - {self.kind}
+        self.model.captured = None
+        for d, p in self._dropouts:
+            d.p = p
+        self._dropouts = []
+
+
+def attention_dropouts(model: nn.Module) -> list[nn.Dropout]:
+    """The dropout layers applied to attention probabilities: those held directly by a
+    self-attention module (a class named ``*Attention``: ``BertSelfAttention``, DistilBERT's
+    ``MultiHeadSelfAttention``), which reads their ``p`` on every forward pass."""
+    return [
+        child
+        for module in model.modules()
+        if type(module).__name__.endswith("Attention")
+        for child in module.children()
+        if isinstance(child, nn.Dropout)
+    ]

@@ -12,6 +12,7 @@ continued with ``resume`` ends with the same weights as one that was never stopp
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -115,7 +116,9 @@ def _take(t: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Ten
 
 @dataclass
 class Job:
-    """One training run: the model, its objective, its pool, and the teacher it learns from."""
+    """One training run: the model, its objective, its pool, and the teacher it learns from.
+    The taps read what a feature loss compares: ``LayerTap`` (one layer) or, for the text
+    losses, ``kdexport.text.features.TextTap`` (a transformer's hidden states or attentions)."""
 
     model: nn.Module
     objective: Objective
@@ -320,6 +323,12 @@ def _to(job: Job, device: torch.device, placement: str) -> None:
     job.pool.place(device, placement)
 
 
+def _paused(tap):
+    """A tap that keeps a whole model's outputs (``TextTap``: every layer's hidden states or
+    attentions) rests while validating, whose batches are large; a layer tap keeps running."""
+    return tap.paused() if hasattr(tap, "paused") else contextlib.nullcontext()
+
+
 def fit(job: Job, val: tuple[np.ndarray, np.ndarray], opts: dict, session: Session) -> list:
     """Train ``job.model`` in place; load the best validation epoch's weights; return the history."""
     cluster = session.cluster
@@ -337,7 +346,8 @@ def fit(job: Job, val: tuple[np.ndarray, np.ndarray], opts: dict, session: Sessi
         start = time.perf_counter()
         terms = _train_epoch(net, job, state, epoch, opts, session)
         train_s = time.perf_counter() - start
-        val_acc, val_nll = (cluster.from_main(v) for v in _validate(job.model, *val))
+        with _paused(job.student_tap):
+            val_acc, val_nll = (cluster.from_main(v) for v in _validate(job.model, *val))
         record = {"epoch": epoch + 1, "val_accuracy": val_acc, "val_nll": val_nll, **terms}
         state.history.append({**record, "train_s": train_s, "data": job.pool.placement})
         improved = val_acc > state.best_acc

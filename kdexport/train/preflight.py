@@ -1,14 +1,17 @@
 """Pre-flight checks before any training: the loss weighting, the teacher in eval mode, teacher and
-student on the data's inputs with the same number of classes, the feature-loss layers."""
+student on the data's inputs with the same number of classes, the feature-loss layers (image
+losses) or the two transformers' sizes (text losses)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from kdexport.data import Splits
 from kdexport.errors import KdxError
-from kdexport.losses import LOSSES, LayerTap
+from kdexport.losses import LOSSES, TEXT_INPUTS, LayerTap
 from kdexport.onnx_teacher import OnnxModel
 from kdexport.zoo import eval_mode
 
@@ -38,10 +41,59 @@ def _check_teacher_is_evaluating(teacher: nn.Module, x: torch.Tensor) -> None:
         )
 
 
+def _text_sizes(teacher, student, opts: dict, x: torch.Tensor) -> tuple:
+    """Pre-flight for a text feature loss: both models are transformers whose configs fit the
+    loss (its sizes, from the configs), and one captured pass of each gives a finite loss."""
+    from kdexport.text.features import TextTap
+
+    name = opts["feature_loss"]
+    cls = LOSSES[name]
+    for role in ("student", "teacher"):
+        if opts[f"{role}_layer"]:
+            raise KdxError(
+                f"distill.{role}_layer = '{opts[f'{role}_layer']}': leave it empty with "
+                f"feature_loss '{name}', which reads every layer's {cls.inputs}"
+            )
+    for m, role in ((student, "student"), (teacher, "teacher")):
+        if not hasattr(m, "hf"):
+            spec = "hf:" if role == "teacher" else "hf-student: or hf-config:"
+            raise KdxError(
+                f"distill.feature_loss '{name}' is for text models; the {role} is not one "
+                f"(give a {spec} {role}, or use hint / attention for image models)"
+            )
+    sizes = cls.sizes(student.hf.config, teacher.hf.config)
+    if problem := cls.mismatch(*sizes):
+        raise KdxError(f"distill.feature_loss '{name}': {problem}")
+    taps = [TextTap(student, cls.inputs, "student"), TextTap(teacher, cls.inputs, "teacher")]
+    try:
+        _outputs(student, "student", x)
+        _outputs(teacher, "teacher", x)
+        s, t = (tap.value for tap in taps)
+        loss = cls(*sizes).to(s.attention_mask.device)
+        with torch.no_grad():
+            value = float(loss(s.states, t.states, None, s.attention_mask))
+    except KdxError as e:
+        raise KdxError(f"distill.feature_loss '{name}': {e}") from None
+    except Exception as e:  # the configs say one thing, the outputs another
+        raise KdxError(
+            f"distill.feature_loss '{name}' cannot compare the models' {cls.inputs} "
+            f"({type(e).__name__}: {e})"
+        ) from None
+    finally:
+        for tap in taps:
+            tap.close()
+    if not math.isfinite(value):
+        raise KdxError(f"distill.feature_loss '{name}' is {value} on the first samples")
+    return sizes
+
+
 def _feature_shapes(teacher, student, opts: dict, x: torch.Tensor) -> tuple | None:
-    """Pre-flight for a feature loss: both layers exist and their shapes can be adapted."""
+    """Pre-flight for a feature loss: both layers exist and their shapes can be adapted (image
+    losses), or the models' sizes fit (text losses: the sizes are returned)."""
     if opts["feature_loss"] == "none":
         return None
+    if LOSSES[opts["feature_loss"]].inputs in TEXT_INPUTS:
+        return _text_sizes(teacher, student, opts, x)
     taps = [LayerTap(student, opts["student_layer"], "student")]
     taps.append(LayerTap(teacher, opts["teacher_layer"], "teacher"))
     for tap, m, name in zip(taps, (student, teacher), ("student", "teacher"), strict=True):
@@ -55,7 +107,8 @@ def _feature_shapes(teacher, student, opts: dict, x: torch.Tensor) -> tuple | No
 
 def check_models(teacher: nn.Module, student: nn.Module, splits: Splits, opts: dict):
     """Pre-flight: the teacher evaluates, both fit the data and agree on the classes, the
-    feature-loss layers exist and can be adapted. Returns the feature shapes (or None)."""
+    feature-loss layers exist and can be adapted (or the transformers' sizes fit a text loss).
+    Returns the feature shapes or text-loss sizes (or None)."""
     x = torch.from_numpy(splits.x_val[:4])
     eval_mode(teacher)
     _check_teacher_is_evaluating(teacher, x)

@@ -4,7 +4,9 @@ The teacher runs once over the set; its logits (and the feature layer a feature 
 are kept in ``RUN/cache/teacher-KEY.npz`` and reused every epoch and by every later run, the
 baselines and the search included. KEY hashes the teacher's weights, the inputs, the
 preprocessing and the layer, so a changed teacher or input can never be served stale outputs.
-With random augmentation there is no cache: the teacher runs on every augmented batch.
+With random augmentation there is no cache: the teacher runs on every augmented batch; nor
+with a text feature loss (``tinybert_hidden``, ``minilm_attention``), whose inputs, every
+layer's hidden states or attentions of every example, would be far too large to keep.
 """
 
 from __future__ import annotations
