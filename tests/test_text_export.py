@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kdexport.backends.profiles import PARITY
-from kdexport.backends.quantize import quantize_onnx, quantize_onnx_dynamic
+from kdexport.backends.quantize import quantize_onnx_dynamic
 from kdexport.evaluate import parity
 from kdexport.text.export import (
     SHAPES,
@@ -134,10 +134,3 @@ def test_dynamic_int8_quantizes_the_matmul_weights(bert, tmp_path):
     ops = {n.op_type for n in onnx.load(str(tmp_path / "dynamic.onnx")).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"} and "DynamicQuantizeLinear" in ops
     assert _int8_parity(tmp_path / "dynamic.onnx", model)["passed"]
-
-
-def test_static_int8_takes_text_calibration(bert, tmp_path):
-    model, path, _ = bert
-    q = {"method": "minmax", "calibration_samples": 4, "per_channel": True}
-    quantize_onnx(path, tmp_path / "qdq.onnx", padded_batch(model, 4, 32), q)
-    assert _int8_parity(tmp_path / "qdq.onnx", model)["passed"]

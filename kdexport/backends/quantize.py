@@ -94,14 +94,19 @@ def quantize_onnx_dynamic(src: Path, dst: Path, per_channel: bool = False) -> No
     symmetric) and whose activations are quantized at run time (uint8, each tensor's own
     range): ``onnxruntime.quantization.quantize_dynamic``. No calibration data; the choice
     for transformers on ONNX Runtime's CPU provider (docs/text-export.md)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    # The exporter's intermediate shapes (value_info) are dropped first: with onnx 1.17 the
+    # quantizer's shape inference rejects some of an exported BERT's (its own inference
+    # disagrees); the weights alone need none. No pre-processing, for the same reason.
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]
     with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        plain = Path(tmp) / "plain.onnx"
+        onnx.save(model, str(plain))
         quantize_dynamic(
-            str(pre),
+            str(plain),
             str(dst),
             op_types_to_quantize=["MatMul", "Gemm"],
             per_channel=per_channel,

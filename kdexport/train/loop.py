@@ -2,7 +2,7 @@
 
 AdamW; an epoch is ``steps`` optimizer steps of exactly ``batch_size`` samples drawn from shuffled
 passes over the pool (so a scratch baseline on fewer samples gets the same budget); a cosine or
-step schedule over all steps; validation after every epoch, the best epoch's weights kept,
+step schedule over all steps, or cosine after a linear warm-up over the first tenth (transformers); validation after every epoch, the best epoch's weights kept,
 early stopping after ``patience`` epochs without a better one.
 
 Every epoch ends with a checkpoint (written to a temporary file, then renamed). The shuffling,
@@ -36,7 +36,7 @@ from kdexport.progress import Progress
 from kdexport.train.parallel import DEVICES, PRECISIONS, Cluster, autocast, check_precision
 from kdexport.zoo import eval_mode
 
-SCHEDULES = ("cosine", "step")
+SCHEDULES = ("cosine", "step", "warmup-cosine")
 AUGMENTATIONS = ("none", "shift")
 PLACEMENTS = ("auto", "device", "host")
 # The option types the two training stages share (their recipe keys' bounds and choices).
@@ -180,9 +180,22 @@ def shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+WARMUP = 0.1  # the share of the steps "warmup-cosine" warms up over
+
+
 def _lr_factor(schedule: str, total: int) -> Callable[[int], float]:
     if schedule == "cosine":
         return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    if (
+        schedule == "warmup-cosine"
+    ):  # transformers: linear from 0 over the first tenth, cosine after
+        warm = max(1, round(WARMUP * total))
+        return lambda step: (
+            (step + 1) / warm
+            if step < warm
+            else 0.5
+            * (1 + math.cos(math.pi * min(step - warm, total - warm) / max(total - warm, 1)))
+        )
     milestones = (total // 2, 3 * total // 4)  # x0.1 at half and three quarters of the steps
     return lambda step: 0.1 ** sum(step >= m for m in milestones)
 
