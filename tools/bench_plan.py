@@ -117,10 +117,14 @@ def chosen(p: dict) -> dict:
 
 
 def budgets_between(table: dict) -> list[float]:
-    """Three budgets, each the geometric mean of two neighbouring measured p90 bounds: at the
-    fastest quarter, the middle, and above all but the slowest."""
+    """Three budgets, each the geometric mean of two neighbouring measured p90 bounds: in the
+    fastest third, the middle third and the slowest third of the bounds, the widest gap (by
+    ratio) of each. A budget within noise of a variant's p90 would re-plan by chance: the plan
+    cannot be steadier than the figures it reads, so the tool tests it where they differ."""
     bounds = sorted({round(p * (1 + s), 6) for d in table.values() for p, s, _ in d.values()})
-    picks = [len(bounds) // 4, len(bounds) // 2, len(bounds) - 2]
+    gaps = list(range(len(bounds) - 1))
+    thirds = [gaps[i * len(gaps) // 3 : (i + 1) * len(gaps) // 3] or gaps for i in range(3)]
+    picks = [max(third, key=lambda i: bounds[i + 1] / bounds[i]) for third in thirds]
     return [round(math.sqrt(bounds[i] * bounds[i + 1]), 4) for i in picks]
 
 
