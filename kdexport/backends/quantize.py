@@ -111,6 +111,9 @@ def quantize_onnx_dynamic(src: Path, dst: Path, per_channel: bool = False) -> No
             op_types_to_quantize=["MatMul", "Gemm"],
             per_channel=per_channel,
             weight_type=QuantType.QInt8,
+            # Weights only: attention's activation-by-activation MatMuls stay float (measured on
+            # the text recipe's student: 0.82-0.84x fp32 at 1x128 against 0.86x, same accuracy).
+            extra_options={"MatMulConstBOnly": True},
         )
 
 
