@@ -44,6 +44,7 @@ from kdexport.errors import KdxError
 from kdexport.feeds import BATCH, parse_shapes, resolve
 from kdexport.onnxfile import check_onnx_file, external_data_files, reference_outputs
 from kdexport.plan import bundle_plan
+from kdexport.rundir import student_bundle
 from kdexport.text.tokens import is_packed, unpack
 
 BUNDLE_FORMAT = bundle_runner.BUNDLE_FORMAT
@@ -276,10 +277,12 @@ def _head(name: str, source: str) -> dict:
     }
 
 
-def _manifest(run_dir: Path, run: dict, models: dict, golden: dict, compiled: dict) -> dict:
+def _manifest(
+    name: str, run_dir: Path, run: dict, models: dict, golden: dict, compiled: dict
+) -> dict:
     student = models["student"]
     return {
-        **_head(f"student-{sha256(run_dir / 'export' / student['file'])[:12]}", "run"),
+        **_head(name, "run"),
         "models": models,
         "labels": json.loads(student["metadata"].get("labels", "[]")),
         "preprocessing": _preprocessing(
@@ -300,9 +303,9 @@ def _from_run(run_dir: Path, root: Path, opts: dict) -> dict:
     if opts["shapes"]:
         raise KdxError("--shape is for an ONNX file; a run's bundle takes its inputs from the run")
     run, export = _open_run(run_dir)
+    name = student_bundle(export)
     targets, with_teacher, placement = list(opts["targets"]), opts["with_teacher"], None
     if opts["plan"] is not None:
-        name = f"student-{sha256(export.file('student.onnx'))[:12]}"
         placement = bundle_plan(Path(opts["plan"]), name)
         targets += [t for t in placement.pop("targets") if t not in targets]
         with_teacher = with_teacher or placement.pop("teacher")
@@ -312,7 +315,7 @@ def _from_run(run_dir: Path, root: Path, opts: dict) -> dict:
     names = [i["name"] for i in models["student"]["inputs"]]
     golden = _add_golden(root, export, roles, opts["samples"], names)
     compiled = _add_compiled(root, run_dir, targets, roles)
-    manifest = _manifest(run_dir, run, models, golden, compiled)
+    manifest = _manifest(name, run_dir, run, models, golden, compiled)
     if manifest["preprocessing"].get("kind") == "text":
         manifest["text"] = _add_tokenizer(root, manifest["preprocessing"], models["student"])
     if placement is not None:

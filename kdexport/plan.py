@@ -23,7 +23,7 @@ from kdexport.bundle import fleet
 from kdexport.bundle import runner as bundle_runner
 from kdexport.errors import KdxError
 from kdexport.report import markdown_table
-from kdexport.rundir import MODELS, open_stage
+from kdexport.rundir import MODELS, open_stage, student_bundle
 
 LOCAL = "local"
 PORTABLE = "portable"
@@ -57,9 +57,6 @@ def _settings(threads, cpus) -> dict:
 def run_facts(run_dir: Path) -> dict:
     """The run's compiled targets (accuracy, precision, shipped), its student hash."""
     exported, compiled = open_stage(run_dir, "export"), open_stage(run_dir, "compile")
-    student_file = exported.checks["student"].get("file", "student.onnx")
-    files = exported.manifest["files"]
-    digest = files.get(student_file, files.get("student.onnx", {})).get("sha256", "")
     targets = {}
     for name, entry in compiled.checks["targets"].items():
         targets[name] = {
@@ -67,7 +64,7 @@ def run_facts(run_dir: Path) -> dict:
             "backend": entry["profile"]["backend"],
             **{m: entry[m] for m in MODELS if m in entry},
         }
-    return {"student_sha12": digest[:12], "targets": targets, "export": exported.checks}
+    return {"student": student_bundle(exported), "targets": targets, "export": exported.checks}
 
 
 def accuracy(facts: dict, model: str, target: str) -> tuple[float | None, str]:
@@ -116,10 +113,10 @@ def _read_device_result(path: Path, facts: dict) -> dict:
             f"{bundle_runner.RESULT_FORMAT}; measure again with this version's run.py"
         )
     name = result["bundle"]["name"]
-    if name != f"student-{facts['student_sha12']}":
+    if name != facts["student"]:
         raise KdxError(
             f"{path}: from bundle {name}, another run's student (this run's is "
-            f"student-{facts['student_sha12']}); plan with the run that made that bundle"
+            f"{facts['student']}); plan with the run that made that bundle"
         )
     return result
 
@@ -375,7 +372,7 @@ def plan(
         "kind": "kdx-plan",
         "format_version": PLAN_FORMAT,
         "run": str(run_dir),
-        "student": f"student-{facts['student_sha12']}",
+        "student": facts["student"],
         "batch": batch,
         "latency": "p90 at the batch size, raised by its spread between rounds; never estimated",
         "devices": planned,

@@ -12,7 +12,7 @@ from kdexport.artifact import FORMAT_VERSION, MANIFEST, Artifact, file_table, wr
 from kdexport.chart import chart
 from kdexport.errors import KdxError
 from kdexport.options import read_toml
-from kdexport.rundir import MODELS, STAGES, Run, open_stage
+from kdexport.rundir import MODELS, STAGES, Run, open_stage, student_bundle
 
 _FLAGS = ("reason", "accuracy_drop_points", "latency_ratio", "fp32_accuracy", "cpu_fallback_nodes")
 
@@ -279,8 +279,7 @@ def placement_markdown(run_dir: str | Path) -> list[str]:
     if not (folder / "plan.json").is_file():
         return []
     plan = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
-    files = open_stage(run_dir, "export").manifest["files"]
-    student = f"student-{files['student.onnx']['sha256'][:12]}"
+    student = student_bundle(open_stage(run_dir, "export"))
     lines = ["", "## Placement", ""]
     if plan.get("student") != student:
         return [

@@ -36,6 +36,13 @@ STAGES = {  # folder -> (artifact kind, the command that makes it)
 }
 
 
+def student_bundle(export: Artifact) -> str:
+    """The name of a run's bundles: ``student-`` and the first 12 digits of the exported
+    student's sha256, as the export manifest records it (verified when the artifact opened).
+    Plans and device results name the run they belong to by it."""
+    return f"student-{export.manifest['files']['student.onnx']['sha256'][:12]}"
+
+
 def open_stage(run_dir: str | Path, stage: str) -> Artifact:
     """The complete, current artifact of ``stage`` in ``run_dir``, or a KdxError with the command
     that makes it."""

@@ -29,8 +29,9 @@ from kdexport.backends.profiles import PARITY, load_target
 from kdexport.errors import KdxError
 from kdexport.evaluate import parity
 from kdexport.onnxfile import check_onnx_file, reference_outputs, torch_to_onnx
+from kdexport.text.tokens import PACKED
 
-INPUTS, OUTPUT = ("input_ids", "attention_mask", "token_type_ids"), "logits"
+OUTPUT = "logits"
 AXES = {0: "batch", 1: "sequence"}
 SHAPES = ((1, 16), (1, 128), (8, 128), (3, 37))  # (batch, sequence) checked by default
 Predict = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -39,7 +40,7 @@ Predict = Callable[[dict[str, np.ndarray]], np.ndarray]
 def input_names(model) -> list[str]:
     """The graph's inputs: token_type_ids only for models whose forward takes them."""
     params = inspect.signature(model.forward).parameters
-    return [n for n in INPUTS if n in params]
+    return [n for n in PACKED if n in params]
 
 
 class Logits(torch.nn.Module):
