@@ -5,6 +5,8 @@ input is one line naming the problem."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -166,3 +168,34 @@ def test_synthetic_reviews_are_deterministic_and_labelled(tmp_path):
     assert 100 < flipped < 300  # about 10 %
     jsonl = write_reviews(tmp_path / "d.jsonl", n=3, seed=7).read_text().splitlines()
     assert [json.loads(line)["label"] for line in jsonl] == [y for _, y in generate(3, seed=7)]
+
+
+def test_the_same_texts_give_the_same_vocabulary_in_every_process():
+    """tokenizers' WordPieceTrainer numbers pieces in hash-map order, which differs between
+    processes (huggingface/tokenizers#1794): the example teacher's tokenizer differed run to run,
+    and with it the trained model. Two fresh interpreters must write the same vocabulary."""
+    code = (
+        "import json; from kdexport.text.synthetic import generate;"
+        "from kdexport.text.tiny import train_wordpiece;"
+        "print(json.dumps(train_wordpiece([t for t, _ in generate(300, seed=5)], 300).get_vocab(),"
+        " sort_keys=True))"
+    )
+    vocabs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(3)
+    }
+    assert len(vocabs) == 1
+    vocab = json.loads(vocabs.pop())
+    assert [vocab[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 1, 2, 3, 4]
+    assert {"good", "not", "##g"} <= set(vocab)  # whole words, and characters for the rest
+
+
+def test_the_most_frequent_words_fit_and_characters_spell_the_rest():
+    # 13 characters: 5 special tokens + 26 pieces; then words by count, equal counts by spelling
+    small = train_wordpiece(["the battery was not good", "good"], vocab_size=33, max_length=16)
+    assert len(small) == 33
+    assert small.tokenize("the good battery zzz") == ["t", "##h", "##e", "good", "battery", "[UNK]"]
+    with pytest.raises(KdxError, match="vocab_size 10 cannot hold"):
+        train_wordpiece(["the battery was not good"], vocab_size=10)

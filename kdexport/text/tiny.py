@@ -1,7 +1,7 @@
 """A tiny BERT teacher built from the data, so a text recipe runs with no download.
 
-``train_wordpiece`` trains a WordPiece tokenizer (lower-cased, BERT's normaliser and
-pre-tokenizer, ``[CLS] A [SEP] B [SEP]`` template) in memory on the training texts with the
+``train_wordpiece`` makes a WordPiece tokenizer (lower-cased, BERT's normaliser and
+pre-tokenizer, ``[CLS] A [SEP] B [SEP]`` template) from the training texts with the
 ``tokenizers`` library; ``tiny_teacher`` writes an untrained BERT classifier (2 layers, hidden
 size 32 by default) with that tokenizer to a folder that ``hf:FOLDER`` loads. Training it is the
 teacher stage's job.
@@ -9,10 +9,12 @@ teacher stage's job.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from kdexport.errors import KdxError
 from kdexport.text.models import label_config, require_text_extra, save_text_model
 
 SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -25,21 +27,44 @@ TINY = {  # the tiny teacher's shape: seconds per epoch on a CPU for a few thous
 }
 
 
+def wordpiece_vocab(
+    texts: Iterable[str], vocab_size: int, normalizer: Any, pre_tokenizer: Any
+) -> dict[str, int]:
+    """A WordPiece vocabulary for ``texts`` that depends on them alone: the special tokens, every
+    character the texts use (alone and as a ``##`` continuation, so no word is unknown), then
+    whole words, most frequent first and equal counts by spelling, up to ``vocab_size`` tokens.
+
+    Not ``tokenizers``' WordPieceTrainer: it numbers and merges pieces of equal count in hash-map
+    order, so the same texts gave other vocabularies from one process to the next
+    (huggingface/tokenizers#1794) and the same recipe and seeds trained other models."""
+    counts: Counter[str] = Counter()
+    for text in texts:
+        words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+        counts.update(word for word, _ in words)
+    chars = sorted({c for word in counts for c in word})
+    pieces = [*SPECIAL, *chars, *(f"##{c}" for c in chars)]
+    words = sorted((w for w in counts if w not in pieces), key=lambda w: (-counts[w], w))
+    if vocab_size < len(pieces):
+        raise KdxError(
+            f"vocab_size {vocab_size} cannot hold the {len(pieces)} special tokens and characters of these texts; raise it"
+        )
+    return {t: i for i, t in enumerate([*pieces, *words][:vocab_size])}
+
+
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 1000, max_length: int = 128) -> Any:
     """A fast transformers tokenizer whose WordPiece vocabulary (at most ``vocab_size`` tokens,
-    the 5 special ones included) is learnt from ``texts``; ``max_length`` is its
-    ``model_max_length``."""
+    the 5 special ones included) is ``wordpiece_vocab(texts)``; ``max_length`` is its
+    ``model_max_length``. The same texts, the same tokenizer."""
     require_text_extra()
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import WordPieceTrainer
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    vocab = wordpiece_vocab(texts, vocab_size, normalizer, pre_tokenizer)
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     tok.decoder = decoders.WordPiece()
-    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL))
-    tok.train_from_iterator(texts, trainer)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
