@@ -116,6 +116,13 @@ def test_bad_input_is_one_line(run_copy, tmp_path):
     slow = result(run_copy, tmp_path / "slow.json", "pi", lat={"student": (5.0, 5.1)})
     fails("plan", run_copy, ok, slow, "--budget-ms", 5, message="disagree beyond their spread")
     fails("plan", run_copy, ok, message="no budget for device")
+    for batch in ("1x16", "0"):
+        fails(
+            "plan", run_copy, ok, "--batch", batch, "--budget-ms", 5,
+            message=f"--batch {batch}: give a batch size, 1 or more (BATCHxTOKENS is for a text "
+            "run); this run was measured at batch sizes 1, 8",
+        )  # fmt: skip
+    assert plan(run_copy, [ok], budget_ms=5, batch="1")["batch"] == 1
 
 
 def test_two_agreeing_results_keep_the_slower(run_copy, tmp_path):
