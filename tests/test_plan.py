@@ -13,7 +13,7 @@ from conftest import fails, kdx
 
 from kdexport.bundle.runner import RESULT_FORMAT, RESULT_KIND, device_key, fingerprint
 from kdexport.errors import KdxError
-from kdexport.plan import accuracy, plan, run_facts
+from kdexport.plan import accuracy, plan, plan_batch, run_facts
 
 QUICK = ["--warmup-iters", "1", "--warmup-s", "0", "--min-iters", "5", "--min-time-s", "0"]
 QUICK += ["--rounds", "1"]
@@ -271,3 +271,21 @@ def test_package_plan_bad_input(run_copy, tmp_path):
         message="no such plan",
     )
     assert not (tmp_path / "b").exists()
+
+
+def test_plan_batch_is_a_shape_for_text_runs_and_an_int_for_image_runs():
+    def bench(*keys):
+        return {"targets": {"ort-cpu": {"student": {"latency": {k: {} for k in keys}}}}}
+
+    text = bench("8x128", "1x16", "1x128")
+    assert plan_batch(text, None) == "1x128"  # the smallest batch at its longest sequence
+    assert plan_batch(text, "8x128") == "8x128"
+    with pytest.raises(
+        KdxError, match=r"--batch 8: this text run was measured at shapes 1x16, 1x128, 8x128"
+    ):
+        plan_batch(text, "8")
+    image = bench("1", "64")
+    assert plan_batch(image, None) == 1 and plan_batch(image, "64") == 64
+    assert plan_batch(image, 8) == 8  # another batch size: devices may have measured it
+    with pytest.raises(KdxError, match="measured at batch sizes 1, 64"):
+        plan_batch(image, "1x128")

@@ -276,8 +276,10 @@ def test_text_bundle_shapes_default_to_the_benchmarks_within_max_length():
 def test_run_py_timing_input_is_at_shapes():
     """run.py's own copy of the timing input (it cannot import kdexport) is at_shape's."""
     names = list(PACKED)
-    x = pack([[101, 7, 8, 9, 102], [101, 5, 102]], [[0, 0, 0, 1, 1], [0, 0, 0]], 12, 0)
+    # the first example shorter than the second: its padding must not be repeated
+    x = pack([[101, 5, 102], [101, 7, 8, 9, 102]], [[0, 0, 0], [0, 0, 0, 1, 1]], 12, 0)
     golden = unpack(x, names)  # as package stores it: cut back to the longest example
+    assert golden["input_ids"][0].tolist() == [101, 5, 102, 0, 0]
     for batch, seq in ((1, 3), (3, 12), (2, 32)):
         got = bundle_runner.text_feed(golden, f"{batch}x{seq}")
         want = unpack(at_shape(x, batch, seq), names)
@@ -286,7 +288,7 @@ def test_run_py_timing_input_is_at_shapes():
             assert got[name].dtype == np.int64 and got[name].shape == (batch, seq)
             assert got[name].tolist() == want[name].tolist(), name
     assert bundle_runner.text_feed(golden, "1x7")["input_ids"].tolist() == [
-        [101, 7, 8, 9, 102, 101, 7]
+        [101, 5, 102, 101, 5, 102, 101]
     ]
 
 
