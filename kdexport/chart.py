@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdexport.artifact import write_bytes
+from kdexport.bundle.runner import batch_label
 
 
 def chart(figs: dict, path: Path) -> None:
@@ -83,7 +84,7 @@ def plan_chart(plan: dict, path: Path) -> None:
         ax.axvline(
             d["budget_ms"], color="red", linestyle="--", label=f"budget {d['budget_ms']:g} ms"
         )
-        ax.set_xlabel(f"p90 latency, batch {plan['batch']} (ms)")
+        ax.set_xlabel(f"p90 latency, {batch_label(plan['batch'])} (ms)")
         ax.set_ylabel("test accuracy")
         ax.set_title(name)
         ax.legend(fontsize=7)

@@ -547,7 +547,11 @@ def import_results_cmd(results, out, as_json):
 @click.argument("run", type=click.Path(file_okay=False))
 @click.argument("results", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--budget-ms", type=float, help="p90 latency budget per device (ms).")
-@click.option("--batch", type=int, default=1, show_default=True, help="Batch size to plan for.")
+@click.option(
+    "--batch",
+    help="Batch size to plan for (default 1); a text run: a shape it was measured at, "
+    "BATCHxTOKENS (default its report's, e.g. 1x128).",
+)
 @click.option("--max-mb", type=float, help="Peak memory limit (MB), where memory was measured.")
 @click.option("--min-accuracy", type=float, help="Refuse variants below this accuracy (0..1).")
 @click.option(
@@ -568,7 +572,7 @@ def plan_cmd(run, results, budget_ms, batch, max_mb, min_accuracy, budgets, out,
     the most accurate variant whose p90 meets its budget."""
     from rich.table import Table
 
-    from kdexport.plan import HEADER, plan, plan_cells
+    from kdexport.plan import HEADER, batch_label, plan, plan_cells
 
     into_run = out is None
     out = out or os.path.join(run, "plan", "plan.md")
@@ -582,7 +586,7 @@ def plan_cmd(run, results, budget_ms, batch, max_mb, min_accuracy, budgets, out,
         budgets=budgets,
         out=out,
     )
-    table = Table(*HEADER, title=f"kdexport plan: batch {batch}")
+    table = Table(*HEADER, title=f"kdexport plan: {batch_label(result['batch'])}")
     for row in plan_cells(result):
         table.add_row(*row)
     _console().print(table)

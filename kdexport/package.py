@@ -317,7 +317,12 @@ def _from_run(run_dir: Path, root: Path, opts: dict) -> dict:
     compiled = _add_compiled(root, run_dir, targets, roles)
     manifest = _manifest(name, run_dir, run, models, golden, compiled)
     if manifest["preprocessing"].get("kind") == "text":
-        manifest["text"] = _add_tokenizer(root, manifest["preprocessing"], models["student"])
+        text = _add_tokenizer(root, manifest["preprocessing"], models["student"])
+        run_shapes = ((run["recipe"] or {}).get("benchmark") or {}).get("text_shapes")
+        manifest["text"] = {
+            **text,
+            "shapes": bundle_runner.text_shapes(run_shapes, text["max_length"]),
+        }
     if placement is not None:
         manifest["plan"] = placement
     _compiled_golden(root, manifest)

@@ -22,7 +22,7 @@ from kdexport.artifact import sha256, write_json, write_text
 from kdexport.bundle import fleet
 from kdexport.bundle import runner as bundle_runner
 from kdexport.errors import KdxError
-from kdexport.report import markdown_table
+from kdexport.report import headline, markdown_table, shape_order
 from kdexport.rundir import MODELS, open_stage, student_bundle
 
 LOCAL = "local"
@@ -35,6 +35,7 @@ HEADER += ["margin ms", "peak MB", "note"]
 # the spread beyond which a measurement is flagged unstable.
 NOISE = bundle_runner.SPREAD_BOUND
 device_key = bundle_runner.device_key
+batch_label = bundle_runner.batch_label
 
 
 def simplicity(variant: dict) -> int:
@@ -55,7 +56,8 @@ def _settings(threads, cpus) -> dict:
 
 
 def run_facts(run_dir: Path) -> dict:
-    """The run's compiled targets (accuracy, precision, shipped), its student hash."""
+    """The run's compiled targets (accuracy, precision, shipped), its student hash, its
+    export and benchmark stages' checks."""
     exported, compiled = open_stage(run_dir, "export"), open_stage(run_dir, "compile")
     targets = {}
     for name, entry in compiled.checks["targets"].items():
@@ -64,7 +66,12 @@ def run_facts(run_dir: Path) -> dict:
             "backend": entry["profile"]["backend"],
             **{m: entry[m] for m in MODELS if m in entry},
         }
-    return {"student": student_bundle(exported), "targets": targets, "export": exported.checks}
+    return {
+        "student": student_bundle(exported),
+        "targets": targets,
+        "export": exported.checks,
+        "benchmark": open_stage(run_dir, "benchmark").checks,
+    }
 
 
 def accuracy(facts: dict, model: str, target: str) -> tuple[float | None, str]:
@@ -79,9 +86,40 @@ def accuracy(facts: dict, model: str, target: str) -> tuple[float | None, str]:
     return entry.get("accuracy"), f"{target} compiled model"
 
 
-def _local(run_dir: Path, facts: dict, batch: int) -> dict:
+def plan_batch(bench: dict, batch: str | int | None) -> int | str:
+    """What to plan for: a batch size (an image run; default 1) or, for a text run, a shape
+    "BxS" the benchmark stage measured (default the report's headline shape, e.g. "1x128")."""
+    measured = {
+        k
+        for e in bench["targets"].values()
+        for m in MODELS
+        for k in e.get(m, {}).get("latency", {})
+    }
+    shapes = sorted((k for k in measured if "x" in k), key=shape_order)
+    given = None if batch is None else str(batch).strip()
+    if shapes:
+        if given is None:
+            return headline(shapes)
+        if given in shapes:
+            return given
+        raise KdxError(
+            f"--batch {given}: this text run was measured at shapes {', '.join(shapes)} "
+            "(BATCHxTOKENS); give one of them"
+        )
+    if given is None:
+        return 1
+    if not given.isdigit() or int(given) < 1:
+        sizes = ", ".join(sorted(measured, key=shape_order))
+        raise KdxError(
+            f"--batch {given}: give a batch size, 1 or more (BATCHxTOKENS is for a text run); "
+            f"this run was measured at batch sizes {sizes}"
+        )
+    return int(given)
+
+
+def _local(run_dir: Path, facts: dict, batch: int | str) -> dict:
     """This machine's benchmark stage as one device's measurements."""
-    bench = open_stage(run_dir, "benchmark").checks
+    bench = facts["benchmark"]
     env = bench.get("environment", {})
     st = bench.get("settings") or {}
     settings = _settings(st.get("threads"), st.get("cpus") if st.get("pinned") else None)
@@ -137,7 +175,7 @@ def _merge(old: dict, new: dict, where: str) -> dict:
     return old if old["p90_ms"] >= new["p90_ms"] else new
 
 
-def _devices(run_dir: Path, results: list, facts: dict, batch: int) -> dict:
+def _devices(run_dir: Path, results: list, facts: dict, batch: int | str) -> dict:
     devices = {LOCAL: _local(run_dir, facts, batch)}
     for path in map(Path, results):
         result = _read_device_result(path, facts)
@@ -212,7 +250,9 @@ def _variants(facts: dict) -> list[tuple[str, str]]:
     return out
 
 
-def _fill_command(run_dir: Path, device: str, kind: str, model: str, target: str, batch: int):
+def _fill_command(run_dir: Path, device: str, kind: str, model: str, target: str, batch):
+    if kind == "benchmark" and isinstance(batch, str):  # a text shape "BxS"
+        return f"kdexport benchmark {run_dir} --set \"benchmark.text_shapes=['{batch}']\""
     if kind == "benchmark":
         return f"kdexport benchmark {run_dir} --batch-sizes {batch}"
     if facts_backend(target) == "openvino":
@@ -341,22 +381,21 @@ def plan(
     results: list | tuple = (),
     *,
     budget_ms: float | None = None,
-    batch: int = 1,
+    batch: int | str | None = None,
     max_mb: float | None = None,
     min_accuracy: float | None = None,
     budgets: str | Path | None = None,
     out: str | Path | None = None,
 ) -> dict:
-    """Plan every measured device; write ``out`` (Markdown), ``.json`` and ``.png`` beside it
-    (with ``out`` None, nothing is written)."""
+    """Plan every measured device at ``batch`` (``plan_batch``); write ``out`` (Markdown),
+    ``.json`` and ``.png`` beside it (with ``out`` None, nothing is written)."""
     run_dir = Path(run_dir)
     _positive(budget_ms, "--budget-ms")
     _positive(max_mb, "--max-mb")
-    if batch < 1:
-        raise KdxError(f"--batch {batch}: give 1 or more")
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
         raise KdxError(f"--min-accuracy {min_accuracy}: give a share of the test set, 0 to 1")
     facts = run_facts(run_dir)
+    batch = plan_batch(facts["benchmark"], batch)
     devices = _devices(run_dir, list(results), facts, batch)
     per_device = read_budgets(budgets, devices)
     ctx = {"run": run_dir, "batch": batch, "min_accuracy": min_accuracy}
@@ -374,7 +413,7 @@ def plan(
         "run": str(run_dir),
         "student": facts["student"],
         "batch": batch,
-        "latency": "p90 at the batch size, raised by its spread between rounds; never estimated",
+        "latency": "p90 at the batch size (a text run: the shape), raised by its spread between rounds; never estimated",
         "devices": planned,
     }
     if out is not None:
@@ -472,7 +511,7 @@ def plan_markdown(result: dict) -> str:
     lines = [
         "# kdexport placement plan",
         "",
-        f"Run {result['run']} ({result['student']}), batch {result['batch']}: per device the "
+        f"Run {result['run']} ({result['student']}), {batch_label(result['batch'])}: per device the "
         "most accurate variant whose p90, raised by its spread between rounds, meets the "
         f"budget; among equally accurate ones the simplest unless another is faster by more "
         f"than {NOISE:.0%} (or both spreads).",

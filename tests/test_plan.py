@@ -13,7 +13,7 @@ from conftest import fails, kdx
 
 from kdexport.bundle.runner import RESULT_FORMAT, RESULT_KIND, device_key, fingerprint
 from kdexport.errors import KdxError
-from kdexport.plan import accuracy, plan, run_facts
+from kdexport.plan import accuracy, plan, plan_batch, run_facts
 
 QUICK = ["--warmup-iters", "1", "--warmup-s", "0", "--min-iters", "5", "--min-time-s", "0"]
 QUICK += ["--rounds", "1"]
@@ -116,6 +116,13 @@ def test_bad_input_is_one_line(run_copy, tmp_path):
     slow = result(run_copy, tmp_path / "slow.json", "pi", lat={"student": (5.0, 5.1)})
     fails("plan", run_copy, ok, slow, "--budget-ms", 5, message="disagree beyond their spread")
     fails("plan", run_copy, ok, message="no budget for device")
+    for batch in ("1x16", "0"):
+        fails(
+            "plan", run_copy, ok, "--batch", batch, "--budget-ms", 5,
+            message=f"--batch {batch}: give a batch size, 1 or more (BATCHxTOKENS is for a text "
+            "run); this run was measured at batch sizes 1, 8",
+        )  # fmt: skip
+    assert plan(run_copy, [ok], budget_ms=5, batch="1")["batch"] == 1
 
 
 def test_two_agreeing_results_keep_the_slower(run_copy, tmp_path):
@@ -264,3 +271,21 @@ def test_package_plan_bad_input(run_copy, tmp_path):
         message="no such plan",
     )
     assert not (tmp_path / "b").exists()
+
+
+def test_plan_batch_is_a_shape_for_text_runs_and_an_int_for_image_runs():
+    def bench(*keys):
+        return {"targets": {"ort-cpu": {"student": {"latency": {k: {} for k in keys}}}}}
+
+    text = bench("8x128", "1x16", "1x128")
+    assert plan_batch(text, None) == "1x128"  # the smallest batch at its longest sequence
+    assert plan_batch(text, "8x128") == "8x128"
+    with pytest.raises(
+        KdxError, match=r"--batch 8: this text run was measured at shapes 1x16, 1x128, 8x128"
+    ):
+        plan_batch(text, "8")
+    image = bench("1", "64")
+    assert plan_batch(image, None) == 1 and plan_batch(image, "64") == 64
+    assert plan_batch(image, 8) == 8  # another batch size: devices may have measured it
+    with pytest.raises(KdxError, match="measured at batch sizes 1, 64"):
+        plan_batch(image, "1x128")

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import kdx
+from conftest import fails, kdx
 from test_package import BLOCKED, FAST_BENCH, device, one_error
 
+from kdexport import plan as placement
 from kdexport.artifact import sha256
 from kdexport.bundle import runner as bundle_runner
 from kdexport.text.synthetic import CLASSES, generate, write_reviews
 from kdexport.text.tiny import tiny_teacher
+from kdexport.text.tokens import PACKED, at_shape, pack, unpack
 
 ROWS, MAX_LENGTH = 300, 32
 TEXTS = [
@@ -30,6 +32,7 @@ TEXTS = [
     "the screen is great but the battery is awful",
 ]
 LONG = " ".join(["the battery is awful but the screen is lovely"] * 20)  # over MAX_LENGTH tokens
+FAST_TEXT_BENCH = FAST_BENCH[2:]  # without --batch-sizes 1,4: a text bundle takes shapes
 NO_TOKENIZERS = (
     "this bundle holds a text model: run.py needs the tokenizers package to read text; "
     "pip install tokenizers"
@@ -104,6 +107,7 @@ def test_manifest_ships_the_tokenizer_and_named_golden_inputs(bundle, text_run):
         "columns": m["preprocessing"]["columns"],
         "truncation": m["text"]["truncation"],
         "padding": m["text"]["padding"],
+        "shapes": ["1x16"],  # the run's benchmark.text_shapes
     }
     assert m["files"]["tokenizer.json"]["sha256"] == sha256(text_run[1] / "tokenizer.json")
     assert m["labels"] == list(CLASSES)
@@ -128,11 +132,13 @@ def test_verify_and_bench_need_no_tokenizers(bundle):
     out = device(bundle, "verify", blocked=blocked).stdout
     assert "student.onnx: golden output ok" in out and "top-1 agreement 100%" in out
     assert "ort-cpu/student.onnx: golden output ok" in out
-    device(bundle, "bench", "--device", "edge", *FAST_BENCH, blocked=blocked)
+    device(bundle, "bench", "--device", "edge", *FAST_TEXT_BENCH, blocked=blocked)
     result = json.loads((bundle.parent / f"{bundle.name}.bench-edge.json").read_text())
     assert result["kind"] == "kdx-bench-result" and result["bundle"]["name"].startswith("student-")
-    assert set(result["results"]["student"]["latency"]) == {"1", "4"}
-    assert result["results"]["student"]["latency"]["4"]["p50_ms"] > 0
+    # default: the run's text shapes, recorded in the manifest
+    assert result["options"]["batch_sizes"] == ["1x16"]
+    assert set(result["results"]["student"]["latency"]) == {"1x16"}
+    assert result["results"]["student"]["latency"]["1x16"]["p50_ms"] > 0
 
 
 def _torch_student(run: Path, teacher: Path, texts: list) -> np.ndarray:
@@ -258,3 +264,137 @@ def test_a_tokenizer_that_cannot_be_found_is_one_line(text_run, tmp_path):
         shutil.move(kept, original)
     assert f"no tokenizer.json in {text_run[1]}" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_text_bundle_shapes_default_to_the_benchmarks_within_max_length():
+    assert bundle_runner.text_shapes(["1x16", "2x64"], 32) == ["1x16"]
+    assert bundle_runner.text_shapes(None, 128) == ["1x16", "1x128", "8x128"]
+    assert bundle_runner.text_shapes(None, 64) == ["1x16"]
+    assert bundle_runner.text_shapes(["1x128"], 8) == ["1x8"]
+
+
+def test_run_py_timing_input_is_at_shapes():
+    """run.py's own copy of the timing input (it cannot import kdexport) is at_shape's."""
+    names = list(PACKED)
+    # the first example shorter than the second: its padding must not be repeated
+    x = pack([[101, 5, 102], [101, 7, 8, 9, 102]], [[0, 0, 0], [0, 0, 0, 1, 1]], 12, 0)
+    golden = unpack(x, names)  # as package stores it: cut back to the longest example
+    assert golden["input_ids"][0].tolist() == [101, 5, 102, 0, 0]
+    for batch, seq in ((1, 3), (3, 12), (2, 32)):
+        got = bundle_runner.text_feed(golden, f"{batch}x{seq}")
+        want = unpack(at_shape(x, batch, seq), names)
+        assert list(got) == names
+        for name in names:
+            assert got[name].dtype == np.int64 and got[name].shape == (batch, seq)
+            assert got[name].tolist() == want[name].tolist(), name
+    assert bundle_runner.text_feed(golden, "1x7")["input_ids"].tolist() == [
+        [101, 5, 102, 101, 5, 102, 101]
+    ]
+
+
+@pytest.fixture(scope="module")
+def teacher_bundle(text_run, tmp_path_factory) -> Path:
+    """The text run's student and teacher, so that bench measures the speed-up."""
+    out = tmp_path_factory.mktemp("ttbundle") / "bundle"
+    kdx("package", text_run[0], "--dir", out, "--with-teacher")
+    return out
+
+
+@pytest.mark.backends
+def test_bench_times_a_text_bundle_per_shape(teacher_bundle, tmp_path):
+    out = tmp_path / "edge.json"
+    r = device(
+        teacher_bundle,
+        "bench",
+        "--device",
+        "edge",
+        *FAST_TEXT_BENCH,
+        "--batch-sizes",
+        "1x32,2x8",
+        "--out",
+        out,
+        blocked=BLOCKED + ",tokenizers,transformers",
+    )
+    assert "portable, shape 1x32: student p50" in r.stdout
+    result = json.loads(out.read_text())
+    assert result["options"]["batch_sizes"] == ["1x32", "2x8"]
+    for role in ("student", "teacher"):
+        latency = result["results"][role]["latency"]
+        assert set(latency) == {"1x32", "2x8"}
+        s = latency["2x8"]
+        assert s["throughput_per_s"] == pytest.approx(2 * 1000 / s["p50_ms"])
+        assert s["tokens_per_s"] == pytest.approx(2 * 8 * 1000 / s["p50_ms"])
+    assert set(result["results"]["speedup"]) == {"1x32", "2x8"}
+    assert all(v > 0 for v in result["results"]["speedup"].values())
+    fleet = json.loads(kdx("import-results", out, "--json").stdout.strip().splitlines()[-1])
+    assert [row["batch"] for row in fleet["rows"]] == ["1x32", "2x8"]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ("8", "--batch-sizes 8: this bundle's model takes text, timed per batch and sequence "
+              "length; give BATCHxTOKENS, e.g. 1x32"),
+        ("1x16,1x33", "--batch-sizes 1x33: 33 tokens is over this model's max_length 32; give "
+                      "at most 1x32"),
+    ],
+)  # fmt: skip
+def test_bench_bad_text_shapes_are_one_line(bundle, sizes, message):
+    r = device(bundle, "bench", *FAST_TEXT_BENCH, "--batch-sizes", sizes, code=1)
+    one_error(r.stderr, message)
+
+
+def test_bench_text_shapes_on_an_image_bundle_is_one_line(fast_cli_run, tmp_path):
+    image = tmp_path / "image"
+    kdx("package", fast_cli_run[0], "--dir", image)
+    r = device(image, "bench", *FAST_TEXT_BENCH, "--batch-sizes", "1,1x16", code=1)
+    one_error(r.stderr, "--batch-sizes 1x16: BATCHxTOKENS is for a text model's bundle")
+
+
+@pytest.mark.backends
+def test_plan_a_text_run_at_its_shape_with_a_device_and_follow_it(
+    text_run, teacher_bundle, tmp_path
+):
+    run = text_run[0]
+    local = placement.plan(run, budget_ms=1e6)
+    assert local["batch"] == "1x16"  # the report's headline shape of benchmark.text_shapes
+    choice = local["devices"]["local"]["choice"]
+    bench = json.loads((run / "benchmark" / "manifest.json").read_text())["checks"]
+    measured = bench["targets"][choice["target"]][choice["model"]]["latency"]["1x16"]
+    assert choice["p90_ms"] == measured["p90_ms"]
+    assert placement._fill_command(run, "local", "benchmark", "student", "x", "1x16") == (
+        f"kdexport benchmark {run} --set \"benchmark.text_shapes=['1x16']\""
+    )
+
+    edge = tmp_path / "edge.json"
+    device(teacher_bundle, "bench", "--device", "edge", *FAST_TEXT_BENCH, "--out", edge)
+    timed = json.loads(edge.read_text())["results"]
+    r = kdx("plan", run, edge, "--budget-ms", 1e6, "-o", tmp_path / "plan.md", "--json")
+    assert "kdexport plan: shape 1x16" in r.stdout
+    assert f"Run {run} (student-" in (tmp_path / "plan.md").read_text()
+    assert ", shape 1x16: per device" in (tmp_path / "plan.md").read_text()
+    planned = json.loads(r.stdout.strip().splitlines()[-1])
+    assert planned["batch"] == "1x16"
+    pick = planned["devices"]["edge"]["choice"]
+    assert pick["target"] == "portable"
+    assert pick["p90_ms"] == timed[pick["model"]]["latency"]["1x16"]["p90_ms"]
+    fill = {u["target"]: u["command"] for u in planned["devices"]["edge"]["unmeasured"]}
+    assert fill["ort-cpu"].endswith("--target ort-cpu --batch-sizes 1x16")
+
+    # A bundle of the plan: run.py follows it at the plan's shape.
+    fleet = tmp_path / "fleet"
+    kdx("package", run, "--dir", fleet, "--plan", tmp_path / "plan.json")
+    again = tmp_path / "again.json"
+    r = device(fleet, "bench", "--device", "edge", *FAST_TEXT_BENCH, "--out", again)
+    assert f"plan: device edge runs {pick['variant']}" in r.stdout and "at shape 1x16" in r.stdout
+    followed = json.loads(again.read_text())
+    assert followed["options"]["batch_sizes"] == ["1x16"] and followed["plan"]["batch"] == "1x16"
+    assert set(followed["results"][pick["model"]]["latency"]) == {"1x16"}
+
+
+@pytest.mark.parametrize("batch", ["8", "2x16", "1x"])
+def test_plan_a_text_run_at_an_unmeasured_shape_is_one_line(text_run, batch):
+    fails(
+        "plan", text_run[0], "--batch", batch, "--budget-ms", 5,
+        message=f"--batch {batch}: this text run was measured at shapes 1x16 (BATCHxTOKENS)",
+    )  # fmt: skip

@@ -9,7 +9,7 @@ from pathlib import Path
 from kdexport.artifact import write_text
 from kdexport.bundle import runner as bundle_runner
 from kdexport.errors import KdxError
-from kdexport.report import markdown_table
+from kdexport.report import markdown_table, shape_order
 
 FLEET_HEADER = [
     "device",
@@ -58,7 +58,7 @@ def _rows(result: dict) -> list[dict]:
     runtime = res["student"].get("runtime", {})
     provider = (runtime.get("providers") or ["?"])[0].replace("ExecutionProvider", "")
     rows = []
-    for size, s in sorted(res["student"]["latency"].items(), key=lambda kv: int(kv[0])):
+    for size, s in sorted(res["student"]["latency"].items(), key=lambda kv: shape_order(kv[0])):
         teacher = res.get("teacher", {}).get("latency", {}).get(size, {})
         rows.append(
             {
@@ -68,7 +68,7 @@ def _rows(result: dict) -> list[dict]:
                 "runtime": f"onnxruntime {env.get('versions', {}).get('onnxruntime', '?')} {provider}",
                 "bundle": result["bundle"]["name"],
                 "model": result["options"].get("target") or "portable",
-                "batch": int(size),
+                "batch": size if "x" in size else int(size),  # a text bundle's "BxS"
                 "student_p50_ms": s["p50_ms"],
                 "student_p90_ms": s["p90_ms"],
                 "teacher_p50_ms": teacher.get("p50_ms"),
@@ -94,7 +94,7 @@ def import_results(paths: list[str | Path], out: str | Path | None = None) -> di
             latest[key] = result
     rows = sorted(
         (r for res in latest.values() for r in _rows(res)),
-        key=lambda r: (r["device"], r["bundle"], r["model"], r["batch"]),
+        key=lambda r: (r["device"], r["bundle"], r["model"], shape_order(str(r["batch"]))),
     )
     fleet = {"devices": len({k[0] for k in latest}), "results": len(paths), "rows": rows}
     if out is not None:

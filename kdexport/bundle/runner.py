@@ -12,7 +12,8 @@ onnxruntime, and nothing else (Pillow only to read images, tokenizers only to re
 
 A text model's bundle (manifest "text") ships its tokenizer.json: ``predict`` tokenises texts
 with the ``tokenizers`` package as the run did (truncated to max_length, padded per batch);
-``verify`` and ``bench`` run on the stored token arrays and need no tokenizers.
+``verify`` and ``bench`` run on the stored token arrays and need no tokenizers; ``bench`` times
+it per shape "BATCHxTOKENS" (``--batch-sizes 1x128,8x128``; default the run's text shapes).
 
 A bundle packaged with a placement plan (``kdexport package RUN --plan plan.json``) holds
 several variants (teacher or student, portable or compiled) and the plan: ``predict`` and
@@ -928,8 +929,72 @@ def batch_feed(feed: dict, axes: dict, size: int) -> dict:
     return out
 
 
+# kdexport benchmark's default benchmark.text_shapes (run.py cannot import kdexport).
+TEXT_SHAPES = ("1x16", "1x128", "8x128")
+
+
+def text_shapes(shapes, max_length: int) -> list:
+    """The text shapes "BxS" of ``shapes`` (default ``TEXT_SHAPES``) of at most ``max_length``
+    tokens, else one example of ``max_length`` tokens: what bench times a text bundle at."""
+    fit = [s for s in shapes or TEXT_SHAPES if int(s.partition("x")[2]) <= max_length]
+    return fit or [f"1x{max_length}"]
+
+
+def batch_label(size) -> str:
+    """What a latency is measured at: "batch 8", or a text shape "shape 1x128"."""
+    return f"shape {size}" if "x" in str(size) else f"batch {size}"
+
+
+def text_feed(feed: dict, shape: str) -> dict:
+    """Named token inputs of B examples of exactly S tokens (``shape`` "BxS"), for timing: the
+    first golden example's tokens (where its attention_mask is 1) repeated to S tokens with a
+    full mask, tiled to B rows. The rule of kdexport.text.tokens.at_shape, on named arrays:
+    run.py keeps its own copy because it runs without kdexport."""
+    batch, _, seq = shape.partition("x")
+    mask = feed.get("attention_mask")
+    tokens = max(int(mask[0].sum()), 1) if mask is not None else next(iter(feed.values())).shape[1]
+    out = {}
+    for name, x in feed.items():
+        row = (
+            np.ones(int(seq), x.dtype)
+            if name == "attention_mask"
+            else np.resize(x[0, :tokens], int(seq))
+        )
+        out[name] = np.ascontiguousarray(np.tile(row, (int(batch), 1)))
+    return out
+
+
+def _text_sizes(bundle: Bundle, sizes) -> list:
+    """A text bundle's ``--batch-sizes``: shapes "BxS" of at most max_length tokens; default
+    the run's text shapes recorded in the manifest."""
+    text = bundle.manifest["text"]
+    max_length = int(text["max_length"])
+    for size in sizes or []:
+        batch, _, seq = str(size).partition("x")
+        if not seq:
+            raise BundleError(
+                f"--batch-sizes {size}: this bundle's model takes text, timed per batch and "
+                f"sequence length; give BATCHxTOKENS, e.g. 1x{min(128, max_length)}"
+            )
+        if int(seq) > max_length:
+            raise BundleError(
+                f"--batch-sizes {size}: {seq} tokens is over this model's max_length "
+                f"{max_length}; give at most {batch}x{max_length}"
+            )
+    return sizes or text.get("shapes") or text_shapes(None, max_length)
+
+
 def _batch_sizes(bundle: Bundle, sizes) -> list:
-    """``--batch-sizes`` (default 1,64), or the golden batch of a model whose batch is fixed."""
+    """``--batch-sizes`` (default 1,64; a text bundle's ``_text_sizes``), or the golden batch of
+    a model whose batch is fixed."""
+    if isinstance(bundle.manifest.get("text"), dict):
+        return _text_sizes(bundle, sizes)
+    shaped = [s for s in sizes or [] if "x" in str(s)]
+    if shaped:
+        raise BundleError(
+            f"--batch-sizes {shaped[0]}: BATCHxTOKENS is for a text model's bundle; give batch "
+            "sizes such as 1,64"
+        )
     fixed = bundle.manifest["golden"].get("batch")
     if _batch_axes(bundle) or fixed is None:
         return sizes or [1, 64]
@@ -981,12 +1046,13 @@ def bench(root: Path, opts: dict) -> dict:
             if r in bundle.manifest.get("compiled", {}).get(opts["target"], {}).get("models", {})
         ]
         bundle.model_path(roles[0] if roles else "student", opts["target"])  # unknown, non-ORT
+    text = isinstance(bundle.manifest.get("text"), dict)
     first = batch_feed(feed, axes, 1) if axes else feed
     baseline = rss_mb()[0]  # python, numpy and onnxruntime, before any model
     sessions, result = _load(bundle, roles, opts, first)
     speedup, speedup_iqr, noise = {}, {}, []
     for size in sizes:
-        xb = batch_feed(feed, axes, size)
+        xb = text_feed(feed, size) if text else batch_feed(feed, axes, size)
         bound = measure_rounds({r: _bound(s, xb) for r, s in sessions.items()}, opts)
         e2e = measure({r: _end_to_end(s, xb) for r, s in sessions.items()}, opts)
         noise += bound["noise"]
@@ -994,7 +1060,10 @@ def bench(root: Path, opts: dict) -> dict:
             rounds = bound["samples"][role]
             stats = summarize([v for r in rounds for v in r])
             stats["round_spread"] = round_spread(rounds)
-            stats["throughput_per_s"] = size * 1000.0 / stats["p50_ms"]
+            batch, _, seq = str(size).partition("x")  # a text shape "BxS": batch x tokens
+            stats["throughput_per_s"] = int(batch) * 1000.0 / stats["p50_ms"]
+            if seq:
+                stats["tokens_per_s"] = int(batch) * int(seq) * 1000.0 / stats["p50_ms"]
             stats["end_to_end"] = summarize(e2e[role])
             result[role]["latency"][str(size)] = stats
         if len(roles) == 2:
@@ -1095,7 +1164,7 @@ def choose(bundle: Bundle, variant, target, device) -> dict:
     role, target = parse_variant(entry["variant"])
     said = (
         f"plan: device {name} runs {entry['variant']} (budget {entry['budget_ms']:g} ms, "
-        f"planned p90 {entry['p90_ms']:.3f} ms at batch {bundle.manifest['plan']['batch']})"
+        f"planned p90 {entry['p90_ms']:.3f} ms at {batch_label(bundle.manifest['plan']['batch'])})"
     )
     return {"role": role, "target": target, "said": said, "device": name, "entry": entry}
 
@@ -1115,13 +1184,13 @@ def write_json(path: Path, obj) -> None:
 
 
 def _sizes(text: str) -> list:
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"'{text}': give batch sizes such as 1,64")
-    return sizes
+    """Batch sizes (ints), or a text model's shapes "BxS" (strings): "1,64", "1x128,8x128"."""
+    sizes = [s.strip() for s in text.split(",") if s.strip()]
+    if not sizes or not all(re.fullmatch(r"[1-9]\d*(x[1-9]\d*)?", s) for s in sizes):
+        raise argparse.ArgumentTypeError(
+            f"'{text}': give batch sizes such as 1,64 (a text model's: 1x128,8x128)"
+        )
+    return [s if "x" in s else int(s) for s in sizes]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -1161,7 +1230,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--target", help="time this compiled form instead of the portable model")
     b.add_argument(
-        "--batch-sizes", type=_sizes, help="default 1,64 (a fixed batch: the golden input's)"
+        "--batch-sizes",
+        type=_sizes,
+        help="default 1,64 (a fixed batch: the golden input's); a text model's bundle: shapes "
+        "BATCHxTOKENS, default the run's text shapes, e.g. 1x16,1x128,8x128",
     )
     b.add_argument(
         "--threads", type=int, default=0, help="intra-op threads (0: one per CPU we may use)"
@@ -1229,7 +1301,7 @@ def _planned_settings(pick: dict, args) -> dict:
     return {"threads": threads, "cpus": cpus}
 
 
-def _plan_check(result: dict, pick: dict, batch: int) -> dict:
+def _plan_check(result: dict, pick: dict, batch) -> dict:
     """The planned variant's p90 measured now against the device's budget."""
     entry = pick["entry"]
     p90 = result["results"][pick["role"]]["latency"][str(batch)]["p90_ms"]
@@ -1262,13 +1334,13 @@ def _print_bench(result: dict, out: Path, role: str) -> None:
             t = result["results"]["teacher"]["latency"][size]["p50_ms"]
             extra = f", teacher p50 {t:.3f} ms, speed-up {result['results']['speedup'][size]:.1f}x"
         print(
-            f"{where}, batch {size}: {role} p50 {s['p50_ms']:.3f} ms, p90 {s['p90_ms']:.3f} ms{extra}"
+            f"{where}, {batch_label(size)}: {role} p50 {s['p50_ms']:.3f} ms, p90 {s['p90_ms']:.3f} ms{extra}"
         )
     check = result.get("plan")
     if check:
         verdict = "within" if check["within_budget"] else "OVER"
         print(
-            f"planned {check['variant']}: p90 {check['p90_ms']:.3f} ms at batch {check['batch']}, "
+            f"planned {check['variant']}: p90 {check['p90_ms']:.3f} ms at {batch_label(check['batch'])}, "
             f"{verdict} the budget of {check['budget_ms']:g} ms (planned p90 {check['planned_p90_ms']:.3f} ms)"
         )
     print(f"result: {out}")
