@@ -78,15 +78,18 @@ def load_student(run: Run) -> Loaded:
     return Loaded(load_checkpoint(model, art.file("model.pt"), art.parameters["student"]), art)
 
 
-def build_student(opts: dict, splits: Splits, teacher: nn.Module | None = None) -> nn.Module:
+def build_student(
+    opts: dict, splits: Splits, teacher: nn.Module | None = None, scratch: bool = False
+) -> nn.Module:
     """The student of the [distill] options, before training: seeded, from its checkpoint if any.
     A text student of the teacher's config (``hf-student:``, ``hf-config:``) starts from the
-    teacher where shapes allow; the rule applied is in ``net.init_record``."""
+    teacher where shapes allow, unless it is the ``scratch`` baseline; the rule applied is in
+    ``net.init_record``."""
     torch.manual_seed(opts["seed"])  # seeds the initial weights
     if opts["student"].startswith(("hf-student:", "hf-config:")) and teacher is not None:
         from kdexport.text.classifier import student
 
-        net, record = student(teacher, opts["student"], opts["seed"])
+        net, record = student(teacher, opts["student"], opts["seed"], from_teacher=not scratch)
         net.init_record = record
     else:
         net = create_model(opts["student"], splits.num_classes, splits.input_shape[0])
@@ -121,7 +124,7 @@ def train_student(
     labeled share with the same number of steps); returns it with its history."""
     splits = run.splits()
     model, art = teacher
-    net = build_student(opts, splits, model)
+    net = build_student(opts, splits, model, scratch)
     shapes = check_models(model, net, splits, opts)
     steps = math.ceil((len(splits.x_train) + len(splits.x_transfer)) / opts["batch_size"])
     pool = student_pool(splits, opts, run.data.get("seed", 0), scratch)

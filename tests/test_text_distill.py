@@ -175,3 +175,22 @@ def test_feature_weight_weights_the_text_term_and_image_terms_are_routed_as_befo
     hint.load_state_dict(objective.terms["hint"].state_dict())
     total, _ = objective(None, None, None, u, v)
     assert total.item() == pytest.approx(2.0 * hint(u, v, None).item())
+
+
+def test_the_scratch_baseline_starts_from_random_weights(text_run):
+    """KD's student starts from the teacher's layers (DistilBERT's rule) where shapes allow;
+    the baseline it is compared with is trained from scratch: no teacher weights either."""
+    from kdexport.distill import build_student
+
+    teacher_spec = next(s for s in text_run[1] if s.startswith("teacher.model="))
+    teacher = text_model(teacher_spec.partition("=")[2], len(CLASSES))
+    opts = {"student": STUDENT.partition("=")[2], "seed": 0, "checkpoint": ""}
+    kd = build_student(opts, None, teacher)
+    scratch = build_student(opts, None, teacher, scratch=True)
+    assert kd.init_record["init"] == "every-k-th-layer"
+    assert scratch.init_record["init"] == "random"
+    assert "from scratch" in scratch.init_record["reason"]
+    name = "bert.embeddings.word_embeddings.weight"
+    t = teacher.hf.state_dict()[name]
+    assert torch.equal(kd.hf.state_dict()[name], t)
+    assert not torch.equal(scratch.hf.state_dict()[name], t)

@@ -103,14 +103,17 @@ def text_model(spec: str, num_classes: int) -> TextClassifier:
     return TextClassifier(loaded.model, loaded.tokenizer)
 
 
-def student(teacher: TextClassifier, spec: str, seed: int) -> tuple[TextClassifier, dict]:
+def student(
+    teacher: TextClassifier, spec: str, seed: int, from_teacher: bool = True
+) -> tuple[TextClassifier, dict]:
     """The student of ``spec`` (``hf-config:`` or ``hf-student:``) started from ``teacher``
-    where shapes allow; with the record of the rule applied."""
+    where shapes allow (``from_teacher``), else from random weights; with the record of the
+    rule applied."""
     from kdexport.text import models
 
     if not isinstance(teacher, TextClassifier):
         raise KdxError(f"distill.student '{spec}' is a text student; the teacher must be hf:")
     wanted = student_overrides(spec) if spec.startswith("hf-student:") else spec
     given = models.TextModel(teacher.hf, teacher.tokenizer, "teacher", None)
-    net, record = models.build_student(given, wanted, seed)
+    net, record = models.build_student(given, wanted, seed, from_teacher)
     return TextClassifier(net, teacher.tokenizer), record

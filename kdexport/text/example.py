@@ -4,7 +4,7 @@
 
 writes ``FOLDER/reviews.csv`` (``kdexport.text.synthetic``: made-up product reviews in four
 classes, generated from templates with a fixed seed; no real data) and ``FOLDER/teacher/``, a
-BERT classifier with random weights (``TEACHER``: 4 layers, hidden 128) and a WordPiece tokenizer learnt from those
+BERT classifier with random weights (``TEACHER``: 5 layers, hidden 128) and a WordPiece tokenizer learnt from those
 reviews (``kdexport.text.tiny``). The built-in recipe ``kdexport/recipes/text.toml`` reads both:
 its teacher stage trains the teacher from those random weights, then the pipeline distills it.
 """
@@ -20,7 +20,7 @@ from kdexport.text.tiny import tiny_teacher
 ROWS, SEED, NOISE = 6000, 0, 0.05
 VOCAB = 1000
 TEACHER = {  # BERT config of the teacher to train (the student is set in the recipe)
-    "num_hidden_layers": 4,
+    "num_hidden_layers": 5,
     "hidden_size": 128,
     "num_attention_heads": 4,
     "intermediate_size": 512,

@@ -265,8 +265,12 @@ def _overridden(base, overrides: dict):
     return type(base).from_dict({**base.to_dict(), **overrides})
 
 
-def build_student(teacher: TextModel, student: str | dict, seed: int = 0) -> tuple[Any, dict]:
-    """The student (train mode off: eval), and the record of how it was initialised.
+def build_student(
+    teacher: TextModel, student: str | dict, seed: int = 0, from_teacher: bool = True
+) -> tuple[Any, dict]:
+    """The student (train mode off: eval), and the record of how it was initialised: from the
+    teacher where shapes allow (``init_from_teacher``), or from random weights when
+    ``from_teacher`` is false (a baseline trained from scratch).
 
     The record: ``{"init": "every-k-th-layer", "k", "layers": {student: teacher}, "copied"}``
     or ``{"init": "random", "reason": "random init: ..."}``, plus both parameter counts."""
@@ -279,7 +283,10 @@ def build_student(teacher: TextModel, student: str | dict, seed: int = 0) -> tup
         model = AutoModelForSequenceClassification.from_config(config)
     except (ValueError, KeyError, AttributeError) as e:
         raise KdxError(f"student config: {_first_line(e)}") from None
-    record = init_from_teacher(model, teacher.model)
+    if from_teacher:
+        record = init_from_teacher(model, teacher.model)
+    else:
+        record = {"init": "random", "reason": "random init: trained from scratch, no teacher"}
     record["parameters"] = {"teacher": _count(teacher.model), "student": _count(model)}
     return model.eval(), record
 
