@@ -282,6 +282,14 @@ def _benchmark(run: Run, opts: dict) -> Artifact:
     with np.load(exported.file("io_sample.npz")) as f:
         x = f["x"]
     if is_packed(x):  # a text model: timed per (batch, sequence) shape
+        longest = x.shape[2]  # data.max_length: the texts were cut there
+        for shape in opts["text_shapes"]:
+            if int(shape.partition("x")[2]) > longest:
+                raise KdxError(
+                    f"benchmark.text_shapes: '{shape}' has more tokens than data.max_length "
+                    f"{longest}, where this run's texts were cut; give at most "
+                    f"{shape.partition('x')[0]}x{longest}"
+                )
         x = text_inputs(x, [i["name"] for i in exported.checks["student"]["inputs"]])
         opts = {**opts, "batch_sizes": opts["text_shapes"]}
     names = [

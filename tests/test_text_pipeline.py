@@ -93,6 +93,21 @@ def test_a_text_run_exports_compiles_and_times_per_shape(text_run):
     assert "A text model: latency columns at shape 1x16" in report  # smallest batch, longest seq
 
 
+def test_a_text_shape_longer_than_max_length_is_one_line(text_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(text_run[0], run)
+    before = (run / "benchmark" / "manifest.json").read_bytes()
+    fails(
+        "benchmark",
+        run,
+        "--set",
+        "benchmark.text_shapes=['1x16', '2x65']",
+        message="benchmark.text_shapes: '2x65' has more tokens than data.max_length 64, where "
+        "this run's texts were cut; give at most 2x64",
+    )
+    assert (run / "benchmark" / "manifest.json").read_bytes() == before
+
+
 def test_the_token_arrays_are_packed_and_the_padding_cut(text_run):
     run, _ = text_run
     with np.load(run / "export" / "io_sample.npz") as f:
