@@ -126,9 +126,9 @@ def _console():
 def _print_table(figs: dict) -> None:
     from rich.table import Table
 
-    from kdexport.report import HEADER, notes, rows
+    from kdexport.report import header, notes, rows
 
-    table = Table(*HEADER, title=f"kdexport: {figs['run_dir']}")
+    table = Table(*header(figs), title=f"kdexport: {figs['run_dir']}")
     for row in rows(figs):
         table.add_row(*row)
     console = _console()

@@ -201,20 +201,20 @@ def notes(figs: dict) -> list[str]:
     return out
 
 
-HEADER = [
-    "target",
-    "model",
-    "accuracy",
-    "max abs diff",
-    "top-1 agree",
-    "params",
-    "FLOPs",
-    "size",
-    "p50 ms (b=1)",
-    "p90 ms (b=1)",
-    "samples/s (largest batch)",
-    "speed-up (IQR)",
-]
+def shown(figs: dict) -> str:
+    """The latency key the table's columns show (``headline``): "1", "8", or "1x128"."""
+    return headline(next(iter(figs["targets"].values()))["student"].get("latency") or {"1": 0})
+
+
+def header(figs: dict) -> list[str]:
+    """The report table's columns; the latency ones name the batch or text shape they show."""
+    key = shown(figs)
+    at = key if "x" in key else f"b={key}"
+    return [
+        *("target", "model", "accuracy", "max abs diff", "top-1 agree", "params", "FLOPs"),
+        *("size", f"p50 ms ({at})", f"p90 ms ({at})", "samples/s (largest batch)"),
+        "speed-up (IQR)",
+    ]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -231,13 +231,12 @@ def markdown(figs: dict) -> str:
         "Accuracy on the test split and parity against PyTorch, measured on each compiled "
         "model; latency of the compiled models on this machine.",
         "",
-        *markdown_table(HEADER, rows(figs)),
+        *markdown_table(header(figs), rows(figs)),
     ]
-    shown = headline(next(iter(figs["targets"].values()))["student"].get("latency") or {"1": 0})
-    if "x" in shown:
+    if "x" in (at := shown(figs)):
         lines += [
             "",
-            f"A text model: latency columns at shape {shown} (batch x tokens; the smallest batch "
+            f"A text model: latency columns at shape {at} (batch x tokens; the smallest batch "
             "of benchmark.text_shapes at its longest sequence); every shape, with tokens per "
             "second, is in the detail below.",
         ]

@@ -126,3 +126,14 @@ def test_compare(fast_cli_run, tmp_path):
     assert "A:" in out and "B:" in out
     result = kdx("compare", fast_cli_run[0], tmp_path, code=1)
     assert "is not a complete run" in result.stderr
+
+
+def test_the_report_header_names_the_batch_or_shape_its_latency_columns_show():
+    from kdexport.report import header
+
+    def figs(*keys):
+        return {"targets": {"ort-cpu": {"student": {"latency": dict.fromkeys(keys, {})}}}}
+
+    assert header(figs("8", "64"))[8:10] == ["p50 ms (b=8)", "p90 ms (b=8)"]
+    assert header(figs("1x16", "1x128", "8x128"))[8] == "p50 ms (1x128)"
+    assert header({"targets": {"ort-cpu": {"student": {}}}})[8] == "p50 ms (b=1)"  # not timed

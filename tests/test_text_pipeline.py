@@ -91,6 +91,7 @@ def test_a_text_run_exports_compiles_and_times_per_shape(text_run):
         assert set(entry["speedup_by_batch"]) == {"1x16", "2x64"}
     report = (run / "report.md").read_text()
     assert "A text model: latency columns at shape 1x16" in report  # smallest batch, longest seq
+    assert "| p50 ms (1x16) | p90 ms (1x16) |" in report
 
 
 def test_a_text_shape_longer_than_max_length_is_one_line(text_run, tmp_path):
