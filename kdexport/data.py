@@ -218,7 +218,7 @@ def _text(spec: str, text: dict, labeled: bool) -> Source:
 
 
 def _text_options(opts: dict) -> dict | None:
-    """The text options of load_splits with the tokenizer loaded once; None for other data."""
+    """load_splits' text options with the tokenizer loaded once; None for other data."""
     if not opts["text_column"]:
         return None
     if not opts["tokenizer"]:
@@ -236,7 +236,7 @@ def read_source(
     spec: str, image_size: list[int], image_mode: str, labeled: bool, text: dict | None = None
 ) -> Source:
     """Read one source into memory (see the module docstring for the forms)."""
-    if text and text["text_column"]:
+    if text:  # _text_options: set only for a text_column
         return _text(spec, text, labeled)
     if spec == "digits":
         return _digits()
@@ -327,7 +327,16 @@ def load_splits(
     """
     if image_size and len(image_size) != 2:
         raise KdxError(f"data.image_size = {image_size} must be [H, W]")
-    text = _text_options(locals())
+    text = _text_options(
+        {
+            "text_column": text_column,
+            "text_pair_column": text_pair_column,
+            "label_column": label_column,
+            "max_length": max_length,
+            "tokenizer": tokenizer,
+            "cache_dir": cache_dir,
+        }
+    )
     if text and (mean or std):
         raise KdxError("data.mean and data.std apply to images; leave them [] for text")
     src = read_source(source, image_size, image_mode, labeled=True, text=text)
