@@ -11,9 +11,9 @@ from __future__ import annotations
 import statistics
 
 from kdexport.artifact import Artifact
+from kdexport.context import Run
 from kdexport.distill import study
 from kdexport.evaluate import accuracy
-from kdexport.rundir import Run
 from kdexport.train.loop import predict
 
 MODES = ("kd", "scratch")

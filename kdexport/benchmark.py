@@ -21,15 +21,16 @@ from typing import Annotated
 
 import numpy as np
 
+from kdexport import modalities
 from kdexport.artifact import Artifact
 from kdexport.backends import backend
 from kdexport.backends.profiles import Target, load_target
+from kdexport.context import Run
 from kdexport.errors import KdxError
-from kdexport.feeds import Feed, Inputs, resolve
+from kdexport.feeds import Feed, Inputs, for_model, load_sample, resolve
 from kdexport.onnxfile import check_onnx_file
 from kdexport.options import Range, stage_options
-from kdexport.rundir import MODELS, Run
-from kdexport.text.tokens import at_shape, is_packed, unpack
+from kdexport.rundir import MODELS
 from kdexport.timing import (
     METHOD,
     available_cpus,
@@ -248,12 +249,13 @@ def benchmark(
     cpus: str = "",
     until_stable_s: Annotated[float, Range(0.0)] = 0.0,
     stable_bound: Annotated[float, Range(0.0)] = 0.05,
-    text_shapes: list[str] = ["1x16", "1x128", "8x128"],  # noqa: B006 (read-only)
+    **modality_options,
 ) -> Artifact:
     """Measure teacher and student on every compiled target; writes RUN/benchmark.
 
-    A text model is timed at ``text_shapes`` ("BxS": batch x sequence length, tokens per
-    second beside samples per second) instead of ``batch_sizes``.
+    The run's modality turns the options into its measuring points: batch sizes, or for text
+    ``text_shapes`` ("BxS": batch x sequence length, tokens per second beside samples per
+    second); ``modality_options`` are its keys of [benchmark].
 
     ``threads``: the runtimes' intra-op threads (0: one per CPU this process may use, resolved
     and recorded); ``cpus``: pin to these CPUs ("0", "0-1"); ``until_stable_s``: go on with
@@ -261,13 +263,7 @@ def benchmark(
     """
     if not batch_sizes:
         raise KdxError("benchmark.batch_sizes is empty; give at least one, e.g. [1, 64]")
-    for shape in text_shapes:
-        batch, _, seq = shape.partition("x")
-        if not (batch.isdigit() and seq.isdigit() and int(batch) > 0 and int(seq) > 0):
-            raise KdxError(
-                f"benchmark.text_shapes: '{shape}' is not BATCHxSEQUENCE, e.g. \"1x128\""
-            )
-    opts = stage_options(benchmark, locals())
+    opts = {**stage_options(benchmark, locals()), **modality_options}
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:
         return _benchmark(run, opts)
@@ -279,19 +275,13 @@ def benchmark(
 def _benchmark(run: Run, opts: dict) -> Artifact:
     fixed = settings(opts)
     compiled, exported = run.open("compile"), run.open("export")
-    with np.load(exported.file("io_sample.npz")) as f:
-        x = f["x"]
-    if is_packed(x):  # a text model: timed per (batch, sequence) shape
-        longest = x.shape[2]  # data.max_length: the texts were cut there
-        for shape in opts["text_shapes"]:
-            if int(shape.partition("x")[2]) > longest:
-                raise KdxError(
-                    f"benchmark.text_shapes: '{shape}' has more tokens than data.max_length "
-                    f"{longest}, where this run's texts were cut; give at most "
-                    f"{shape.partition('x')[0]}x{longest}"
-                )
-        x = text_inputs(x, [i["name"] for i in exported.checks["student"]["inputs"]])
-        opts = {**opts, "batch_sizes": opts["text_shapes"]}
+    modality = modalities.get(exported.checks.get("modality", modalities.DEFAULT))
+    inputs, _ = load_sample(exported.file("io_sample.npz"))
+    sample = for_model(inputs, [i["name"] for i in exported.checks["student"]["inputs"]])
+    points = modality.points(opts)
+    modality.check_points(points, exported.checks.get("preprocessing", {}))
+    x = modality.timing_inputs(sample)
+    opts = {**opts, "batch_sizes": points}
     names = [
         n for n, t in compiled.checks["targets"].items() if any(t[m]["shipped"] for m in MODELS)
     ]
@@ -302,17 +292,6 @@ def _benchmark(run: Run, opts: dict) -> Artifact:
             w.checks["targets"][name] = _bench_target(compiled, target, x, opts)
             run.progress("benchmark", i + 1, len(names), name)
     return w.artifact
-
-
-def text_inputs(x: np.ndarray, names: list[str]) -> Callable:
-    """Shape -> named token inputs: "BxS" (or a batch size: S = 16) filled from the first
-    held-out sample (``kdexport.text.tokens.at_shape``)."""
-
-    def inputs(shape) -> dict:
-        batch, _, seq = str(shape).partition("x")
-        return unpack(at_shape(x, int(batch), int(seq or 16)), names)
-
-    return inputs
 
 
 def _batch_sizes(inputs: Inputs, file: str, opts: dict, given: bool) -> list[int]:

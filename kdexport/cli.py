@@ -180,8 +180,8 @@ def distill_and_export_cmd(out, recipe, overrides, as_json, baseline, seeds):
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoints/teacher.pt.")
 def train_teacher_cmd(run_dir, recipe, overrides, retrain, resume):
     """Train the teacher ([teacher] section) into RUN_DIR/teacher."""
+    from kdexport.context import Run
     from kdexport.pipeline import prepare_run
-    from kdexport.rundir import Run
     from kdexport.teacher import train_teacher
 
     r = prepare_run(run_dir, recipe, overrides)
@@ -210,10 +210,10 @@ def distill_cmd(run_dir, recipe, overrides, resume, baseline, seeds):
     (RUN_DIR/baseline) and says whether KD helped. Runs under torchrun as it is.
     """
     from kdexport.baseline import kd_vs_scratch
+    from kdexport.context import Run
     from kdexport.distill import distill
     from kdexport.pipeline import prepare_run
     from kdexport.report import verdict
-    from kdexport.rundir import Run
 
     r = prepare_run(run_dir, recipe, overrides)
     with _progress() as progress:
@@ -251,8 +251,8 @@ def tune_cmd(run_dir, recipe, overrides, temperatures, kd_weights, seeds):
     Records every trial in RUN_DIR/tune and writes the best pair into RUN_DIR/recipe.toml, so
     the next `kdexport distill RUN_DIR` trains with it.
     """
+    from kdexport.context import Run
     from kdexport.pipeline import prepare_run
-    from kdexport.rundir import Run
     from kdexport.tune import KD_WEIGHTS, TEMPERATURES, tune
 
     r = prepare_run(run_dir, recipe, overrides)
@@ -277,9 +277,9 @@ def tune_cmd(run_dir, recipe, overrides, temperatures, kd_weights, seeds):
 @click.option("--checkpoint", help="Export this student state_dict instead of the final one.")
 def export_cmd(run_dir, recipe, overrides, opset, static, checkpoint):
     """Export both models to ONNX; check them against PyTorch."""
+    from kdexport.context import Run
     from kdexport.export import export
     from kdexport.pipeline import prepare_run
-    from kdexport.rundir import Run
 
     flags = {"opset": opset, "static": static or None, "student_checkpoint": checkpoint}
     extra = [f"export.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
@@ -307,8 +307,8 @@ def export_cmd(run_dir, recipe, overrides, opset, static, checkpoint):
 def compile_cmd(run_dir, recipe, overrides, targets):
     """Compile both models per target; check each against PyTorch."""
     from kdexport.compile import compile_targets
+    from kdexport.context import Run
     from kdexport.pipeline import prepare_run
-    from kdexport.rundir import Run
 
     r = prepare_run(run_dir, recipe, overrides)
     opts = {
@@ -407,9 +407,9 @@ def benchmark_cmd(
     """Time models: a run directory's teacher and student on every compiled target, or any
     ONNX file (`kdexport benchmark model.onnx --target openvino-cpu`)."""
     from kdexport.benchmark import QUICK, benchmark, benchmark_onnx
+    from kdexport.context import Run
     from kdexport.feeds import parse_shapes
     from kdexport.pipeline import load_recipe, prepare_run
-    from kdexport.rundir import Run
     from kdexport.timing import parse_cpus
 
     if until_stable is not None and until_stable <= 0:
@@ -446,8 +446,8 @@ def benchmark_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON line last.")
 def report_cmd(run_dir, as_json):
     """Write report.md and manifest.json from the stages' results."""
+    from kdexport.context import Run
     from kdexport.report import report
-    from kdexport.rundir import Run
 
     figs = report(Run(run_dir))
     _print_table(figs)
@@ -592,8 +592,8 @@ def plan_cmd(run, results, budget_ms, batch, max_mb, min_accuracy, budgets, out,
     _console().print(table)
     click.echo(f"plan: {out} (and {os.path.splitext(out)[0]}.json, .png)")
     if into_run:
+        from kdexport.context import Run
         from kdexport.report import report
-        from kdexport.rundir import Run
 
         report(Run(run))
         click.echo(f"report: {os.path.join(run, 'report.md')} (section Placement)")

@@ -13,15 +13,15 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
+from kdexport import modalities
 from kdexport.artifact import Artifact
 from kdexport.backends import backend
 from kdexport.backends.profiles import Target, load_target
+from kdexport.context import Run
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy, parity
-from kdexport.rundir import MODELS, Run
-from kdexport.text.tokens import feed
+from kdexport.feeds import for_model, load_sample
+from kdexport.rundir import MODELS
 
 
 def select_targets(names: list[str], skip_unavailable: bool) -> tuple[list[Target], dict[str, str]]:
@@ -38,6 +38,12 @@ def select_targets(names: list[str], skip_unavailable: bool) -> tuple[list[Targe
     if not chosen:
         raise KdxError(f"none of the targets {', '.join(names)} is available here: {skipped}")
     return chosen, skipped
+
+
+def with_scheme(target: Target, scheme: str) -> Target:
+    """``target`` with the run's INT8 scheme (its modality's ``int8_scheme``) in its
+    quantization options: "static" (calibrated QDQ) or "transformer" (``backends.quantize``)."""
+    return dataclasses.replace(target, quantization={**target.quantization, "scheme": scheme})
 
 
 def _build(onnx_path: Path, out_dir: Path, name: str, target: Target, sample, calibration):
@@ -122,10 +128,9 @@ def compile_targets(
     """
     exported = run.open("export")
     chosen, skipped = select_targets(targets, skip_unavailable)
-    with np.load(exported.file("io_sample.npz")) as f:
-        sample = dict(f)
-    with np.load(exported.file("calibration.npz")) as f:
-        calibration = f["x"]
+    inputs, sample = load_sample(exported.file("io_sample.npz"))
+    calibration, _ = load_sample(exported.file("calibration.npz"))
+    scheme = modalities.get(exported.checks.get("modality", modalities.DEFAULT)).int8_scheme
     params = {"targets": targets, "skip_unavailable": skip_unavailable}
     with Artifact.create(run.folder("compile"), "compile", params, [exported]) as w:
         w.checks["skipped"] = skipped
@@ -135,14 +140,14 @@ def compile_targets(
             out_dir = w.path / target.name
             out_dir.mkdir()
             result = {"profile": target.as_dict()}
+            quantized = with_scheme(target, scheme)
             for name in MODELS:
                 onnx_path = exported.file(f"{name}.onnx")
-                # A text model's packed token arrays become its named inputs.
-                inputs = [i["name"] for i in exported.checks[name]["inputs"]]
-                model_sample = {**sample, "x": feed(sample["x"], inputs)}
-                model_calibration = feed(calibration, inputs)
+                names = [i["name"] for i in exported.checks[name]["inputs"]]
+                model_sample = {**sample, "x": for_model(inputs, names)}
+                model_calibration = for_model(calibration, names)
                 result[name] = compile_model(
-                    onnx_path, out_dir, name, target, model_sample, model_calibration
+                    onnx_path, out_dir, name, quantized, model_sample, model_calibration
                 )
                 done += 1
                 run.progress("compile", done, steps, f"{target.name}/{name}")

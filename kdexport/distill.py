@@ -6,10 +6,9 @@ transfer set; with no random augmentation those outputs come from ``teacher_cach
 ``torchrun`` it trains with DistributedDataParallel (see ``parallel``). A killed stage
 continues with ``resume`` from ``RUN/checkpoints/student.pt``.
 
-Text runs (teacher ``hf:``, student ``hf-student:`` / ``hf-config:``) may add a transformer
-feature loss, ``feature_loss = "tinybert_hidden"`` or ``"minilm_attention"``, weighted by
-``feature_weight``: the models' hidden states or attentions are read through ``TextTap``, and
-the teacher then runs on every batch instead of from the cache (see ``_taps``).
+A feature loss reads what its class declares (``losses``): one named layer of each model
+(``LayerTap``), or what the run's modality taps (text: every layer's hidden states or
+attentions); a loss that cannot be served from the cache runs the teacher on every batch.
 """
 
 from __future__ import annotations
@@ -25,13 +24,13 @@ import torch
 from torch import nn
 
 from kdexport.artifact import Artifact
+from kdexport.context import Run
 from kdexport.data import Splits, labeled_subset
 from kdexport.errors import KdxError
 from kdexport.losses import (
     FEATURE_LOSSES,
     LOGIT_LOSSES,
     LOSSES,
-    TEXT_INPUTS,
     UNLABELED,
     WEIGHTINGS,
     LayerTap,
@@ -40,7 +39,7 @@ from kdexport.losses import (
 )
 from kdexport.options import OneOf, Range, stage_options
 from kdexport.progress import quiet
-from kdexport.rundir import Loaded, Run
+from kdexport.rundir import Loaded
 from kdexport.teacher import load_teacher, teacher_identity
 from kdexport.train.loop import (
     Augment,
@@ -63,17 +62,14 @@ from kdexport.train.parallel import Cluster, cluster, publish
 from kdexport.train.preflight import check_models, check_weighting
 from kdexport.train.qat import fake_quantized
 from kdexport.train.teacher_cache import cache_key, teacher_outputs
-from kdexport.zoo import create_model, load_checkpoint
-
-TEXT_CONFIG = "config.json"  # a text student's own config, beside its weights
+from kdexport.zoo import create_model, load_checkpoint, scheme_of
 
 
 def load_student(run: Run) -> Loaded:
     """The distilled student of a run directory, in eval mode."""
     art, splits = run.open("student"), run.splits()
-    spec = art.parameters["student"]
-    if TEXT_CONFIG in art.manifest["files"]:  # a text student: its config, then its weights
-        spec = f"hf-config:{art.file(TEXT_CONFIG)}"
+    # A student built from its teacher is rebuilt from the files its scheme saved.
+    spec = art.checks.get("model_spec", art.parameters["student"]).format(artifact=art.path)
     model = create_model(spec, splits.num_classes, splits.input_shape[0])
     return Loaded(load_checkpoint(model, art.file("model.pt"), art.parameters["student"]), art)
 
@@ -82,14 +78,13 @@ def build_student(
     opts: dict, splits: Splits, teacher: nn.Module | None = None, scratch: bool = False
 ) -> nn.Module:
     """The student of the [distill] options, before training: seeded, from its checkpoint if any.
-    A text student of the teacher's config (``hf-student:``, ``hf-config:``) starts from the
-    teacher where shapes allow, unless it is the ``scratch`` baseline; the rule applied is in
-    ``net.init_record``."""
+    A student whose scheme builds it from the teacher (text's ``hf-student:``, ``hf-config:``)
+    starts from the teacher where shapes allow, unless it is the ``scratch`` baseline; the rule
+    applied is in ``net.init_record``."""
     torch.manual_seed(opts["seed"])  # seeds the initial weights
-    if opts["student"].startswith(("hf-student:", "hf-config:")) and teacher is not None:
-        from kdexport.text.classifier import student
-
-        net, record = student(teacher, opts["student"], opts["seed"], from_teacher=not scratch)
+    scheme = scheme_of(opts["student"])
+    if scheme is not None and scheme.student is not None and teacher is not None:
+        net, record = scheme.student(teacher, opts["student"], opts["seed"], not scratch)
         net.init_record = record
     else:
         net = create_model(opts["student"], splits.num_classes, splits.input_shape[0])
@@ -138,10 +133,10 @@ def train_student(
     keys = ("kd_loss", "weighting", "kd_weight", "feature_loss", "feature_weight")
     objective = Objective(term_weights(*(opts[k] for k in keys)), opts["temperature"], shapes)
     device = session.cluster.device
-    s_tap, t_tap = _taps(net, model, opts) if shapes else (None, None)
+    s_tap, t_tap = _taps(net, model, opts, run.modality) if shapes else (None, None)
     try:
         job = Job(net, objective, pool, steps, model.to(device), t_tap, s_tap)
-        if opts["augment"] == "none" and not _text_loss(opts):  # else per batch: see _taps
+        if opts["augment"] == "none" and _cacheable(opts):  # else per batch: see _taps
             _cache_teacher_outputs(job, art, run.folder("cache"), splits, device)
         with fake_quantized(net) if opts["quant_aware"] else contextlib.nullcontext():
             history = fit(job, (splits.x_val, splits.y_val), opts, session)
@@ -152,25 +147,23 @@ def train_student(
                 tap.close()
 
 
-def _text_loss(opts: dict) -> bool:
-    """Whether the feature loss is a text loss (``tinybert_hidden``, ``minilm_attention``)."""
+def _cacheable(opts: dict) -> bool:
+    """Whether the teacher's outputs for the feature loss (if any) can be cached: not for a
+    loss that reads every layer of a model (its ``cache_teacher``), whose outputs over every
+    training example would take far too much memory and disk; the teacher then runs on each
+    batch, beside the student."""
     loss = LOSSES.get(opts["feature_loss"])
-    return loss is not None and loss.inputs in TEXT_INPUTS
+    return loss is None or loss.cache_teacher
 
 
-def _taps(net: nn.Module, teacher: nn.Module, opts: dict) -> tuple:
-    """The student's and the teacher's taps for the feature loss: one layer each (image
-    losses), or every layer's hidden states or attentions of the transformers (text losses).
-
-    The teacher's outputs are not cached for a text loss: every layer's hidden states (or
-    attention maps) of every training example would take far too much memory and disk, so the
-    teacher runs on each batch, beside the student."""
+def _taps(net: nn.Module, teacher: nn.Module, opts: dict, modality) -> tuple:
+    """The student's and the teacher's taps for the feature loss: one named layer each (a
+    loss that reads ``"features"``), or what the run's modality taps for the loss."""
     kind = LOSSES[opts["feature_loss"]].inputs
-    if kind in TEXT_INPUTS:
-        from kdexport.text.features import TextTap
-
-        s_tap = TextTap(net, kind, "student")
-        return s_tap, TextTap(teacher, kind, "teacher")
+    if kind != "features":
+        return modality.feature_tap(net, kind, "student"), modality.feature_tap(
+            teacher, kind, "teacher"
+        )
     s_tap = LayerTap(net, opts["student_layer"], "student")
     return s_tap, LayerTap(teacher, opts["teacher_layer"], "teacher")
 
@@ -249,8 +242,9 @@ def distill(
 
         def fill(writer) -> None:
             save_model(writer, net.cpu(), splits, history)
-            if hasattr(net, "hf"):  # a text student: the config it is rebuilt from
-                net.hf.config.to_json_file(writer.path / TEXT_CONFIG)
+            scheme = scheme_of(opts["student"])
+            if scheme is not None and scheme.save is not None:  # rebuilt from its own files
+                writer.checks["model_spec"] = scheme.save(net, writer.path)
                 writer.checks["init"] = getattr(net, "init_record", None)
 
         return publish(c, run.folder("student"), "student", params, [teacher_art], fill)

@@ -11,25 +11,35 @@ to compare with. Training data for INT8 calibration goes into ``calibration.npz`
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import torch
 
-from kdexport import __version__
+from kdexport import __version__, modalities
 from kdexport.artifact import Artifact
+from kdexport.context import Run
 from kdexport.distill import load_student
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy, parity
-from kdexport.onnxfile import check_onnx_file, run_reference, torch_to_onnx
+from kdexport.feeds import save_sample
+from kdexport.modalities.contract import Modality
+from kdexport.onnxfile import (
+    check_batch_sizes,
+    check_onnx_file,
+    finish_onnx,
+    run_reference,
+    torch_to_onnx,
+)
 from kdexport.options import Range, stage_options
-from kdexport.rundir import MODELS, Run
+from kdexport.rundir import MODELS
 from kdexport.teacher import load_teacher, teacher_sha256
 from kdexport.train.loop import predict
 from kdexport.zoo import load_checkpoint
 
-INPUT, OUTPUT = "input", "logits"
+OUTPUT = "logits"
 # the export options that ``export_onnx`` takes (the others: which samples, which checkpoint)
 _EXPORT_OPTIONS = (
     "opset",
@@ -52,107 +62,60 @@ def count_flops(model: torch.nn.Module, example: torch.Tensor) -> int:
 
 
 def _torch_export(
-    model, example, path: Path, opset: int, dynamic: bool = True, external: bool = False
+    model, example, path: Path, opset: int, *, input_name: str, dynamic=True, external=False
 ) -> str:
-    """Write ``path``; return the exporter that succeeded ("dynamo" or "torchscript")."""
+    """Write ``path`` with one input ``input_name``; return the exporter that succeeded
+    ("dynamo" or "torchscript")."""
     batch = {0: "batch"} if dynamic else {}
-    return torch_to_onnx(model, (example,), path, opset, {INPUT: batch}, {OUTPUT: batch}, external)
-
-
-def _finish_onnx(path: Path, metadata: dict[str, str], dynamic: bool) -> dict:
-    """Stamp metadata, check the graph (full check, shape inference), check the batch axis."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    onnx.helper.set_model_props(model, metadata)
-    onnx.save(model, str(path))
-    facts = check_onnx_file(path)
-    for value in facts["inputs"] + facts["outputs"]:
-        if dynamic and not isinstance(value["shape"][0], str):
-            raise KdxError(f"{path.name}: the exported batch axis of '{value['name']}' is fixed")
-    return facts
-
-
-def _check_batch_sizes(
-    path: Path, model, x: np.ndarray, sizes: list[int], tolerance: float
-) -> dict:
-    """ONNX Runtime vs PyTorch at each batch size: the dynamic axis must really be dynamic."""
-    out = {}
-    for size in sizes:
-        xb = np.ascontiguousarray(x[np.arange(size) % len(x)])
-        check = parity(run_reference(path, xb), predict(model, xb), tolerance)
-        if not check["passed"]:
-            raise KdxError(f"{path.name} at batch {size} differs from PyTorch: {check['summary']}")
-        out[str(size)] = check["max_abs_diff"]
-    return out
+    axes = {input_name: batch}
+    return torch_to_onnx(model, (example,), path, opset, axes, {OUTPUT: batch}, external)
 
 
 def export_onnx(
-    model, path: Path, example: torch.Tensor, x: np.ndarray, opts: dict, meta: dict
+    model,
+    path: Path,
+    example: torch.Tensor,
+    x: np.ndarray,
+    opts: dict,
+    meta: dict,
+    modality: Modality | None = None,
 ) -> dict:
     """Export ``model`` to ``path`` with a dynamic batch axis and check it against PyTorch.
 
     ``opts``: opset, example_batch, tolerance, external_data_mb, and static/static_batch for a
-    fixed-shape variant PATH-static.onnx. Returns the exporter used and the file's facts.
+    fixed-shape variant PATH-static.onnx. Returns the exporter used and the file's facts. A
+    modality that exports its own way (text: named token inputs) does so instead.
     """
-    if hasattr(model, "hf"):  # a text classifier (kdexport.text.classifier)
-        return _export_text(model, path, x, opts, meta)
+    modality = modality or modalities.get(modalities.DEFAULT)
+    own = modality.export(model, path, x, opts, meta)
+    if own is not None:
+        return own
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     big = weight_bytes > opts["external_data_mb"] * 2**20
-    exporter = _torch_export(model, example, path, opts["opset"], external=big)
-    facts = _finish_onnx(path, meta, dynamic=True)
+    name = modality.input_name
+    exporter = _torch_export(model, example, path, opts["opset"], input_name=name, external=big)
+    facts = finish_onnx(path, meta, dynamic=True)
     sizes = sorted({1, opts["example_batch"], 2 * opts["example_batch"] + 1})
-    facts["batch_check_max_abs_diff"] = _check_batch_sizes(path, model, x, sizes, opts["tolerance"])
+    facts["batch_check_max_abs_diff"] = check_batch_sizes(
+        path, partial(predict, model), lambda xb: {name: xb}, x, sizes, opts["tolerance"]
+    )
     if opts.get("static"):
         static = path.with_name(f"{path.stem}-static.onnx")
         batch = np.ascontiguousarray(x[np.arange(opts["static_batch"]) % len(x)])
         _torch_export(
-            model, torch.from_numpy(batch), static, opts["opset"], dynamic=False, external=big
+            model,
+            torch.from_numpy(batch),
+            static,
+            opts["opset"],
+            input_name=name,
+            dynamic=False,
+            external=big,
         )
-        _finish_onnx(static, {**meta, "role": f"{meta.get('role', '')}-static"}, dynamic=False)
+        finish_onnx(static, {**meta, "role": f"{meta.get('role', '')}-static"}, dynamic=False)
         check = parity(run_reference(static, batch), predict(model, batch), opts["tolerance"])
         if not check["passed"]:
             raise KdxError(f"{static.name} differs from PyTorch: {check['summary']}")
         facts["static"] = {"file": static.name, "batch": opts["static_batch"], "parity": check}
-    return {"exporter": exporter, **facts}
-
-
-def _export_text(model, path: Path, x: np.ndarray, opts: dict, meta: dict) -> dict:
-    """A text classifier with named int64 token inputs, dynamic batch and sequence axes
-    (``kdexport.text.export``), checked against PyTorch on the packed held-out sample at three
-    batch sizes, at (batch, sequence) shapes of padded random tokens, and for padding: each
-    held-out sample alone must give what it gets inside a padded batch."""
-    from kdexport.text.export import (
-        SHAPES,
-        check_parity,
-        export_text_classifier,
-        padding_drift,
-        reference_predict,
-    )
-    from kdexport.text.tokens import unpack
-
-    if opts.get("static"):
-        raise KdxError("export.static applies to image models; a text model keeps dynamic axes")
-    exporter = export_text_classifier(model.hf, path, opset=opts["opset"])["exporter"]
-    facts = _finish_onnx(path, meta, dynamic=True)
-    sizes = sorted({1, opts["example_batch"], 2 * opts["example_batch"] + 1})
-    facts["batch_check_max_abs_diff"] = _check_batch_sizes(path, model, x, sizes, opts["tolerance"])
-    limit = model.hf.config.max_position_embeddings
-    predict = reference_predict(path)
-    shaped = check_parity(predict, model.hf, [s for s in SHAPES if s[1] <= limit])
-    if not shaped["passed"]:
-        raise KdxError(
-            f"{path.name} differs from PyTorch on padded batches: max abs diff "
-            f"{shaped['max_abs_diff']:.3g} (shapes {', '.join(shaped['shapes'])})"
-        )
-    drift = padding_drift(predict, unpack(x[:8], [i["name"] for i in facts["inputs"]]))
-    if drift > opts["tolerance"]:
-        raise KdxError(
-            f"{path.name}: a sample alone and inside a padded batch differ by {drift:.3g} "
-            f"(bound {opts['tolerance']:g}); the attention mask is not honoured"
-        )
-    facts["shape_parity"] = {k: v["max_abs_diff"] for k, v in shaped["shapes"].items()}
-    facts["padding_drift"] = drift
     return {"exporter": exporter, **facts}
 
 
@@ -191,7 +154,7 @@ def export(
     Models with more than ``external_data_mb`` MiB of weights keep them in external data files.
     """
     options = stage_options(export, locals())
-    splits = run.splits()
+    splits, modality = run.splits(), run.modality
     teacher, teacher_art = load_teacher(run)
     student, student_art = load_student(run)
     if student_checkpoint:
@@ -200,6 +163,7 @@ def export(
     example = torch.from_numpy(splits.x_train[:example_batch])
     meta = {
         "kdexport_version": __version__,
+        "modality": modality.name,
         "labels": json.dumps(splits.labels),
         "preprocessing": json.dumps(splits.preprocessing),
         "teacher": json.dumps(
@@ -212,7 +176,7 @@ def export(
     opts = {k: options[k] for k in _EXPORT_OPTIONS}
     params = {**options, "data": run.data}
     with Artifact.create(run.folder("export"), "export", params, [teacher_art, student_art]) as w:
-        reference = {}
+        reference, inputs, names = {}, {}, {}
         for i, (name, model) in enumerate((("teacher", teacher), ("student", student))):
             model_opts = {**opts, "static": static and name == "student"}
             if name == "teacher" and str(teacher_art.parameters["model"]).endswith(".onnx"):
@@ -220,11 +184,13 @@ def export(
                     teacher_art, teacher, w.path / "teacher.onnx", {**meta, "role": name}
                 )
             else:
-                facts = export_onnx(
-                    model, w.path / f"{name}.onnx", example, x, model_opts, {**meta, "role": name}
-                )
+                path, model_meta = w.path / f"{name}.onnx", {**meta, "role": name}
+                facts = export_onnx(model, path, example, x, model_opts, model_meta, modality)
             reference[name] = predict(model, x)
-            check = parity(run_reference(w.path / f"{name}.onnx", x), reference[name], tolerance)
+            names[name] = [v["name"] for v in facts["inputs"]]
+            feed = modality.named_inputs(x, names[name])
+            inputs.update(feed)
+            check = parity(run_reference(w.path / f"{name}.onnx", feed), reference[name], tolerance)
             if not check["passed"]:
                 raise KdxError(f"{name}.onnx differs from PyTorch: {check['summary']}")
             w.checks[name] = {
@@ -235,12 +201,17 @@ def export(
                 "flops": None if facts["exporter"] == "copied" else count_flops(model, example),
             }
             run.progress("export", i + 1, len(MODELS), f"{name}.onnx via {facts['exporter']}")
-        np.savez(w.path / "io_sample.npz", x=x, y=y, **reference)
+        save_sample(w.path / "io_sample.npz", inputs, y=y, **reference)
         rng = np.random.default_rng(0)
         calib = rng.choice(
             len(splits.x_train), min(calibration_samples, len(splits.x_train)), replace=False
         )
-        np.savez(w.path / "calibration.npz", x=splits.x_train[np.sort(calib)])
+        calibration = {}
+        for model_names in names.values():
+            calibration.update(modality.named_inputs(splits.x_train[np.sort(calib)], model_names))
+        save_sample(w.path / "calibration.npz", calibration)
+        w.checks["modality"] = modality.name
+        w.checks["preprocessing"] = splits.preprocessing
         w.checks["versions"] = _versions()
     return w.artifact
 

@@ -194,3 +194,26 @@ def resolve(facts: dict, given: dict, file: str) -> Inputs:
     firsts = {d[0] if len(d) >= 2 else None for d in shapes.values()}
     fixed = next(iter(firsts)) if len(firsts) == 1 and None not in firsts else None
     return Inputs(dtypes, shapes, fixed or 1, fixed is not None)
+
+
+INPUT_KEY = "input:"  # io_sample.npz and calibration.npz: a model input's array is "input:NAME"
+
+
+def save_sample(path, inputs: Feed, **arrays: np.ndarray) -> None:
+    """Write named model inputs (and other arrays: labels, outputs) to one .npz."""
+    np.savez(path, **{f"{INPUT_KEY}{n}": a for n, a in inputs.items()}, **arrays)
+
+
+def load_sample(path) -> tuple[Feed, dict[str, np.ndarray]]:
+    """(the named inputs, the other arrays) of a file ``save_sample`` wrote."""
+    with np.load(path) as f:
+        inputs = {k[len(INPUT_KEY) :]: f[k] for k in f.files if k.startswith(INPUT_KEY)}
+        return inputs, {k: f[k] for k in f.files if not k.startswith(INPUT_KEY)}
+
+
+def for_model(inputs: Feed, names: list[str], count: int | None = None) -> Feed:
+    """The inputs one model takes, by its input names (the first ``count`` samples)."""
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise KdxError(f"no sample for model inputs {missing}; export the run again")
+    return {n: inputs[n][:count] for n in names}

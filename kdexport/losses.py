@@ -1,15 +1,17 @@
 """Distillation losses, looked up by name in ``LOSSES``, and the objective that weights them.
 
-A loss maps (student, teacher, labels) to a scalar batch mean. Logit losses get the models'
-outputs; feature losses (``inputs = "features"``) get the outputs of one named intermediate
-layer of each model, read by a ``LayerTap``. Text losses (``inputs = "hidden_states"`` or
-``"attentions"``) get a transformer's tuples of those (``kdexport.text.features``) and the
-attention mask. A label of -1 (``UNLABELED``) marks a transfer sample without a label: only the
+A loss maps (student, teacher, labels) to a scalar batch mean. Each loss class declares what it
+reads, ``inputs``: the models' outputs (``"logits"``); the outputs of one named intermediate layer
+of each model (``"features"``, read by a ``LayerTap``); or a tap that the run's modality builds
+(``"hidden_states"``, ``"attentions"``: a transformer's tuples of those and the attention mask,
+``kdexport.modalities.text.features``). ``from_taps`` reads a feature loss's arguments from its
+taps' values; ``cache_teacher`` says whether the teacher's outputs it reads can be cached. A label of -1 (``UNLABELED``) marks a transfer sample without a label: only the
 teacher's outputs teach on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -78,6 +80,10 @@ class HintLoss(nn.Module):
     """
 
     inputs = "features"
+    cache_teacher = True
+
+    def from_taps(self, student, teacher, labels) -> torch.Tensor:
+        return self(student, teacher, labels)
 
     def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]):
         super().__init__()
@@ -115,6 +121,10 @@ class AttentionLoss(nn.Module):
     """
 
     inputs = "features"
+    cache_teacher = True
+
+    def from_taps(self, student, teacher, labels) -> torch.Tensor:
+        return self(student, teacher, labels)
 
     def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]):
         super().__init__()
@@ -162,10 +172,14 @@ class TinyBERTHiddenLoss(nn.Module):
     count, unlike the authors' code), so one sample's loss is the same alone or padded in a batch.
 
     Inputs: ``student``/``teacher`` are the models' ``hidden_states`` tuples (embeddings, then
-    one per layer: M + 1 and N + 1 tensors of (B, L, d)), as ``kdexport.text.features`` returns.
+    one per layer: M + 1 and N + 1 tensors of (B, L, d)), as ``kdexport.modalities.text.features`` returns.
     """
 
     inputs = "hidden_states"
+    cache_teacher = False  # every layer of every example: far too large to cache
+
+    def from_taps(self, student, teacher, labels) -> torch.Tensor:
+        return self(student.states, teacher.states, labels, student.attention_mask)
 
     def __init__(
         self, student_hidden: int, teacher_hidden: int, student_layers: int, teacher_layers: int
@@ -234,6 +248,10 @@ class MiniLMAttentionLoss(nn.Module):
     """
 
     inputs = "attentions"
+    cache_teacher = False  # every layer of every example: far too large to cache
+
+    def from_taps(self, student, teacher, labels) -> torch.Tensor:
+        return self(student.states, teacher.states, labels, student.attention_mask)
 
     def __init__(self, student_heads: int, teacher_heads: int):
         super().__init__()
@@ -285,7 +303,6 @@ LOSSES: dict[str, type[nn.Module]] = {
     "minilm_attention": MiniLMAttentionLoss,
 }
 LOGIT_LOSSES = ("kd", "logit_mse")
-TEXT_INPUTS = ("hidden_states", "attentions")  # what the text losses read (TextClassifier taps)
 FEATURE_LOSSES = ("none", "hint", "attention", "tinybert_hidden", "minilm_attention")
 WEIGHTINGS = ("alpha", "lambda")
 
@@ -315,11 +332,11 @@ def make_loss(name: str, temperature: float, feature_shapes: tuple | None) -> nn
         if feature_shapes is None:
             raise KdxError(f"feature loss '{name}' needs distill.student_layer and teacher_layer")
         return cls(*feature_shapes)
-    if cls.inputs in TEXT_INPUTS:
+    if cls.inputs != "logits":
         if feature_shapes is None:  # the models' sizes and the attention mask are needed
             raise KdxError(
                 f"loss '{name}' takes a transformer's {cls.inputs}: build it with the models' "
-                "sizes and call it with kdexport.text.features (see its docstring)"
+                "sizes and call it with kdexport.modalities.text.features (see its docstring)"
             )
         return cls(*feature_shapes)
     return cls()
@@ -331,7 +348,7 @@ class Objective(nn.Module):
     Returns the total and each term's value, for the progress display and for naming a
     non-finite term. Feature terms that learn (the hint adapter, TinyBERT's W) are this
     module's parameters. Image feature terms get the tapped layers' outputs (``LayerTap``); text
-    terms get what a ``kdexport.text.features.TextTap`` holds: the models' hidden states or
+    terms get what a ``kdexport.modalities.text.features.TextTap`` holds: the models' hidden states or
     attentions and the batch's attention mask (``.states``, ``.attention_mask``).
     """
 
@@ -352,13 +369,10 @@ class Objective(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         values = {}
         for k, f in self.terms.items():
-            if f.inputs == "features":
-                values[k] = f(student_feature, teacher_feature, labels)
-            elif f.inputs in TEXT_INPUTS:  # teacher and student saw the same trimmed batch
-                mask = student_feature.attention_mask
-                values[k] = f(student_feature.states, teacher_feature.states, labels, mask)
-            else:
+            if f.inputs == "logits":
                 values[k] = f(student, teacher, labels)
+            else:
+                values[k] = f.from_taps(student_feature, teacher_feature, labels)
         total = sum(self.weights[k] * v for k, v in values.items())
         return total, {k: float(v.detach()) for k, v in values.items()}
 
@@ -391,6 +405,10 @@ class LayerTap:
 
     def _keep(self, module, inputs, output) -> None:
         self.value = output
+
+    def paused(self) -> contextlib.AbstractContextManager:
+        """One layer's output is small: the tap keeps running while validating."""
+        return contextlib.nullcontext()
 
     def close(self) -> None:
         """Remove the hook (a teacher is tapped again by every training run that uses it)."""

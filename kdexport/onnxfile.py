@@ -161,16 +161,42 @@ def _reference_session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def run_reference(path: Path, x: np.ndarray) -> np.ndarray:
-    """The first output of an ONNX model for ``x`` (its first input, or a packed token array
-    for a text model's named inputs: ``kdexport.text.tokens``) on ONNX Runtime's CPU provider
-    with no graph rewrites."""
-    from kdexport.text.tokens import feed
-
+def run_reference(path: Path, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+    """The first output of an ONNX model for ``x`` (input name -> array, or one array for its
+    first input) on ONNX Runtime's CPU provider with no graph rewrites."""
     sess = _reference_session(path)
-    names = [i.name for i in sess.get_inputs()]
-    given = feed(x, names)
-    return sess.run(None, given if isinstance(given, dict) else {names[0]: x})[0]
+    return sess.run(None, x if isinstance(x, dict) else {sess.get_inputs()[0].name: x})[0]
+
+
+def finish_onnx(path: Path, metadata: dict[str, str], dynamic: bool) -> dict:
+    """Stamp metadata, check the graph (full check, shape inference), check the batch axis."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    onnx.helper.set_model_props(model, metadata)
+    onnx.save(model, str(path))
+    facts = check_onnx_file(path)
+    for value in facts["inputs"] + facts["outputs"]:
+        if dynamic and not isinstance(value["shape"][0], str):
+            raise KdxError(f"{path.name}: the exported batch axis of '{value['name']}' is fixed")
+    return facts
+
+
+def check_batch_sizes(
+    path: Path, torch_outputs, feeds, x: np.ndarray, sizes: list[int], tolerance: float
+) -> dict:
+    """ONNX Runtime vs PyTorch at each batch size: the dynamic axis must really be dynamic.
+    ``torch_outputs(xb)`` runs the model in PyTorch; ``feeds(xb)`` gives its named inputs."""
+    from kdexport.evaluate import parity
+
+    out = {}
+    for size in sizes:
+        xb = np.ascontiguousarray(x[np.arange(size) % len(x)])
+        check = parity(run_reference(path, feeds(xb)), torch_outputs(xb), tolerance)
+        if not check["passed"]:
+            raise KdxError(f"{path.name} at batch {size} differs from PyTorch: {check['summary']}")
+        out[str(size)] = check["max_abs_diff"]
+    return out
 
 
 def reference_outputs(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

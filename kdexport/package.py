@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdexport import __version__
+from kdexport import __version__, modalities
 from kdexport.artifact import (
     Artifact,
     file_table,
@@ -41,11 +41,10 @@ from kdexport.backends import backend, import_onnxruntime
 from kdexport.bundle import runner as bundle_runner
 from kdexport.bundle.archive import verify_folder, write_archive
 from kdexport.errors import KdxError
-from kdexport.feeds import BATCH, parse_shapes, resolve
+from kdexport.feeds import BATCH, for_model, load_sample, parse_shapes, resolve
 from kdexport.onnxfile import check_onnx_file, external_data_files, reference_outputs
 from kdexport.plan import bundle_plan
 from kdexport.rundir import student_bundle
-from kdexport.text.tokens import is_packed, unpack
 
 BUNDLE_FORMAT = bundle_runner.BUNDLE_FORMAT
 RUNNER = Path(__file__).with_name("bundle") / "runner.py"
@@ -114,38 +113,24 @@ def _save_arrays(root: Path, stem: str, arrays: dict[str, np.ndarray]) -> str:
     return name
 
 
-def _preprocessing(recorded: dict, spec: dict) -> dict:
-    """The training data's preprocessing, completed with what an image needs to match it; a
-    text model's as recorded (its tokenizer ships in the bundle: ``_add_tokenizer``)."""
-    if recorded.get("kind") == "text":
-        return dict(recorded)
-    pre = {"layout": "NCHW", "scale": None, "mean": None, "std": None, **recorded}
-    shape = spec["shape"]
-    if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[1:]):
-        pre.setdefault("resize", shape[2:])  # height, width
-        # 8-bit pixels to [0, 1], the range of the training inputs before mean/std.
-        pre.setdefault("image_scale", 1 / 255)
-    return pre
-
-
 def _add_golden(
     root: Path, export: Artifact, roles: list[str], samples: int, names: list[str]
 ) -> dict:
     """A few held-out inputs and PyTorch's outputs for them: what every device must reproduce.
 
-    A packed token array (``kdexport.text.tokens``) is stored as the model's named inputs
-    (golden/input.npz), cut back to the longest golden sample, each with its batch on axis 0.
+    The inputs are the student's, by name: one array (golden/input.npy) for a one-input model,
+    else golden/input.npz with each input's batch on axis 0.
     """
-    with np.load(export.file("io_sample.npz")) as f:
-        x, outputs = f["x"][:samples], {r: f[r][:samples] for r in roles}
+    sample, arrays = load_sample(export.file("io_sample.npz"))
+    inputs = for_model(sample, names, samples)
+    outputs = {r: arrays[r][:samples] for r in roles}
     (root / "golden").mkdir()
     golden: dict = {}
-    if is_packed(x):
-        inputs = unpack(x, names)
+    if len(inputs) > 1:
         golden["input"] = _save_arrays(root, "input", inputs)
         golden["batch_axes"] = {name: [0] for name in inputs}
     else:
-        np.save(root / "golden" / "input.npy", np.ascontiguousarray(x))
+        np.save(root / "golden" / "input.npy", np.ascontiguousarray(next(iter(inputs.values()))))
         golden["input"] = "golden/input.npy"
     for role, array in outputs.items():
         np.save(root / "golden" / f"{role}.npy", np.ascontiguousarray(array))
@@ -153,44 +138,8 @@ def _add_golden(
         **golden,
         "outputs": {r: f"golden/{r}.npy" for r in roles},
         "tolerance": export.parameters["tolerance"],
-        "samples": len(x),
+        "samples": len(next(iter(outputs.values()))),
         "reference": "PyTorch outputs of the trained models, as in export/io_sample.npz",
-    }
-
-
-def _add_tokenizer(root: Path, pre: dict, student: dict) -> dict:
-    """Copy the tokenizer.json of the run's tokenizer (``pre["tokenizer"]``, an ``hf:``
-    folder) into the bundle; return the manifest's "text" section, what run.py needs to read
-    text as the run did."""
-    from kdexport.text.models import TOKENIZER_FILE, resolve_hf
-
-    spec = pre.get("tokenizer")
-    try:
-        folder, _ = resolve_hf(spec)
-    except KdxError as e:
-        raise KdxError(
-            f"the bundle ships the run's tokenizer, {spec}, and it is not found here ({e}); "
-            "package from the folder the run was made in (a relative hf: path is read from there)"
-        ) from None
-    source = folder / TOKENIZER_FILE
-    if not source.is_file():
-        raise KdxError(
-            f"{spec}: no {TOKENIZER_FILE} in {folder}; the bundle ships the run's fast tokenizer "
-            "file: save it there with tokenizer.save_pretrained"
-        )
-    shutil.copyfile(source, root / TOKENIZER_FILE)
-    names = [i["name"] for i in student["inputs"]]
-    return {
-        "tokenizer": TOKENIZER_FILE,
-        "tokenizer_source": spec,
-        "max_length": pre["max_length"],
-        "pad_id": pre["pad_id"],
-        "inputs": names,
-        "token_type_ids": "token_type_ids" in names,
-        "columns": pre.get("columns"),
-        "truncation": "longest_first, right (as transformers' fast tokenizers)",
-        "padding": "per batch to its longest text: input_ids pad_id, attention_mask 0, "
-        "token_type_ids 0",
     }
 
 
@@ -278,16 +227,16 @@ def _head(name: str, source: str) -> dict:
 
 
 def _manifest(
-    name: str, run_dir: Path, run: dict, models: dict, golden: dict, compiled: dict
+    name: str, run_dir: Path, run: dict, models: dict, golden: dict, compiled: dict, modality
 ) -> dict:
     student = models["student"]
+    recorded = json.loads(student["metadata"].get("preprocessing", "{}"))
     return {
         **_head(name, "run"),
+        "modality": modality.name,
         "models": models,
         "labels": json.loads(student["metadata"].get("labels", "[]")),
-        "preprocessing": _preprocessing(
-            json.loads(student["metadata"].get("preprocessing", "{}")), student["inputs"][0]
-        ),
+        "preprocessing": modality.bundle_preprocessing(recorded, student["inputs"][0]),
         "golden": golden,
         "compiled": compiled,
         "teacher": _teacher(run, student, "teacher" in models),
@@ -315,14 +264,12 @@ def _from_run(run_dir: Path, root: Path, opts: dict) -> dict:
     names = [i["name"] for i in models["student"]["inputs"]]
     golden = _add_golden(root, export, roles, opts["samples"], names)
     compiled = _add_compiled(root, run_dir, targets, roles)
-    manifest = _manifest(name, run_dir, run, models, golden, compiled)
-    if manifest["preprocessing"].get("kind") == "text":
-        text = _add_tokenizer(root, manifest["preprocessing"], models["student"])
-        run_shapes = ((run["recipe"] or {}).get("benchmark") or {}).get("text_shapes")
-        manifest["text"] = {
-            **text,
-            "shapes": bundle_runner.text_shapes(run_shapes, text["max_length"]),
-        }
+    modality = modalities.get(export.checks.get("modality", modalities.DEFAULT))
+    manifest = _manifest(name, run_dir, run, models, golden, compiled, modality)
+    # What the modality's bundle carries to read raw input: its section, named after it.
+    section = modality.bundle_section(root, manifest["preprocessing"], models["student"], run)
+    if section:
+        manifest[modality.name] = section
     if placement is not None:
         manifest["plan"] = placement
     _compiled_golden(root, manifest)

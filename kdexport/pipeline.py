@@ -6,23 +6,24 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from kdexport import modalities
 from kdexport import recipe as recipes
 from kdexport.artifact import MANIFEST, write_text
 from kdexport.baseline import kd_vs_scratch
 from kdexport.benchmark import benchmark
 from kdexport.compile import compile_targets, select_targets
+from kdexport.context import Run
 from kdexport.data import load_splits
 from kdexport.distill import build_student, distill
 from kdexport.errors import KdxError
 from kdexport.export import export
 from kdexport.progress import Progress, quiet
 from kdexport.report import report
-from kdexport.rundir import Run
 from kdexport.teacher import build_teacher, train_teacher
 from kdexport.train.parallel import in_torchrun
 from kdexport.train.preflight import check_models, check_weighting
 
-SECTIONS: recipes.Sections = {  # recipe section -> the function whose keyword options it holds
+STAGES = {  # recipe section -> the function whose keyword options it holds
     "data": load_splits,
     "teacher": train_teacher,
     "distill": distill,
@@ -30,15 +31,35 @@ SECTIONS: recipes.Sections = {  # recipe section -> the function whose keyword o
     "compile": compile_targets,
     "benchmark": benchmark,
 }
+# ... and the keys each modality adds to a section (text: data.text_column, ...)
+SECTIONS: recipes.Sections = {
+    section: (fn, *(m.options[section] for m in modalities.every() if section in m.options))
+    for section, fn in STAGES.items()
+}
+
+
+def _refuse_other_modalities(resolved: dict) -> None:
+    """A key of another modality than the run's, set to other than its default, is a mistake."""
+    chosen = resolved["data"]["modality"]
+    for other in modalities.every():
+        for section, fn in other.options.items():
+            if other.name == chosen:
+                continue
+            for key, (_, default, _) in recipes.keys_of(fn).items():
+                if resolved[section][key] != default:
+                    raise KdxError(
+                        f"{section}.{key} applies to {other.name} runs and this run's "
+                        f'data.modality is "{chosen}"; remove it, or set data.modality = '
+                        f'"{other.name}"'
+                    )
 
 
 def load_recipe(recipe: str | Path | None = None, overrides=()) -> dict:
     """A recipe (default: the built-in digits recipe) with ``--set`` overrides, validated and
     complete: every section of ``SECTIONS`` with every key."""
     resolved = recipes.load(SECTIONS, recipe, overrides)
-    data, teacher = resolved["data"], resolved["teacher"]["model"]
-    if data["text_column"] and not data["tokenizer"] and teacher.startswith("hf:"):
-        data["tokenizer"] = teacher  # text is read by the teacher's tokenizer
+    _refuse_other_modalities(resolved)
+    modalities.get(resolved["data"]["modality"]).complete_recipe(resolved)
     return resolved
 
 

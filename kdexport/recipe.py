@@ -23,24 +23,33 @@ from kdexport.options import read_toml
 DEFAULT_RECIPE = "digits"
 
 
-Sections = dict[str, Callable]  # section name -> the stage function whose options it holds
+# section name -> the stage function whose options it holds (and the functions whose
+# keyword-only parameters add keys to it: each modality's, kdexport.modalities)
+Sections = dict[str, Callable | tuple[Callable, ...]]
+
+
+def keys_of(fn: Callable) -> dict[str, tuple[Any, Any, list]]:
+    """key -> (type, default, constraints) of ``fn``'s keyword-only parameters."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    keys = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is not p.KEYWORD_ONLY:
+            continue
+        hint = hints[p.name]
+        annotated = typing.get_origin(hint) is typing.Annotated
+        base = hint.__origin__ if annotated else hint
+        keys[p.name] = (base, p.default, list(hint.__metadata__) if annotated else [])
+    return keys
 
 
 def schema(sections: Sections) -> dict[str, dict[str, tuple[Any, Any, list]]]:
     """section -> key -> (type, default, constraints), read off each stage's keyword-only
     parameters."""
     out: dict[str, dict[str, tuple[Any, Any, list]]] = {}
-    for section, fn in sections.items():
-        hints = typing.get_type_hints(fn, include_extras=True)
-        keys = {}
-        for p in inspect.signature(fn).parameters.values():
-            if p.kind is not p.KEYWORD_ONLY:
-                continue
-            hint = hints[p.name]
-            annotated = typing.get_origin(hint) is typing.Annotated
-            base = hint.__origin__ if annotated else hint
-            keys[p.name] = (base, p.default, list(hint.__metadata__) if annotated else [])
-        out[section] = keys
+    for section, fns in sections.items():
+        out[section] = {}
+        for fn in fns if isinstance(fns, tuple) else (fns,):
+            out[section].update(keys_of(fn))
     return out
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from kdexport import __version__
 from kdexport.artifact import FORMAT_VERSION, MANIFEST, Artifact, file_table, write_json, write_text
 from kdexport.chart import chart
+from kdexport.context import Run
 from kdexport.errors import KdxError
 from kdexport.options import read_toml
-from kdexport.rundir import MODELS, STAGES, Run, open_stage, student_bundle
+from kdexport.rundir import MODELS, STAGES, open_stage, student_bundle
 
 _FLAGS = ("reason", "accuracy_drop_points", "latency_ratio", "fp32_accuracy", "cpu_fallback_nodes")
 

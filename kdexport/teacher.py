@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from kdexport.artifact import Artifact, sha256
+from kdexport.context import Run
 from kdexport.data import Splits
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy
@@ -24,7 +25,7 @@ from kdexport.losses import Objective
 from kdexport.onnx_teacher import KINDS, OnnxModel, summary
 from kdexport.options import OneOf, Range, stage_options
 from kdexport.progress import quiet
-from kdexport.rundir import Loaded, Run
+from kdexport.rundir import Loaded
 from kdexport.train.loop import (
     Augment,
     BatchSize,

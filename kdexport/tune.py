@@ -14,10 +14,10 @@ from pathlib import Path
 
 from kdexport import recipe as recipes
 from kdexport.artifact import Artifact, write_text
+from kdexport.context import Run
 from kdexport.distill import study
 from kdexport.errors import KdxError
 from kdexport.pipeline import load_recipe
-from kdexport.rundir import Run
 from kdexport.train.preflight import check_weighting
 
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)

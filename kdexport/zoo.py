@@ -1,8 +1,9 @@
 """Built-in architectures and ``create_model(spec)`` for every model-spec form.
 
-Spec forms that build a model (and train it, or load a state_dict into it): ``zoo:NAME`` (a
-factory below) and ``path/to/file.py:factory`` (user code, which runs because the user named it);
-a factory gets ``num_classes`` and ``in_channels`` if it takes them.
+Spec forms that build a model (and train it, or load a state_dict into it): ``SCHEME:REST``
+for a scheme of ``schemes()`` (``zoo:NAME``, a factory below, and the schemes each modality
+registers, e.g. text's ``hf:``) and ``path/to/file.py:factory`` (user code, which runs because
+the user named it); a factory gets ``num_classes`` and ``in_channels`` if it takes them.
 
 Spec forms that are a complete model file, used as they are: a TorchScript file (``.pt``,
 ``.ts``, ...), a ``torch.export`` program (``.pt2``), an ONNX model (``.onnx``, run by ONNX
@@ -16,6 +17,8 @@ import importlib.util
 import inspect
 import pickle
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -65,10 +68,6 @@ def mlp_tiny(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     )
 
 
-# Text classifiers (kdexport.text.classifier): a saved one, a fresh one of a config, a student
-# of the teacher's config.
-TEXT_SPECS = ("hf:", "hf-config:", "hf-student:")
-
 ZOO = {
     "digits-cnn-large": digits_cnn_large,
     "digits-cnn-small": digits_cnn_small,
@@ -94,9 +93,51 @@ def load_factory(spec: str, what: str = "model spec"):
     return factory
 
 
+@dataclass(frozen=True)
+class Scheme:
+    """A model-spec scheme: how ``SCHEME:REST`` builds a model, and where it can, a student of a
+    teacher (``student(teacher, spec, seed, from_teacher) -> (model, init record)``) and the
+    files a trained one is rebuilt from (``save(model, folder) -> spec``)."""
+
+    build: Callable[[str, int, int], nn.Module]  # (spec, num_classes, in_channels)
+    student: Callable | None = None
+    save: Callable | None = None
+
+
+def _zoo(spec: str, num_classes: int, in_channels: int) -> nn.Module:
+    name = spec.partition(":")[2]
+    if name not in ZOO:
+        raise KdxError(f"unknown zoo model '{name}'; known: {', '.join(sorted(ZOO))}")
+    return _from_factory(ZOO[name], spec, num_classes, in_channels)
+
+
+def schemes() -> dict[str, Scheme]:
+    """Every model-spec scheme: ``zoo`` and those the modalities register."""
+    from kdexport import modalities
+
+    found = {"zoo": Scheme(_zoo)}
+    for modality in modalities.every():
+        found.update(modality.schemes)
+    return found
+
+
+def scheme_of(spec: str) -> Scheme | None:
+    """The scheme ``spec`` is written in, or None (a file, or ``file.py:factory``)."""
+    name, sep, _ = spec.partition(":")
+    if not sep or ".py" in name or "/" in name or len(name) < 2:  # a path, or a drive letter
+        return None
+    known = schemes()
+    if name not in known:
+        raise KdxError(
+            f"model spec '{spec}': no modality knows the scheme '{name}:'; known: "
+            f"{', '.join(f'{k}:' for k in sorted(known))}, file.py:factory or a model file"
+        )
+    return known[name]
+
+
 def is_model_file(spec: str) -> bool:
     """Whether ``spec`` names a complete model file (used as it is) rather than a factory."""
-    return not spec.startswith(("zoo:", *TEXT_SPECS)) and ".py:" not in spec
+    return scheme_of(spec) is None and ".py:" not in spec
 
 
 def _torch_file(path: Path, trust_pickle: bool) -> nn.Module:
@@ -154,10 +195,6 @@ def eval_mode(model: nn.Module) -> nn.Module:
         return model
 
 
-def is_text_spec(spec: str) -> bool:
-    return isinstance(spec, str) and spec.startswith(TEXT_SPECS)
-
-
 def create_model(
     spec: str,
     num_classes: int,
@@ -181,17 +218,14 @@ def create_model(
     if is_model_file(spec):
         view = {"output": output, "output_kind": output_kind, "sample_shape": sample_shape}
         return eval_mode(_model_file(spec, trust_pickle, view))
-    if is_text_spec(spec):
-        from kdexport.text.classifier import text_model
+    scheme = scheme_of(spec)
+    if scheme is not None:
+        return eval_mode(scheme.build(spec, num_classes, in_channels))
+    return _from_factory(load_factory(spec), spec, num_classes, in_channels)
 
-        return text_model(spec, num_classes)
-    if spec.startswith("zoo:"):
-        name = spec[4:]
-        if name not in ZOO:
-            raise KdxError(f"unknown zoo model '{name}'; known: {', '.join(sorted(ZOO))}")
-        factory = ZOO[name]
-    else:
-        factory = load_factory(spec)
+
+def _from_factory(factory, spec: str, num_classes: int, in_channels: int) -> nn.Module:
+    """What ``factory`` returns, given the arguments it takes, checked to be a module."""
     params = inspect.signature(factory).parameters
     given = {"num_classes": num_classes, "in_channels": in_channels}
     try:

@@ -9,8 +9,8 @@ from conftest import kdx
 
 from kdexport.benchmark import benchmark
 from kdexport.compile import compile_targets
+from kdexport.context import Run
 from kdexport.onnxfile import make_model
-from kdexport.rundir import Run
 from kdexport.timing import median_ci95, pooled
 
 QUICK = {"warmup_iters": 1, "warmup_s": 0.0, "min_iters": 20, "min_time_s": 0.0, "rounds": 2}

@@ -6,8 +6,8 @@ from kdexport.artifact import Artifact
 from kdexport.backends.profiles import builtin_names, load_target
 from kdexport.benchmark import benchmark
 from kdexport.compile import compile_targets
+from kdexport.context import Run
 from kdexport.errors import KdxError
-from kdexport.rundir import Run
 
 AVAILABLE = [n for n in builtin_names() if load_target(n).unavailable_reason() is None]
 

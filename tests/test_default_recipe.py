@@ -22,8 +22,8 @@ def test_default_recipe_meets_its_goals(tmp_path):
 
 def test_training_is_deterministic(tmp_path):
     from kdexport.artifact import sha256
+    from kdexport.context import Run
     from kdexport.pipeline import load_recipe
-    from kdexport.rundir import Run
     from kdexport.teacher import train_teacher
 
     r = load_recipe(overrides=["teacher.epochs=1", "teacher.model=zoo:mlp-tiny"])

@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import fails, kdx
 
+from kdexport.context import Run
 from kdexport.data import load_splits
 from kdexport.distill import distill, student_pool
 from kdexport.errors import KdxError
 from kdexport.pipeline import load_recipe
-from kdexport.rundir import Run
 from kdexport.teacher import load_teacher, train_teacher
 from kdexport.train.loop import AUTO_DEVICE_SHARE, Pool, _lr_factor, predict, shift
 from kdexport.zoo import create_model

@@ -7,12 +7,12 @@ import pytest
 from conftest import fails, kdx
 
 from kdexport.baseline import kd_vs_scratch
+from kdexport.context import Run
 from kdexport.distill import load_student
 from kdexport.pipeline import load_recipe
 from kdexport.report import distillation_markdown as markdown
 from kdexport.report import distillation_summary as summary
 from kdexport.report import verdict
-from kdexport.rundir import Run
 
 SETS = [
     "teacher.model=zoo:mlp-tiny",

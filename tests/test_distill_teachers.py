@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import fails, kdx
 
+from kdexport.context import Run
 from kdexport.distill import distill
 from kdexport.pipeline import load_recipe
-from kdexport.rundir import Run
 from kdexport.teacher import train_teacher
 
 TINY = [

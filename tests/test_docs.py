@@ -103,7 +103,7 @@ def test_example_runs(workspace, monkeypatch, page, index, lang, code):
     monkeypatch.setattr(recipe, "BUILTIN_DIR", recipes)
     if "digit.npy" in code:  # the user's own digit image, as an array
         with np.load(next(folder.glob("runs/digits/export/io_sample.npz"))) as f:
-            np.save(folder / "digit.npy", f["x"][0])
+            np.save(folder / "digit.npy", f["input:input"][0])
     if lang == "python":
         exec(compile(code, f"{page} example {index}", "exec"), {})
         return

@@ -10,11 +10,11 @@ import torch
 
 from kdexport.artifact import Artifact
 from kdexport.compile import compile_targets
+from kdexport.context import Run
 from kdexport.errors import KdxError
 from kdexport.export import export, export_onnx
 from kdexport.onnxfile import check_onnx_file, make_model
 from kdexport.pipeline import load_recipe as load
-from kdexport.rundir import Run
 
 
 def _export(run, **overrides):

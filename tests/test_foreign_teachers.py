@@ -15,11 +15,11 @@ import torch
 from conftest import FAST_ARGS, fails, kdx
 from onnx import TensorProto, helper, numpy_helper
 
+from kdexport.context import Run
 from kdexport.losses import KDLoss
 from kdexport.onnx_teacher import EPS, OnnxModel
 from kdexport.onnxfile import check_onnx_file, make_model, run_reference
 from kdexport.pipeline import load_recipe
-from kdexport.rundir import Run
 from kdexport.teacher import load_teacher, teacher_identity, train_teacher
 
 DIGITS = (1, 8, 8)  # kdexport's digits samples; scikit-learn models take them as 64 floats

@@ -438,7 +438,7 @@ def test_out_of_range_device_id(cuda, tmp_path):
 @pytest.mark.gpu
 def test_pipeline_compile_ort_cuda_with_parity(run_copy):
     from kdexport.compile import compile_targets
-    from kdexport.rundir import Run
+    from kdexport.context import Run
 
     names = ["ort-cuda", "ort-cuda-fp16", "ort-cuda-graph"]
     art = compile_targets(Run(run_copy), targets=names, skip_unavailable=False)

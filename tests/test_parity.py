@@ -8,11 +8,11 @@ from onnx import numpy_helper
 from kdexport import export as export_module
 from kdexport.artifact import MANIFEST, file_table, write_json
 from kdexport.compile import compile_targets
+from kdexport.context import Run
 from kdexport.errors import KdxError
 from kdexport.evaluate import parity
 from kdexport.export import export
 from kdexport.pipeline import load_recipe as load
-from kdexport.rundir import Run
 
 
 def _perturb(path, scale=1e-2):

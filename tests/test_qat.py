@@ -30,10 +30,10 @@ def test_fake_quantized_round_trip():
 
 
 def test_quant_aware_distillation_exports_a_plain_student(run_copy):
+    from kdexport.context import Run
     from kdexport.distill import distill
     from kdexport.export import export
     from kdexport.pipeline import load_recipe as load
-    from kdexport.rundir import Run
 
     r = load(run_copy / "recipe.toml", ["distill.quant_aware=true", "distill.epochs=1"])
     art = distill(Run(run_copy, r["data"]), **r["distill"])

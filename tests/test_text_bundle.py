@@ -20,9 +20,9 @@ from test_package import BLOCKED, FAST_BENCH, device, one_error
 from kdexport import plan as placement
 from kdexport.artifact import sha256
 from kdexport.bundle import runner as bundle_runner
-from kdexport.text.synthetic import CLASSES, generate, write_reviews
-from kdexport.text.tiny import tiny_teacher
-from kdexport.text.tokens import PACKED, at_shape, pack, unpack
+from kdexport.modalities.text.synthetic import CLASSES, generate, write_reviews
+from kdexport.modalities.text.tiny import tiny_teacher
+from kdexport.modalities.text.tokens import PACKED, at_shape, pack, unpack
 
 ROWS, MAX_LENGTH = 300, 32
 TEXTS = [
@@ -112,7 +112,8 @@ def test_manifest_ships_the_tokenizer_and_named_golden_inputs(bundle, text_run):
     assert m["files"]["tokenizer.json"]["sha256"] == sha256(text_run[1] / "tokenizer.json")
     assert m["labels"] == list(CLASSES)
     pre = m["preprocessing"]
-    assert pre["kind"] == "text" and "layout" not in pre and "image_scale" not in pre
+    assert m["modality"] == pre["modality"] == "text"
+    assert "layout" not in pre and "image_scale" not in pre
     golden = m["golden"]
     assert golden["input"] == "golden/input.npz" and golden["samples"] == 8
     assert golden["batch_axes"] == {n: [0] for n in names}
@@ -145,11 +146,11 @@ def _torch_student(run: Path, teacher: Path, texts: list) -> np.ndarray:
     """The PyTorch student's logits of ``texts``, tokenised by transformers as the run was."""
     import torch
 
+    from kdexport.context import Run
     from kdexport.distill import load_student
+    from kdexport.modalities.text.models import load_tokenizer
+    from kdexport.modalities.text.tokens import pack
     from kdexport.pipeline import load_recipe
-    from kdexport.rundir import Run
-    from kdexport.text.models import load_tokenizer
-    from kdexport.text.tokens import pack
 
     data = load_recipe(run / "recipe.toml")["data"]
     student = load_student(Run(run, data)).model
@@ -209,7 +210,7 @@ def test_predict_reads_jsonl_csv_and_token_arrays(bundle, tmp_path):
 def test_tokenisation_is_the_runs(bundle, text_run):
     """run.py's tokenizers-only tokenisation gives the token ids transformers gave the run,
     truncation and text pairs included."""
-    from kdexport.text.models import load_tokenizer
+    from kdexport.modalities.text.models import load_tokenizer
 
     tokenizer, _ = load_tokenizer(f"hf:{text_run[1]}")
     texts = [*TEXTS, LONG, ("a fine screen", "an awful battery"), ""]

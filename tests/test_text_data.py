@@ -1,4 +1,4 @@
-"""Text data (kdexport.text.data, kdexport.text.synthetic): CSV/TSV/JSONL read with the
+"""Text data (kdexport.modalities.text.data, kdexport.modalities.text.synthetic): CSV/TSV/JSONL read with the
 caller's columns, labels as ids or names, tokenised once and cached, padded per batch; each bad
 input is one line naming the problem."""
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from kdexport.errors import KdxError
-from kdexport.text.data import UNLABELED, load_text, pad_batch
-from kdexport.text.synthetic import CLASSES, generate, write_reviews
-from kdexport.text.tiny import train_wordpiece
+from kdexport.modalities.text.data import UNLABELED, load_text, pad_batch
+from kdexport.modalities.text.synthetic import CLASSES, generate, write_reviews
+from kdexport.modalities.text.tiny import train_wordpiece
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +175,8 @@ def test_the_same_texts_give_the_same_vocabulary_in_every_process():
     processes (huggingface/tokenizers#1794): the example teacher's tokenizer differed run to run,
     and with it the trained model. Two fresh interpreters must write the same vocabulary."""
     code = (
-        "import json; from kdexport.text.synthetic import generate;"
-        "from kdexport.text.tiny import train_wordpiece;"
+        "import json; from kdexport.modalities.text.synthetic import generate;"
+        "from kdexport.modalities.text.tiny import train_wordpiece;"
         "print(json.dumps(train_wordpiece([t for t, _ in generate(300, seed=5)], 300).get_vocab(),"
         " sort_keys=True))"
     )

@@ -16,11 +16,11 @@ from conftest import fails, kdx
 
 from kdexport.data import load_splits
 from kdexport.losses import HintLoss, Objective, TinyBERTHiddenLoss, term_weights
+from kdexport.modalities.text.classifier import student, text_model
+from kdexport.modalities.text.features import TappedText, TextTap, attention_dropouts
+from kdexport.modalities.text.synthetic import CLASSES, generate, write_reviews
+from kdexport.modalities.text.tiny import tiny_teacher
 from kdexport.pipeline import load_recipe
-from kdexport.text.classifier import student, text_model
-from kdexport.text.features import TappedText, TextTap, attention_dropouts
-from kdexport.text.synthetic import CLASSES, generate, write_reviews
-from kdexport.text.tiny import tiny_teacher
 
 STUDENT = "distill.student=hf-student:num_hidden_layers=1"
 
@@ -125,7 +125,7 @@ def test_a_text_loss_needs_text_models(tmp_path):
         "--out",
         out,
         *_sets(*sets, "distill.feature_loss=minilm_attention"),
-        message="distill.feature_loss 'minilm_attention' is for text models; the student is not one",
+        message="distill.feature_loss 'minilm_attention' is not for image models",
     )
     assert not (out / "teacher").exists()
 

@@ -9,7 +9,7 @@ import torch
 from kdexport.backends.profiles import PARITY
 from kdexport.backends.quantize import quantize_onnx_dynamic
 from kdexport.evaluate import parity
-from kdexport.text.export import (
+from kdexport.modalities.text.export import (
     SHAPES,
     check_parity,
     export_and_check,

@@ -8,7 +8,7 @@ import torch
 
 from kdexport.errors import KdxError
 from kdexport.losses import LOSSES, MiniLMAttentionLoss, TinyBERTHiddenLoss, make_loss
-from kdexport.text.features import text_features, use_eager_attention
+from kdexport.modalities.text.features import text_features, use_eager_attention
 
 # student: 1 layer, d_s = 1; teacher: 2 layers, d_t = 2; g(m) = 2m maps (0, 0) and (1, 2).
 S_EMB, S_L1 = [[1.0], [3.0]], [[0.0], [1.0]]

@@ -1,4 +1,4 @@
-"""Text model specs (kdexport.text.models, kdexport.text.tiny): hf:PATH and hf:ORG/NAME load
+"""Text model specs (kdexport.modalities.text.models, kdexport.modalities.text.tiny): hf:PATH and hf:ORG/NAME load
 offline, the student is built from the teacher's config and starts from every k-th teacher layer
 when shapes allow, and each mistake is one line. Tiny BERTs only (2-4 layers, hidden 32)."""
 
@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from kdexport.errors import KdxError
-from kdexport.text.models import (
+from kdexport.modalities.text.models import (
     build_student,
     load_text_model,
     require_text_extra,
     save_text_model,
 )
-from kdexport.text.synthetic import CLASSES, generate
-from kdexport.text.tiny import tiny_teacher
+from kdexport.modalities.text.synthetic import CLASSES, generate
+from kdexport.modalities.text.tiny import tiny_teacher
 
 TEXTS = [t for t, _ in generate(200, seed=3)]
 
@@ -191,8 +191,8 @@ def test_without_transformers_the_hint_names_the_extra(monkeypatch):
 
 def test_importing_the_text_package_loads_no_transformers():
     code = (
-        "import sys, kdexport.text.models, kdexport.text.data, kdexport.text.synthetic, "
-        "kdexport.text.tiny; print(sorted({'transformers', 'tokenizers', 'torch'} & set(sys.modules)))"
+        "import sys, kdexport.modalities.text.models, kdexport.modalities.text.data, kdexport.modalities.text.synthetic, "
+        "kdexport.modalities.text.tiny; print(sorted({'transformers', 'tokenizers', 'torch'} & set(sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from conftest import fails, kdx
 
-from kdexport.text.synthetic import CLASSES, generate, write_reviews
-from kdexport.text.tiny import tiny_teacher
+from kdexport.feeds import load_sample
+from kdexport.modalities.text.synthetic import CLASSES, generate, write_reviews
+from kdexport.modalities.text.tiny import tiny_teacher
 
 pytestmark = pytest.mark.backends
 
@@ -109,14 +110,16 @@ def test_a_text_shape_longer_than_max_length_is_one_line(text_run, tmp_path):
     assert (run / "benchmark" / "manifest.json").read_bytes() == before
 
 
-def test_the_token_arrays_are_packed_and_the_padding_cut(text_run):
+def test_the_held_out_tokens_are_named_inputs_with_the_padding_cut(text_run):
     run, _ = text_run
-    with np.load(run / "export" / "io_sample.npz") as f:
-        x = f["x"]
-    assert x.dtype == np.int64 and x.shape[1:] == (3, 64)
-    lengths = x[:, 1].sum(axis=1)
-    assert 0 < lengths.min() < lengths.max() <= 64
-    assert (x[:, 0][x[:, 1] == 0] == 0).all()  # the pad id after each text
+    inputs, arrays = load_sample(run / "export" / "io_sample.npz")
+    assert set(inputs) == {"input_ids", "attention_mask", "token_type_ids"}
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    assert ids.dtype == np.int64 and ids.shape == mask.shape and ids.shape[1] <= 64
+    lengths = mask.sum(axis=1)
+    assert 0 < lengths.min() < lengths.max() == ids.shape[1]  # cut to the longest text
+    assert (ids[mask == 0] == 0).all()  # the pad id after each text
+    assert set(arrays) == {"y", "teacher", "student"}
 
 
 def test_text_runs_reuse_the_tokenised_data(text_folder, text_run, tmp_path):

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.backends  # onnx.checker on the IR version and opset kd
 ROOT = Path(__file__).resolve().parents[1]
 DEPENDENCIES = {
     *("onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "torch", "numpy"),
-    *("transformers", "tokenizers", "huggingface_hub"),  # kdexport.text
+    *("transformers", "tokenizers", "huggingface_hub"),  # kdexport.modalities.text
 }
 
 

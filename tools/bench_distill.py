@@ -34,10 +34,10 @@ import torch
 
 from kdexport import recipe as recipes
 from kdexport.baseline import kd_vs_scratch
+from kdexport.context import Run
 from kdexport.distill import train_student
 from kdexport.pipeline import load_recipe, prepare_run
 from kdexport.progress import quiet
-from kdexport.rundir import Run
 from kdexport.teacher import load_teacher, train_teacher
 from kdexport.train.loop import Session
 from kdexport.train.parallel import cluster

@@ -126,7 +126,7 @@ def main() -> int:
         distill_and_export(run)
     compiled = Artifact.open(run / "compile", "compile", "kdexport compile")
     with np.load(run / "export" / "io_sample.npz") as f:
-        x = np.ascontiguousarray(f["x"][:1])
+        x = np.ascontiguousarray(f["input:input"][:1])
     threads = available_cpus()
     result = {"openvino_vs_benchmark_app": {}, "ort_vs_minimal_loop": {}, "repeat": {}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,7 +3,7 @@ and does the shipped model answer as PyTorch?
 
     .venv/bin/python tools/bench_text.py [--out runs/bench-text] [--seeds 3] [--set KEY=VALUE ...]
 
-Writes the offline example (``python -m kdexport.text.example``: synthetic reviews and an
+Writes the offline example (``python -m kdexport.modalities.text.example``: synthetic reviews and an
 untrained BERT teacher), runs ``kdexport distill-and-export --recipe text --baseline --seeds N``
 (the teacher trained here, the student distilled, KD compared with the same student trained from
 scratch over N seeds), then reads the run: accuracies and parameter counts, the teacher/student
@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, i
 
 from kdexport.backends import backend
 from kdexport.backends.profiles import Target
-from kdexport.text.tokens import at_shape, unpack
+from kdexport.feeds import for_model, load_sample
+from kdexport.modalities.text import TEXT
 from kdexport.timing import measure_rounds, paired
 
 SHAPE = "1x128"
@@ -48,13 +49,9 @@ def int8_ratio(run: Path, fp32: str, int8: str) -> float | None:
     compiled = checks(run, "compile")["targets"]
     if not compiled.get(int8, {}).get("student", {}).get("shipped"):
         return None
-    import numpy as np
-
-    with np.load(run / "export" / "io_sample.npz") as f:
-        x = f["x"]
+    inputs, _ = load_sample(run / "export" / "io_sample.npz")
     names = [i["name"] for i in checks(run, "export")["student"]["inputs"]]
-    batch, seq = (int(v) for v in SHAPE.split("x"))
-    feed = unpack(at_shape(x, batch, seq), names)
+    feed = TEXT.timing_inputs(for_model(inputs, names))(SHAPE)
     calls = {}
     for name in (int8, fp32):
         entry = compiled[name]
@@ -75,7 +72,7 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_text-"))
     run = (args.out or work / "run").resolve()
-    example = [sys.executable, "-m", "kdexport.text.example"]
+    example = [sys.executable, "-m", "kdexport.modalities.text.example"]
     subprocess.run(example, check=True, cwd=work, stdout=subprocess.DEVNULL)
     kdx(
         "distill-and-export",

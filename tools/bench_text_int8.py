@@ -3,7 +3,7 @@
     .venv/bin/python tools/bench_text_int8.py [--layers 4 --hidden 256 --sequence 128]
 
 A BERT (random weights, 4 layers, hidden 256, 4 heads, sequence 128 by default) is exported
-with ``kdexport.text.export`` and quantized four ways: ONNX Runtime dynamic quantization of the
+with ``kdexport.modalities.text.export`` and quantized four ways: ONNX Runtime dynamic quantization of the
 MatMul/Gemm weights (``quantize_onnx_dynamic``), ONNX Runtime static QDQ (what the ort-cpu-int8
 target does), NNCF on OpenVINO (what openvino-cpu-int8 does) and NNCF with its transformer
 scheme. Each INT8 model is timed at batch 1 side by side with its backend's fp32 model
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, i
 from kdexport.backends import backend  # noqa: E402
 from kdexport.backends.profiles import load_target  # noqa: E402
 from kdexport.backends.quantize import quantize_onnx_dynamic, quantize_openvino  # noqa: E402
-from kdexport.text.export import export_text_classifier, padded_batch, torch_predict  # noqa: E402
+from kdexport.modalities.text.export import export_text_classifier, padded_batch, torch_predict  # noqa: E402
 from kdexport.timing import fingerprint, measure_rounds, paired  # noqa: E402
 
 TIMING = {"warmup_iters": 10, "warmup_s": 0.5, "min_iters": 70, "min_time_s": 3.5, "rounds": 7}

@@ -164,8 +164,8 @@ def distill_check(run: Path, device: str, precision: str, epochs: tuple[int, int
     student twice: its data in the GPU's memory, then in pinned host memory (per batch)."""
     import torch
 
+    from kdexport.context import Run
     from kdexport.distill import distill
-    from kdexport.rundir import Run
     from kdexport.teacher import train_teacher
 
     x, y = synthetic(3000, 0)

@@ -27,10 +27,11 @@ import torch
 from kdexport.backends import backend
 from kdexport.backends.fp16 import convert
 from kdexport.backends.profiles import PARITY, load_target
+from kdexport.context import Run
 from kdexport.distill import load_student
+from kdexport.feeds import load_sample
 from kdexport.onnxfile import run_reference
 from kdexport.pipeline import load_recipe
-from kdexport.rundir import Run
 from kdexport.teacher import load_teacher
 
 MODELS = ("teacher", "student")
@@ -58,9 +59,9 @@ def torch_outputs(run: Path) -> dict[str, torch.nn.Module]:
 
 
 def measure(run: Path) -> dict:
-    sample = dict(np.load(run / "export" / "io_sample.npz"))
-    calibration = np.load(run / "export" / "calibration.npz")["x"]
-    x, out = sample["x"], {}
+    inputs, sample = load_sample(run / "export" / "io_sample.npz")
+    calibration = load_sample(run / "export" / "calibration.npz")[0]["input"]
+    x, out = inputs["input"], {}
     nets = torch_outputs(run)
     for name in MODELS:
         ref, net = sample[name], nets[name]

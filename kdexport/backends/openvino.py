@@ -118,9 +118,9 @@ def compile(onnx_path: Path, out_dir: Path, name: str, target, calibration=None)
             f"target '{target.name}': OpenVINO cannot read {onnx_path.name}: {explain(e)}"
         ) from None
     if target.precision == "int8":
-        from kdexport.backends.quantize import for_tokens, quantize_openvino
+        from kdexport.backends.quantize import for_transformers, quantize_openvino
 
-        transformer = for_tokens(calibration)
+        transformer = for_transformers(target.quantization)
         model = quantize_openvino(model, calibration, target.quantization, transformer)
     ov.save_model(model, str(out), compress_to_fp16=_PRECISIONS[target.precision][1])
     return out

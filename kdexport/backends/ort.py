@@ -325,11 +325,15 @@ def compile(onnx_path: Path, out_dir: Path, name: str, target, calibration=None)
         raise KdxError(f"target '{target.name}': {problem}")
     source = onnx_path
     if target.precision == "int8":
-        from kdexport.backends.quantize import for_tokens, quantize_onnx, quantize_onnx_dynamic
+        from kdexport.backends.quantize import (
+            for_transformers,
+            quantize_onnx,
+            quantize_onnx_dynamic,
+        )
 
         source = out_dir / f"{name}.qdq.onnx"
         try:
-            if for_tokens(calibration):
+            if for_transformers(target.quantization):
                 quantize_onnx_dynamic(onnx_path, source, target.quantization["per_channel"])
             else:
                 quantize_onnx(onnx_path, source, calibration, target.quantization)

@@ -30,11 +30,11 @@ GATE_TIMING = {
 }
 
 
-def for_tokens(calibration) -> bool:
-    """Whether the calibration data are a text model's token inputs: such models are quantized
-    as measured best for transformers (docs/text-export.md): ONNX Runtime's dynamic
+def for_transformers(q: dict) -> bool:
+    """Whether the run's modality quantizes its models as measured best for transformers
+    (``q["scheme"]``, set by the compile stage; docs/text-export.md): ONNX Runtime's dynamic
     quantization, NNCF's transformer scheme."""
-    return isinstance(calibration, dict) and "input_ids" in calibration
+    return q.get("scheme") == "transformer"
 
 
 def _batches(x, count: int) -> list:

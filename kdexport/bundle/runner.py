@@ -948,7 +948,7 @@ def batch_label(size) -> str:
 def text_feed(feed: dict, shape: str) -> dict:
     """Named token inputs of B examples of exactly S tokens (``shape`` "BxS"), for timing: the
     first golden example's tokens (where its attention_mask is 1) repeated to S tokens with a
-    full mask, tiled to B rows. The rule of kdexport.text.tokens.at_shape, on named arrays:
+    full mask, tiled to B rows. The rule of kdexport.modalities.text.tokens.at_shape, on named arrays:
     run.py keeps its own copy because it runs without kdexport."""
     batch, _, seq = shape.partition("x")
     mask = feed.get("attention_mask")

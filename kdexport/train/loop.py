@@ -118,7 +118,7 @@ def _take(t: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Ten
 class Job:
     """One training run: the model, its objective, its pool, and the teacher it learns from.
     The taps read what a feature loss compares: ``LayerTap`` (one layer) or, for the text
-    losses, ``kdexport.text.features.TextTap`` (a transformer's hidden states or attentions)."""
+    losses, ``kdexport.modalities.text.features.TextTap`` (a transformer's hidden states or attentions)."""
 
     model: nn.Module
     objective: Objective
@@ -339,7 +339,7 @@ def _to(job: Job, device: torch.device, placement: str) -> None:
 def _paused(tap):
     """A tap that keeps a whole model's outputs (``TextTap``: every layer's hidden states or
     attentions) rests while validating, whose batches are large; a layer tap keeps running."""
-    return tap.paused() if hasattr(tap, "paused") else contextlib.nullcontext()
+    return tap.paused() if tap is not None else contextlib.nullcontext()
 
 
 def fit(job: Job, val: tuple[np.ndarray, np.ndarray], opts: dict, session: Session) -> list:

@@ -4,14 +4,13 @@ losses) or the two transformers' sizes (text losses)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from kdexport import modalities
 from kdexport.data import Splits
 from kdexport.errors import KdxError
-from kdexport.losses import LOSSES, TEXT_INPUTS, LayerTap
+from kdexport.losses import LOSSES, LayerTap
 from kdexport.onnx_teacher import OnnxModel
 from kdexport.zoo import eval_mode
 
@@ -22,7 +21,7 @@ def check_weighting(weighting: str, kd_weight: float) -> None:
         raise KdxError(f"distill.kd_weight = {kd_weight} must be in [0, 1] with weighting 'alpha'")
 
 
-def _outputs(m: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+def outputs(m: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
     device = next((p.device for p in m.parameters()), torch.device("cpu"))
     try:
         with torch.no_grad():
@@ -33,7 +32,7 @@ def _outputs(m: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
 
 def _check_teacher_is_evaluating(teacher: nn.Module, x: torch.Tensor) -> None:
     """A teacher in eval mode gives each sample the same outputs whatever else is in the batch."""
-    a, b = _outputs(teacher, "teacher", x), _outputs(teacher, "teacher", x[:2])
+    a, b = outputs(teacher, "teacher", x), outputs(teacher, "teacher", x[:2])
     if not torch.allclose(a[:2].float(), b.float(), rtol=1e-3, atol=1e-4):
         raise KdxError(
             "the teacher's outputs for a sample change with the rest of the batch or between "
@@ -41,63 +40,18 @@ def _check_teacher_is_evaluating(teacher: nn.Module, x: torch.Tensor) -> None:
         )
 
 
-def _text_sizes(teacher, student, opts: dict, x: torch.Tensor) -> tuple:
-    """Pre-flight for a text feature loss: both models are transformers whose configs fit the
-    loss (its sizes, from the configs), and one captured pass of each gives a finite loss."""
-    from kdexport.text.features import TextTap
-
-    name = opts["feature_loss"]
-    cls = LOSSES[name]
-    for role in ("student", "teacher"):
-        if opts[f"{role}_layer"]:
-            raise KdxError(
-                f"distill.{role}_layer = '{opts[f'{role}_layer']}': leave it empty with "
-                f"feature_loss '{name}', which reads every layer's {cls.inputs}"
-            )
-    for m, role in ((student, "student"), (teacher, "teacher")):
-        if not hasattr(m, "hf"):
-            spec = "hf:" if role == "teacher" else "hf-student: or hf-config:"
-            raise KdxError(
-                f"distill.feature_loss '{name}' is for text models; the {role} is not one "
-                f"(give a {spec} {role}, or use hint / attention for image models)"
-            )
-    sizes = cls.sizes(student.hf.config, teacher.hf.config)
-    if problem := cls.mismatch(*sizes):
-        raise KdxError(f"distill.feature_loss '{name}': {problem}")
-    taps = [TextTap(student, cls.inputs, "student"), TextTap(teacher, cls.inputs, "teacher")]
-    try:
-        _outputs(student, "student", x)
-        _outputs(teacher, "teacher", x)
-        s, t = (tap.value for tap in taps)
-        loss = cls(*sizes).to(s.attention_mask.device)
-        with torch.no_grad():
-            value = float(loss(s.states, t.states, None, s.attention_mask))
-    except KdxError as e:
-        raise KdxError(f"distill.feature_loss '{name}': {e}") from None
-    except Exception as e:  # the configs say one thing, the outputs another
-        raise KdxError(
-            f"distill.feature_loss '{name}' cannot compare the models' {cls.inputs} "
-            f"({type(e).__name__}: {e})"
-        ) from None
-    finally:
-        for tap in taps:
-            tap.close()
-    if not math.isfinite(value):
-        raise KdxError(f"distill.feature_loss '{name}' is {value} on the first samples")
-    return sizes
-
-
-def _feature_shapes(teacher, student, opts: dict, x: torch.Tensor) -> tuple | None:
+def _feature_shapes(teacher, student, opts: dict, x: torch.Tensor, modality: str):
     """Pre-flight for a feature loss: both layers exist and their shapes can be adapted (image
     losses), or the models' sizes fit (text losses: the sizes are returned)."""
     if opts["feature_loss"] == "none":
         return None
-    if LOSSES[opts["feature_loss"]].inputs in TEXT_INPUTS:
-        return _text_sizes(teacher, student, opts, x)
+    kind = LOSSES[opts["feature_loss"]].inputs
+    if kind != "features":  # a tap of the modality's: it checks the models and sizes the loss
+        return modalities.get(modality).feature_sizes(teacher, student, opts, x, outputs)
     taps = [LayerTap(student, opts["student_layer"], "student")]
     taps.append(LayerTap(teacher, opts["teacher_layer"], "teacher"))
     for tap, m, name in zip(taps, (student, teacher), ("student", "teacher"), strict=True):
-        _outputs(m, name, x)
+        outputs(m, name, x)
         tap.close()
     shapes = tuple(tuple(t.value.shape[1:]) for t in taps)
     if problem := LOSSES[opts["feature_loss"]].mismatch(*shapes):
@@ -112,7 +66,7 @@ def check_models(teacher: nn.Module, student: nn.Module, splits: Splits, opts: d
     x = torch.from_numpy(splits.x_val[:4])
     eval_mode(teacher)
     _check_teacher_is_evaluating(teacher, x)
-    t, s = _outputs(teacher, "teacher", x).shape, _outputs(eval_mode(student), "student", x).shape
+    t, s = outputs(teacher, "teacher", x).shape, outputs(eval_mode(student), "student", x).shape
     if tuple(t) != tuple(s) or s[1] != splits.num_classes:
         hint = ""
         if isinstance(teacher, OnnxModel):  # it may read the wrong output
@@ -124,4 +78,4 @@ def check_models(teacher: nn.Module, student: nn.Module, splits: Splits, opts: d
             f"teacher outputs {tuple(t)}, student {tuple(s)}; both need "
             f"{splits.num_classes} classes{hint}"
         )
-    return _feature_shapes(teacher, student, opts, x)
+    return _feature_shapes(teacher, student, opts, x, splits.modality)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kdexport.errors import KdxError
-from kdexport.text.models import label_config, require_text_extra, save_text_model
+from kdexport.modalities.text.models import label_config, require_text_extra, save_text_model
 
 SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TINY = {  # the tiny teacher's shape: seconds per epoch on a CPU for a few thousand sentences

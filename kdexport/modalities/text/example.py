@@ -1,11 +1,11 @@
 """The offline text example: synthetic reviews and an untrained BERT teacher to train on them.
 
-    python -m kdexport.text.example [FOLDER]      # default: text-example
+    python -m kdexport.modalities.text.example [FOLDER]      # default: text-example
 
-writes ``FOLDER/reviews.csv`` (``kdexport.text.synthetic``: made-up product reviews in four
+writes ``FOLDER/reviews.csv`` (``kdexport.modalities.text.synthetic``: made-up product reviews in four
 classes, generated from templates with a fixed seed; no real data) and ``FOLDER/teacher/``, a
 BERT classifier with random weights (``TEACHER``: 5 layers, hidden 128) and a WordPiece tokenizer learnt from those
-reviews (``kdexport.text.tiny``). The built-in recipe ``kdexport/recipes/text.toml`` reads both:
+reviews (``kdexport.modalities.text.tiny``). The built-in recipe ``kdexport/recipes/text.toml`` reads both:
 its teacher stage trains the teacher from those random weights, then the pipeline distills it.
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kdexport.text.synthetic import CLASSES, generate, write_reviews
-from kdexport.text.tiny import tiny_teacher
+from kdexport.modalities.text.synthetic import CLASSES, generate, write_reviews
+from kdexport.modalities.text.tiny import tiny_teacher
 
 ROWS, SEED, NOISE = 6000, 0, 0.05
 VOCAB = 1000

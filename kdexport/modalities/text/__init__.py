@@ -14,3 +14,7 @@ transformers and tokenizers come with the ``text`` extra (``pip install 'kdexpor
 are imported inside functions only, so ``import kdexport`` stays light. See docs/text.md and
 docs/text-export.md.
 """
+
+from kdexport.modalities.text.modality import TEXT  # noqa: E402 (the docstring first)
+
+__all__ = ["TEXT"]

@@ -1,31 +1,33 @@
 """A Hugging Face sequence classifier as the pipeline's stages see a model: one tensor in.
 
-``TextClassifier`` takes the packed token array of ``kdexport.text.tokens`` (N, 3, L), cuts it
+``TextClassifier`` takes the packed token array of ``kdexport.modalities.text.tokens`` (N, 3, L), cuts it
 back to the batch's longest example (dynamic padding per batch) and returns the logits, so
 training, the teacher cache, evaluation and parity run on text as they do on images. Export
-takes the wrapped model (``.hf``) with named inputs (``kdexport.text.export``).
+takes the wrapped model (``.hf``) with named inputs (``kdexport.modalities.text.export``).
 
 Specs (``kdexport.zoo.create_model`` and the distill stage):
 
-- ``hf:PATH`` / ``hf:ORG/NAME``: a saved classifier (``kdexport.text.models``); a head of
+- ``hf:PATH`` / ``hf:ORG/NAME``: a saved classifier (``kdexport.modalities.text.models``); a head of
   another class count is replaced by a new one;
 - ``hf-config:PATH``: a fresh model of that config.json (random weights);
 - ``hf-student:KEY=VALUE,...``: the teacher's config with these overrides (e.g.
   ``num_hidden_layers=2,hidden_size=128``), started from the teacher's every k-th layer where
-  the shapes allow (``kdexport.text.models.build_student``; the distill stage records the rule).
+  the shapes allow (``kdexport.modalities.text.models.build_student``; the distill stage records the rule).
 """
 
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from kdexport.errors import KdxError
-from kdexport.text.export import input_names
-from kdexport.text.tokens import PACKED
+from kdexport.modalities.text.export import input_names
+from kdexport.modalities.text.tokens import PACKED
+from kdexport.zoo import Scheme
 
 
 class Captured(NamedTuple):
@@ -42,7 +44,7 @@ class TextClassifier(nn.Module):
 
     Capture mode, for the text feature losses: while ``capture`` names ``"hidden_states"``
     and/or ``"attentions"``, each forward pass also asks the model for them and keeps them with
-    the trimmed batch's attention mask in ``captured`` (``kdexport.text.features.TextTap``
+    the trimmed batch's attention mask in ``captured`` (``kdexport.modalities.text.features.TextTap``
     turns it on and reads it). It returns the logits either way."""
 
     def __init__(self, hf, tokenizer=None):
@@ -87,7 +89,7 @@ def student_overrides(spec: str) -> dict:
 def text_model(spec: str, num_classes: int) -> TextClassifier:
     """The classifier ``spec`` names, with a head for ``num_classes`` classes, in eval mode.
     ``hf-student:`` specs need the teacher: the distill stage builds them (``student``)."""
-    from kdexport.text import models
+    from kdexport.modalities.text import models
 
     if spec.startswith("hf-config:"):
         from transformers import AutoModelForSequenceClassification
@@ -109,7 +111,7 @@ def student(
     """The student of ``spec`` (``hf-config:`` or ``hf-student:``) started from ``teacher``
     where shapes allow (``from_teacher``), else from random weights; with the record of the
     rule applied."""
-    from kdexport.text import models
+    from kdexport.modalities.text import models
 
     if not isinstance(teacher, TextClassifier):
         raise KdxError(f"distill.student '{spec}' is a text student; the teacher must be hf:")
@@ -117,3 +119,25 @@ def student(
     given = models.TextModel(teacher.hf, teacher.tokenizer, "teacher", None)
     net, record = models.build_student(given, wanted, seed, from_teacher)
     return TextClassifier(net, teacher.tokenizer), record
+
+
+def _built(spec: str, num_classes: int, in_channels: int) -> TextClassifier:
+    return text_model(spec, num_classes)
+
+
+CONFIG = "config.json"  # a trained text student's config, beside its weights
+
+
+def _saved(model: TextClassifier, folder: Path) -> str:
+    """Write the config a trained student is rebuilt from; the spec that rebuilds it."""
+    model.hf.config.to_json_file(folder / CONFIG)
+    return f"hf-config:{{artifact}}/{CONFIG}"
+
+
+# The model-spec schemes of text (kdexport.zoo.Scheme): a saved classifier, a fresh one of a
+# config, a student of the teacher's config.
+SCHEMES = {
+    "hf": Scheme(_built),
+    "hf-config": Scheme(_built, student, _saved),
+    "hf-student": Scheme(_built, student, _saved),
+}

@@ -28,8 +28,14 @@ from kdexport.backends import backend
 from kdexport.backends.profiles import PARITY, load_target
 from kdexport.errors import KdxError
 from kdexport.evaluate import parity
-from kdexport.onnxfile import check_onnx_file, reference_outputs, torch_to_onnx
-from kdexport.text.tokens import PACKED
+from kdexport.modalities.text.tokens import PACKED, unpack
+from kdexport.onnxfile import (
+    check_batch_sizes,
+    check_onnx_file,
+    finish_onnx,
+    reference_outputs,
+    torch_to_onnx,
+)
 
 OUTPUT = "logits"
 AXES = {0: "batch", 1: "sequence"}
@@ -192,3 +198,43 @@ def export_and_check(
                 )
             checks[name] = check
     return {**facts, "checks": checks}
+
+
+def export_run_model(model, path: Path, x: np.ndarray, opts: dict, meta: dict) -> dict:
+    """The export stage's form for a text classifier (``TEXT.export``): named int64 token
+    inputs, dynamic batch and sequence axes, checked against PyTorch on the packed held-out
+    sample ``x`` at three batch sizes, at (batch, sequence) shapes of padded random tokens, and
+    for padding: each held-out sample alone must give what it gets inside a padded batch."""
+    from kdexport.train.loop import predict
+
+    if opts.get("static"):
+        raise KdxError("export.static applies to image models; a text model keeps dynamic axes")
+    exporter = export_text_classifier(model.hf, path, opset=opts["opset"])["exporter"]
+    facts = finish_onnx(path, meta, dynamic=True)
+    names = [i["name"] for i in facts["inputs"]]
+    sizes = sorted({1, opts["example_batch"], 2 * opts["example_batch"] + 1})
+    facts["batch_check_max_abs_diff"] = check_batch_sizes(
+        path,
+        lambda xb: predict(model, xb),
+        lambda xb: unpack(xb, names),
+        x,
+        sizes,
+        opts["tolerance"],
+    )
+    limit = model.hf.config.max_position_embeddings
+    predict_onnx = reference_predict(path)
+    shaped = check_parity(predict_onnx, model.hf, [s for s in SHAPES if s[1] <= limit])
+    if not shaped["passed"]:
+        raise KdxError(
+            f"{path.name} differs from PyTorch on padded batches: max abs diff "
+            f"{shaped['max_abs_diff']:.3g} (shapes {', '.join(shaped['shapes'])})"
+        )
+    drift = padding_drift(predict_onnx, unpack(x[:8], names))
+    if drift > opts["tolerance"]:
+        raise KdxError(
+            f"{path.name}: a sample alone and inside a padded batch differ by {drift:.3g} "
+            f"(bound {opts['tolerance']:g}); the attention mask is not honoured"
+        )
+    facts["shape_parity"] = {k: v["max_abs_diff"] for k, v in shaped["shapes"].items()}
+    facts["padding_drift"] = drift
+    return {"exporter": exporter, **facts}

@@ -25,6 +25,7 @@ from each forward pass, and the objective gets them with the batch's attention m
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from kdexport.errors import KdxError
+from kdexport.losses import LOSSES
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -72,7 +74,7 @@ class TappedText(NamedTuple):
 
 
 class TextTap:
-    """``LayerTap``'s interface for a ``kdexport.text.classifier.TextClassifier``: while open,
+    """``LayerTap``'s interface for a ``kdexport.modalities.text.classifier.TextClassifier``: while open,
     the model keeps its ``kind`` (``"hidden_states"`` or ``"attentions"``) from every forward
     pass, and ``value`` is the latest as ``TappedText`` (None before the first pass).
 
@@ -144,3 +146,48 @@ def attention_dropouts(model: nn.Module) -> list[nn.Dropout]:
         for child in module.children()
         if isinstance(child, nn.Dropout)
     ]
+
+
+def loss_sizes(teacher, student, opts: dict, x: torch.Tensor, outputs) -> tuple:
+    """Pre-flight for a text feature loss: both models are transformers whose configs fit the
+    loss (its sizes, from the configs), and one captured pass of each gives a finite loss.
+    ``outputs(model, role, x)`` runs a model as pre-flight does."""
+    name = opts["feature_loss"]
+    cls = LOSSES[name]
+    for role in ("student", "teacher"):
+        if opts[f"{role}_layer"]:
+            raise KdxError(
+                f"distill.{role}_layer = '{opts[f'{role}_layer']}': leave it empty with "
+                f"feature_loss '{name}', which reads every layer's {cls.inputs}"
+            )
+    for m, role in ((student, "student"), (teacher, "teacher")):
+        if not hasattr(m, "hf"):
+            spec = "hf:" if role == "teacher" else "hf-student: or hf-config:"
+            raise KdxError(
+                f"distill.feature_loss '{name}' is for text models; the {role} is not one "
+                f"(give a {spec} {role}, or use hint / attention for image models)"
+            )
+    sizes = cls.sizes(student.hf.config, teacher.hf.config)
+    if problem := cls.mismatch(*sizes):
+        raise KdxError(f"distill.feature_loss '{name}': {problem}")
+    taps = [TextTap(student, cls.inputs, "student"), TextTap(teacher, cls.inputs, "teacher")]
+    try:
+        outputs(student, "student", x)
+        outputs(teacher, "teacher", x)
+        s, t = (tap.value for tap in taps)
+        loss = cls(*sizes).to(s.attention_mask.device)
+        with torch.no_grad():
+            value = float(loss(s.states, t.states, None, s.attention_mask))
+    except KdxError as e:
+        raise KdxError(f"distill.feature_loss '{name}': {e}") from None
+    except Exception as e:  # the configs say one thing, the outputs another
+        raise KdxError(
+            f"distill.feature_loss '{name}' cannot compare the models' {cls.inputs} "
+            f"({type(e).__name__}: {e})"
+        ) from None
+    finally:
+        for tap in taps:
+            tap.close()
+    if not math.isfinite(value):
+        raise KdxError(f"distill.feature_loss '{name}' is {value} on the first samples")
+    return sizes

@@ -1,0 +1,105 @@
+"""What a kind of input (a modality) tells the pipeline; one subclass per modality folder.
+
+A run records its modality once (the recipe's ``data.modality``, then the export and bundle
+manifests); every stage asks it, through ``kdexport.modalities.get``, instead of looking at an
+array's shape, a model's attributes or a spec's prefix. The defaults here fit a model with one
+float tensor input whose first axis is the batch (images, speech); a modality overrides what
+differs (text: three named int64 token inputs with a sequence axis).
+
+numpy only at import time: a modality's heavy parts (torch, transformers, soundfile) are
+imported inside its methods, so a command that reads JSON stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdexport.errors import KdxError
+
+
+@dataclass
+class Source:
+    """What a data source holds: inputs, labels (None: unlabeled), class names, how it was read."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    labels: list[str] | None
+    preprocessing: dict
+
+
+class Modality:
+    """The contract. ``options`` maps a recipe section to a function whose keyword-only
+    parameters are this modality's keys in that section (read as the stages' are)."""
+
+    name = ""
+    input_name = "input"  # the ONNX input of a one-input model
+    options: dict[str, Callable] = {}
+    schemes: dict[str, Any] = {}  # model-spec scheme -> kdexport.zoo.Scheme
+
+    def read(self, spec: str, options: dict, labeled: bool, cache_dir: Path) -> Source:
+        """One data source (``data.source`` or ``data.transfer``) read as this modality's
+        arrays, with its class names and how it was read."""
+        raise NotImplementedError
+
+    def complete_recipe(self, recipe: dict) -> None:
+        """Fill options that follow from others (text: the tokenizer is the teacher's)."""
+
+    def check_options(self, data: dict) -> None:
+        """Refuse options that do not fit the data section's own (one line each)."""
+
+    def named_inputs(self, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """A batch of this modality's split arrays as the ONNX model's named inputs."""
+        if len(names) != 1:
+            raise KdxError(
+                f"a {self.name} model takes one input; this one takes {', '.join(names)}"
+            )
+        return {names[0]: np.ascontiguousarray(x)}
+
+    def export(self, model, path: Path, x: np.ndarray, opts: dict, meta: dict) -> dict | None:
+        """Export ``model`` in this modality's own way, or None for the one-input export."""
+        return None
+
+    def points(self, options: dict) -> list[str]:
+        """The measuring points of the benchmark's ``options`` (``"8"``, ``"1x128"``)."""
+        return [str(b) for b in options["batch_sizes"]]
+
+    def check_points(self, points: list[str], recorded: dict) -> None:
+        """Refuse a measuring point the run's data (as its preprocessing ``recorded`` says)
+        cannot give (one line)."""
+
+    def timing_inputs(self, sample: dict[str, np.ndarray]) -> Callable[[str], Any]:
+        """Measuring point -> the inputs to time there, made from the held-out sample (the
+        student's named inputs): one array for a one-input model (each runner feeds it to its
+        own first input, so a teacher whose input has another name takes it too), else named
+        inputs."""
+        (x,) = sample.values()
+        return lambda point: np.ascontiguousarray(x[np.arange(int(point)) % len(x)])
+
+    int8_scheme = "static"  # "static": calibrated QDQ; "transformer": weights only on ORT
+
+    def bundle_preprocessing(self, recorded: dict, input_spec: dict) -> dict:
+        """The training data's preprocessing as a bundle's manifest records it."""
+        return dict(recorded)
+
+    def bundle_section(self, root: Path, recorded: dict, onnx_facts: dict, run: dict) -> dict:
+        """Files this modality's bundle carries (written under ``root``) and the manifest
+        section ``run.py`` reads raw input with; {} when it needs none."""
+        return {}
+
+    def feature_sizes(self, teacher, student, opts: dict, x, outputs) -> tuple:
+        """Pre-flight of a feature loss that reads this modality's taps: the models fit it;
+        the loss's sizes (``outputs(model, role, x)`` runs a model as pre-flight does)."""
+        name = opts["feature_loss"]
+        raise KdxError(
+            f"distill.feature_loss '{name}' is not for {self.name} models (it reads what their "
+            "modality does not tap); use hint or attention with student_layer and teacher_layer"
+        )
+
+    def feature_tap(self, model, kind: str, role: str):
+        """A tap on ``model`` for a feature loss that reads ``kind`` (see ``losses``)."""
+        raise KdxError(f"a {self.name} model has no '{kind}' to read; choose another feature_loss")
