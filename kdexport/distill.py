@@ -123,9 +123,10 @@ def train_student(
     shapes = check_models(model, net, splits, opts)
     steps = math.ceil((len(splits.x_train) + len(splits.x_transfer)) / opts["batch_size"])
     pool = student_pool(splits, opts, run.data.get("seed", 0), scratch)
+    augmentation = run.modality.augmentation(opts["augment"], run.data)
     if scratch:
         return net, fit(
-            Job(net, Objective({"ce": 1.0}), pool, steps),
+            Job(net, Objective({"ce": 1.0}), pool, steps, augment=augmentation),
             (splits.x_val, splits.y_val),
             opts,
             session,
@@ -135,7 +136,7 @@ def train_student(
     device = session.cluster.device
     s_tap, t_tap = _taps(net, model, opts, run.modality) if shapes else (None, None)
     try:
-        job = Job(net, objective, pool, steps, model.to(device), t_tap, s_tap)
+        job = Job(net, objective, pool, steps, model.to(device), t_tap, s_tap, augmentation)
         if opts["augment"] == "none" and _cacheable(opts):  # else per batch: see _taps
             _cache_teacher_outputs(job, art, run.folder("cache"), splits, device)
         with fake_quantized(net) if opts["quant_aware"] else contextlib.nullcontext():

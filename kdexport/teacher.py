@@ -164,7 +164,9 @@ def train_teacher(
         history = []
         if epochs:
             pool = Pool(torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train))
-            job = Job(net, Objective({"ce": 1.0}), pool, math.ceil(len(pool.y) / batch_size))
+            steps = math.ceil(len(pool.y) / batch_size)
+            augmentation = run.modality.augmentation(augment, run.data)
+            job = Job(net, Objective({"ce": 1.0}), pool, steps, augment=augmentation)
             session = Session(
                 "teacher",
                 progress if c.main else quiet,

@@ -12,9 +12,10 @@ from kdexport.context import Run
 from kdexport.data import load_splits
 from kdexport.distill import distill, student_pool
 from kdexport.errors import KdxError
+from kdexport.modalities.image.augment import shift
 from kdexport.pipeline import load_recipe
 from kdexport.teacher import load_teacher, train_teacher
-from kdexport.train.loop import AUTO_DEVICE_SHARE, Pool, _lr_factor, predict, shift
+from kdexport.train.loop import AUTO_DEVICE_SHARE, Pool, _lr_factor, predict
 from kdexport.zoo import create_model
 
 TINY = [

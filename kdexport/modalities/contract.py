@@ -80,6 +80,21 @@ class Modality:
         (x,) = sample.values()
         return lambda point: np.ascontiguousarray(x[np.arange(int(point)) % len(x)])
 
+    augmentations: tuple[str, ...] = ()  # the names distill.augment / teacher.augment may give
+
+    def augmentation(self, name: str, options: dict):
+        """The training augmentation ``name`` as ``(batch, generator) -> batch``; None for
+        "none". ``options``: the run's [data] section."""
+        if name == "none":
+            return None
+        if name not in self.augmentations:
+            known = ", ".join(("none", *self.augmentations))
+            raise KdxError(f"augment '{name}' is not for {self.name} runs; give one of: {known}")
+        return self._augmentation(name, options)
+
+    def _augmentation(self, name: str, options: dict):
+        raise NotImplementedError
+
     int8_scheme = "static"  # "static": calibrated QDQ; "transformer": weights only on ORT
 
     def bundle_preprocessing(self, recorded: dict, input_spec: dict) -> dict:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdexport import modalities
 from kdexport.artifact import atomic_file
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy
@@ -37,7 +38,8 @@ from kdexport.train.parallel import DEVICES, PRECISIONS, Cluster, autocast, chec
 from kdexport.zoo import eval_mode
 
 SCHEDULES = ("cosine", "step", "warmup-cosine")
-AUGMENTATIONS = ("none", "shift")
+# "none", and each modality's augmentations (image: shift; speech: its noise, gain and shift)
+AUGMENTATIONS = ("none", *(a for m in modalities.every() for a in m.augmentations))
 PLACEMENTS = ("auto", "device", "host")
 # The option types the two training stages share (their recipe keys' bounds and choices).
 Epochs = Annotated[int, Range(0, 10_000)]
@@ -127,6 +129,7 @@ class Job:
     teacher: nn.Module | None = None
     teacher_tap: LayerTap | None = None
     student_tap: LayerTap | None = None
+    augment: Callable | None = None  # (batch, generator) -> batch: the modality's augmentation
 
 
 @dataclass
@@ -165,19 +168,6 @@ def _epoch_order(n: int, steps: int, batch: int, gen: torch.Generator) -> torch.
     """``steps * batch`` indices: shuffled passes over 0..n-1, one after another."""
     need = steps * batch
     return torch.cat([torch.randperm(n, generator=gen) for _ in range(math.ceil(need / n))])[:need]
-
-
-def shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """The ``shift`` augmentation: each sample moved by up to max(1, min(H, W) // 8) pixels,
-    zero-filled."""
-    n, _, h, w = x.shape
-    m = max(1, min(h, w) // 8)
-    dy, dx = (torch.randint(0, 2 * m + 1, (2, n), generator=gen)).to(x.device)
-    rows = torch.arange(h, device=x.device)[None] + dy[:, None]
-    cols = torch.arange(w, device=x.device)[None] + dx[:, None]
-    i = torch.arange(n, device=x.device)[:, None, None]
-    out = F.pad(x, (m, m, m, m)).permute(0, 2, 3, 1)[i, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2).contiguous()
 
 
 WARMUP = 0.1  # the share of the steps "warmup-cosine" warms up over
@@ -305,8 +295,8 @@ def _train_epoch(net, job: Job, state: _State, epoch: int, opts: dict, session: 
     for step in range(job.steps):
         idx = order[step * batch : (step + 1) * batch][cluster.rank :: cluster.world]
         x, *rest = job.pool.batch(idx, cluster.device)
-        if opts["augment"] == "shift":
-            x = shift(x, augment)
+        if job.augment is not None:  # the teacher then sees the same view (function matching)
+            x = job.augment(x, augment)
         bad, terms = _step(net, job, state, (x, *rest), opts, cluster)
         if bad:
             raise KdxError(

@@ -32,6 +32,12 @@ def image_data(
 class Image(Modality):
     name = "image"
     options = {"data": image_data}
+    augmentations = ("shift",)
+
+    def _augmentation(self, name: str, options: dict):
+        from kdexport.modalities.image.augment import shift
+
+        return shift
 
     def check_options(self, data: dict) -> None:
         if data["image_size"] and len(data["image_size"]) != 2:
