@@ -16,6 +16,7 @@ from kdexport.modalities.contract import Modality
 MODALITIES = {
     "image": "kdexport.modalities.image:IMAGE",
     "text": "kdexport.modalities.text:TEXT",
+    "speech": "kdexport.modalities.speech:SPEECH",
 }
 DEFAULT = "image"
 

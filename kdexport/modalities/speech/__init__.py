@@ -13,3 +13,7 @@
 soundfile comes with the ``speech`` extra (``pip install 'kdexport[speech]'``) and is imported
 inside functions only. See docs/speech.md.
 """
+
+from kdexport.modalities.speech.modality import SPEECH  # noqa: E402 (the docstring first)
+
+__all__ = ["SPEECH"]

@@ -43,7 +43,7 @@ def _soundfile():
     return soundfile
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int]:
+def decode(path: Path) -> tuple[np.ndarray, int]:
     """(frames, channels) float32 and the rate; a file libsndfile cannot read is one line."""
     sf = _soundfile()
     if not path.is_file():
@@ -80,7 +80,7 @@ def load_clip(path: str | Path, sample_rate: int = 16000, samples: int = 16000) 
     holds the word.
     """
     path = Path(path)
-    data, rate = _decode(path)
+    data, rate = decode(path)
     frames, channels = data.shape
     if channels != 1:
         raise KdxError(

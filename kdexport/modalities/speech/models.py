@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdexport.errors import KdxError
 from kdexport.modalities.speech.frontend import LogMel
+from kdexport.zoo import Scheme
 
 
 class FeatureNorm(nn.Module):
@@ -117,3 +119,18 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _built(spec: str, num_classes: int, samples: int) -> nn.Module:
+    """``speech:NAME``: a model of ``MODELS`` whose front end reads windows of ``samples``
+    (the run's clip length; the input's first axis after the batch)."""
+    from kdexport.modalities.speech.frontend import frontend_config
+
+    name = spec.partition(":")[2]
+    if name not in MODELS:
+        raise KdxError(f"unknown speech model '{name}'; known: {', '.join(sorted(MODELS))}")
+    return MODELS[name](num_classes, frontend_config(samples=samples))
+
+
+# The model-spec scheme of speech (kdexport.zoo.Scheme): the keyword-spotting CNNs above.
+SCHEMES = {"speech": Scheme(_built)}

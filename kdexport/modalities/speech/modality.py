@@ -1,0 +1,136 @@
+"""Speech through the modality contract: keyword clips as float32 waveforms (N, samples), one
+ONNX input ``audio`` whose graph holds the log-mel front end, WAV files read on the device by
+``run.py`` exactly as here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+
+from kdexport.errors import KdxError
+from kdexport.modalities.contract import Modality, Source
+from kdexport.options import Range
+
+SAMPLE_RATE = 16000  # the front end's rate (frontend.DEFAULT_CONFIG): clips are resampled to it
+
+
+def speech_data(
+    *,
+    clip_seconds: Annotated[float, Range(0.05, 30.0)] = 1.0,
+    resample: bool = True,
+    noise: str = "",
+) -> None:
+    """The speech keys of [data]: each clip is a window of ``clip_seconds`` at 16 kHz (shorter
+    clips padded with zeros at the end, longer ones refused); a clip at another rate is
+    resampled (counted in the run's record) unless ``resample`` is false, when it is refused;
+    ``noise``: a folder of background-noise WAV clips for ``augment = "noise"`` (default:
+    generated white, pink, brown noise and hum)."""
+
+
+def samples_of(options: dict) -> int:
+    return round(options["clip_seconds"] * SAMPLE_RATE)
+
+
+def _clips(paths: list[Path], options: dict) -> tuple[np.ndarray, dict]:
+    """The clips decoded into one (N, samples) array; how many were resampled, from which rates."""
+    from kdexport.modalities.speech.audio import load_clip
+
+    samples, waves, rates = samples_of(options), [], {}
+    for path in paths:
+        clip = load_clip(path, SAMPLE_RATE, samples)
+        if clip.resampled:
+            if not options["resample"]:
+                raise KdxError(
+                    f"{path}: {clip.source_rate} Hz, and data.resample is false (the clips must "
+                    f"be {SAMPLE_RATE} Hz); convert it (`sox {path.name} -r {SAMPLE_RATE} out.wav`)"
+                    " or set data.resample = true"
+                )
+            rates[clip.source_rate] = rates.get(clip.source_rate, 0) + 1
+        waves.append(clip.wave)
+    said = {"resampled": sum(rates.values()), "from_rates": sorted(rates)} if rates else {}
+    return np.stack(waves).astype(np.float32), said
+
+
+def read_speech(spec: str, options: dict, labeled: bool) -> Source:
+    """A folder of class sub-folders of WAV clips, or a ``path,label`` manifest (labeled); a
+    folder of WAV clips anywhere below it (a transfer set)."""
+    from kdexport.modalities.speech.audio import list_clips
+
+    source = Path(spec)
+    if labeled:
+        paths, labels, classes = list_clips(source)
+        y = np.asarray(labels, np.int64)
+    else:
+        paths = sorted(source.rglob("*.wav")) if source.is_dir() else []
+        if not paths:
+            raise KdxError(
+                f"{source}: no .wav clips in it; point data.transfer at a folder of clips"
+            )
+        y, classes = None, None
+    x, said = _clips(paths, options)
+    pre = {
+        "source": spec,
+        "sample_rate": SAMPLE_RATE,
+        "samples": samples_of(options),
+        "padding": "zeros at the end",
+        **said,
+    }
+    return Source(x, y, classes, pre)
+
+
+def _noise_clips(folder: str):
+    """The background-noise clips of ``folder``, as a (K, samples) tensor of 1 s pieces."""
+    import torch
+
+    from kdexport.modalities.speech.audio import decode, resample
+
+    pieces = []
+    for path in sorted(Path(folder).glob("*.wav")):
+        data, rate = decode(path)
+        wave = resample(data.mean(axis=1), rate, SAMPLE_RATE)
+        pieces += [
+            wave[i : i + SAMPLE_RATE] for i in range(0, len(wave) - SAMPLE_RATE + 1, SAMPLE_RATE)
+        ]
+    if not pieces:
+        raise KdxError(f"data.noise {folder}: no .wav clip of 1 s or more in it; add noise clips")
+    return torch.from_numpy(np.stack(pieces).astype(np.float32))
+
+
+class Speech(Modality):
+    name = "speech"
+    input_name = "audio"
+    options = {"data": speech_data}
+    augmentations = ("noise",)
+
+    @property
+    def schemes(self) -> dict:
+        from kdexport.modalities.speech.models import SCHEMES
+
+        return SCHEMES
+
+    def read(self, spec: str, options: dict, labeled: bool, cache_dir: Path) -> Source:
+        return read_speech(spec, options, labeled)
+
+    def _augmentation(self, name: str, options: dict):
+        """Time shift (up to 100 ms), gain (-6..+6 dB) and, for 80% of the clips, background
+        noise at 0-20 dB SNR (``augment.augment``)."""
+        from kdexport.modalities.speech.augment import augment
+
+        noise = _noise_clips(options["noise"]) if options.get("noise") else None
+        return lambda x, gen: augment(x, gen, noise.to(x.device) if noise is not None else None)
+
+    def bundle_section(self, root: Path, recorded: dict, onnx_facts: dict, run: dict) -> dict:
+        """What run.py needs to read a WAV file as the run did: the rate and the window (the
+        log-mel front end is inside the model's graph)."""
+        return {
+            "sample_rate": recorded["sample_rate"],
+            "samples": recorded["samples"],
+            "padding": recorded["padding"],
+            "input": onnx_facts["inputs"][0]["name"],
+            "frontend": "log-mel inside the model (kdexport.modalities.speech.frontend)",
+        }
+
+
+SPEECH = Speech()
