@@ -25,6 +25,7 @@ from kdexport import modalities
 from kdexport.artifact import Artifact
 from kdexport.backends import backend
 from kdexport.backends.profiles import Target, load_target
+from kdexport.bundle.runner import parse_point
 from kdexport.context import Run
 from kdexport.errors import KdxError
 from kdexport.feeds import Feed, Inputs, for_model, load_sample, resolve
@@ -101,10 +102,10 @@ def time_models(
                 e2e[n].append(rounds)
         for n in loaders:
             stats = pooled(bound[n], noise)
-            batch, _, seq = str(size).partition("x")  # a text shape "BxS": batch x tokens
-            stats["throughput_per_s"] = int(batch) * 1000.0 / stats["p50_ms"]
-            if seq:
-                stats["tokens_per_s"] = int(batch) * int(seq) * 1000.0 / stats["p50_ms"]
+            point = parse_point(size)
+            stats["throughput_per_s"] = point["batch"] * 1000.0 / stats["p50_ms"]
+            if "seq" in point:
+                stats["tokens_per_s"] = point["batch"] * point["seq"] * 1000.0 / stats["p50_ms"]
             stats["end_to_end"] = pooled(e2e[n])
             result[n]["latency"][str(size)] = stats
         if len(loaders) == 2:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdexport.artifact import write_bytes
-from kdexport.bundle.runner import batch_label
+from kdexport.bundle.runner import point_label as batch_label
 
 
 def chart(figs: dict, path: Path) -> None:

@@ -33,7 +33,6 @@ from kdexport.losses import (
     LOSSES,
     UNLABELED,
     WEIGHTINGS,
-    LayerTap,
     Objective,
     term_weights,
 )
@@ -158,15 +157,9 @@ def _cacheable(opts: dict) -> bool:
 
 
 def _taps(net: nn.Module, teacher: nn.Module, opts: dict, modality) -> tuple:
-    """The student's and the teacher's taps for the feature loss: one named layer each (a
-    loss that reads ``"features"``), or what the run's modality taps for the loss."""
-    kind = LOSSES[opts["feature_loss"]].inputs
-    if kind != "features":
-        return modality.feature_tap(net, kind, "student"), modality.feature_tap(
-            teacher, kind, "teacher"
-        )
-    s_tap = LayerTap(net, opts["student_layer"], "student")
-    return s_tap, LayerTap(teacher, opts["teacher_layer"], "teacher")
+    """The student's and the teacher's taps for the feature loss, as the loss builds them:
+    one named layer each, or what the run's modality taps (``losses``)."""
+    return LOSSES[opts["feature_loss"]].taps(net, teacher, opts, modality)
 
 
 def _cache_teacher_outputs(job: Job, art: Artifact, cache_dir, splits: Splits, device):
@@ -187,7 +180,7 @@ def student_params(opts: dict, data: dict, splits: Splits) -> dict:
 def distill(
     run: Run,
     *,
-    student: str = "zoo:digits-cnn-small",
+    student: str = "",
     checkpoint: str = "",
     epochs: Epochs = 40,
     lr: LearningRate = 1e-2,
@@ -211,7 +204,8 @@ def distill(
     quant_aware: bool = False,
     seed: Annotated[int, Range(0)] = 0,
 ) -> Artifact:
-    """Distill the run's teacher into ``student``; writes RUN/student (its weights alone).
+    """Distill the run's teacher into ``student`` (""; the modality's default student);
+    writes RUN/student (its weights alone).
 
     ``checkpoint``: a state_dict to start the student from (default: fresh weights).
     ``weighting="alpha"``: L = (1-w)·CE + w·KD (w = ``kd_weight`` must be <= 1);
@@ -224,6 +218,7 @@ def distill(
     ``quant_aware``: the student trains under simulated INT8 (``kdexport.train.qat``), so that the
     INT8 targets lose less accuracy when they quantize it.
     """
+    student = student or run.modality.default_student
     opts = stage_options(distill, locals())
     check_weighting(weighting, kd_weight)
     splits = run.splits()

@@ -1,12 +1,14 @@
 """Distillation losses, looked up by name in ``LOSSES``, and the objective that weights them.
 
-A loss maps (student, teacher, labels) to a scalar batch mean. Each loss class declares what it
-reads, ``inputs``: the models' outputs (``"logits"``); the outputs of one named intermediate layer
-of each model (``"features"``, read by a ``LayerTap``); or a tap that the run's modality builds
-(``"hidden_states"``, ``"attentions"``: a transformer's tuples of those and the attention mask,
-``kdexport.modalities.text.features``). ``from_taps`` reads a feature loss's arguments from its
-taps' values; ``cache_teacher`` says whether the teacher's outputs it reads can be cached. A label of -1 (``UNLABELED``) marks a transfer sample without a label: only the
-teacher's outputs teach on it.
+A loss maps (student, teacher, labels) to a scalar batch mean. Each loss class says what it
+reads by its base: a ``LogitTerm`` reads the models' outputs; a ``LayerTerm`` the outputs of one
+named intermediate layer of each model (``LayerTap``); a ``ModalityTerm`` what the run's modality
+taps (``inputs``: a transformer's ``"hidden_states"`` or ``"attentions"`` and the attention
+mask, ``kdexport.modalities.text.features``). Each builds itself (``build``), its taps
+(``taps``), checks the models before training (``preflight``) and reads its arguments from the
+taps (``term``); ``cache_teacher`` says whether the teacher's outputs can be cached. A label of
+-1 (``UNLABELED``) marks a transfer sample without a label: only the teacher's outputs teach on
+it.
 """
 
 from __future__ import annotations
@@ -23,13 +25,91 @@ from kdexport.errors import KdxError
 UNLABELED = -1
 
 
-class CELoss(nn.Module):
+class LogitTerm(nn.Module):
+    """A loss on the models' outputs (``inputs = "logits"``)."""
+
+    @classmethod
+    def build(cls, temperature: float, sizes: tuple | None) -> nn.Module:
+        return cls()
+
+    def term(self, student, teacher, labels, student_tap=None, teacher_tap=None) -> torch.Tensor:
+        return self(student, teacher, labels)
+
+
+class LayerTerm(nn.Module):
+    """A loss on one named layer of each model (``inputs = "features"``): ``LayerTap``s on
+    ``distill.student_layer`` and ``teacher_layer``, whose outputs can be cached."""
+
+    inputs = "features"
+    cache_teacher = True
+
+    @classmethod
+    def build(cls, temperature: float, sizes: tuple | None) -> nn.Module:
+        if sizes is None:
+            raise KdxError(
+                f"feature loss '{cls.name}' needs distill.student_layer and teacher_layer"
+            )
+        return cls(*sizes)
+
+    @classmethod
+    def taps(cls, student: nn.Module, teacher: nn.Module, opts: dict, modality) -> tuple:
+        s_tap = LayerTap(student, opts["student_layer"], "student")
+        return s_tap, LayerTap(teacher, opts["teacher_layer"], "teacher")
+
+    @classmethod
+    def preflight(cls, teacher, student, opts: dict, x, outputs, modality) -> tuple:
+        """Both layers exist and their shapes can be adapted; the shapes (without the batch)."""
+        taps = cls.taps(student, teacher, opts, modality)
+        for tap, m, role in zip(taps, (student, teacher), ("student", "teacher"), strict=True):
+            outputs(m, role, x)
+            tap.close()
+        shapes = tuple(tuple(t.value.shape[1:]) for t in taps)
+        if problem := cls.mismatch(*shapes):
+            raise KdxError(f"distill.feature_loss '{cls.name}': {problem}")
+        return shapes
+
+    def term(self, student, teacher, labels, student_tap=None, teacher_tap=None) -> torch.Tensor:
+        return self(student_tap, teacher_tap, labels)
+
+
+class ModalityTerm(nn.Module):
+    """A loss on what the run's modality taps (``inputs`` names it: a transformer's
+    ``"hidden_states"`` or ``"attentions"``): the modality builds the taps and checks that the
+    models fit the loss (``Modality.feature_tap``, ``feature_sizes``). The teacher's outputs are
+    not cached: every layer of every example would take far too much memory and disk."""
+
+    cache_teacher = False
+
+    @classmethod
+    def build(cls, temperature: float, sizes: tuple | None) -> nn.Module:
+        if sizes is None:  # the models' sizes and the attention mask are needed
+            raise KdxError(
+                f"loss '{cls.name}' takes a transformer's {cls.inputs}: build it with the models' "
+                "sizes and call it with kdexport.modalities.text.features (see its docstring)"
+            )
+        return cls(*sizes)
+
+    @classmethod
+    def taps(cls, student: nn.Module, teacher: nn.Module, opts: dict, modality) -> tuple:
+        return (
+            modality.feature_tap(student, cls.inputs, "student"),
+            modality.feature_tap(teacher, cls.inputs, "teacher"),
+        )
+
+    @classmethod
+    def preflight(cls, teacher, student, opts: dict, x, outputs, modality) -> tuple:
+        return modality.feature_sizes(teacher, student, opts, x, outputs)
+
+    def term(self, student, teacher, labels, student_tap=None, teacher_tap=None) -> torch.Tensor:
+        # teacher and student saw the same trimmed batch: one attention mask
+        return self(student_tap.states, teacher_tap.states, labels, student_tap.attention_mask)
+
+
+class CELoss(LogitTerm):
     """Cross-entropy with the labels: CE(y, s) = -mean_{i labeled} log softmax(s_i)[y_i].
 
     Averaged over the labeled samples of the batch only; 0 for a batch without any label.
     """
-
-    inputs = "logits"
 
     def forward(self, student: torch.Tensor, teacher, labels: torch.Tensor) -> torch.Tensor:
         labeled = labels != UNLABELED
@@ -38,7 +118,7 @@ class CELoss(nn.Module):
         return F.cross_entropy(student[labeled].float(), labels[labeled])
 
 
-class KDLoss(nn.Module):
+class KDLoss(LogitTerm):
     """Hinton et al. 2015, "Distilling the Knowledge in a Neural Network" (arXiv:1503.02531).
 
     KD = T^2 * mean_i KL(softmax(t_i / T) || softmax(s_i / T)),
@@ -47,11 +127,13 @@ class KDLoss(nn.Module):
     count). T^2 keeps the gradient scale independent of T, with or without labels.
     """
 
-    inputs = "logits"
-
     def __init__(self, temperature: float = 4.0):
         super().__init__()
         self.temperature = temperature
+
+    @classmethod
+    def build(cls, temperature: float, sizes: tuple | None) -> nn.Module:
+        return cls(temperature)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, labels) -> torch.Tensor:
         t = self.temperature
@@ -60,17 +142,15 @@ class KDLoss(nn.Module):
         return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * t * t
 
 
-class LogitMSELoss(nn.Module):
+class LogitMSELoss(LogitTerm):
     """Mean squared error between logits (Ba & Caruana 2014, "Do Deep Nets Really Need to be
     Deep?", arXiv:1312.6184): MSE = mean_{i,k} (s_ik - t_ik)^2. Temperature does not apply."""
-
-    inputs = "logits"
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, labels) -> torch.Tensor:
         return F.mse_loss(student.float(), teacher.float())
 
 
-class HintLoss(nn.Module):
+class HintLoss(LayerTerm):
     """FitNets hint (Romero et al. 2015, "FitNets: Hints for Thin Deep Nets", arXiv:1412.6550).
 
     HINT = mean_{i,j} (r(u_i)_j - v_i_j)^2, u the student's hint-layer output, v the teacher's
@@ -78,12 +158,6 @@ class HintLoss(nn.Module):
     a linear layer for (C,) vectors. The paper's 1/2 is left to the term's weight. r trains with
     the student but is not part of it: the exported student never holds it.
     """
-
-    inputs = "features"
-    cache_teacher = True
-
-    def from_taps(self, student, teacher, labels) -> torch.Tensor:
-        return self(student, teacher, labels)
 
     def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]):
         super().__init__()
@@ -111,7 +185,7 @@ class HintLoss(nn.Module):
         return F.mse_loss(self.adapter(student.float()), teacher.float())
 
 
-class AttentionLoss(nn.Module):
+class AttentionLoss(LayerTerm):
     """Attention transfer (Zagoruyko & Komodakis 2017, "Paying More Attention to Attention",
     arXiv:1612.03928), activation-based, p = 2:
 
@@ -119,12 +193,6 @@ class AttentionLoss(nn.Module):
     for (C, H, W) maps of the same H, W (C may differ); no parameters. The authors weight this
     form by beta/2 = 500 (their beta = 10^3).
     """
-
-    inputs = "features"
-    cache_teacher = True
-
-    def from_taps(self, student, teacher, labels) -> torch.Tensor:
-        return self(student, teacher, labels)
 
     def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]):
         super().__init__()
@@ -160,7 +228,7 @@ def _token_mask(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> to
     return attention_mask.to(device=hidden.device, dtype=torch.float32)
 
 
-class TinyBERTHiddenLoss(nn.Module):
+class TinyBERTHiddenLoss(ModalityTerm):
     """TinyBERT hidden-state transfer (Jiao et al. 2020, "TinyBERT: Distilling BERT for Natural
     Language Understanding", arXiv:1909.10351, eq. 8 with the uniform layer map of sec. 3.1):
 
@@ -176,10 +244,6 @@ class TinyBERTHiddenLoss(nn.Module):
     """
 
     inputs = "hidden_states"
-    cache_teacher = False  # every layer of every example: far too large to cache
-
-    def from_taps(self, student, teacher, labels) -> torch.Tensor:
-        return self(student.states, teacher.states, labels, student.attention_mask)
 
     def __init__(
         self, student_hidden: int, teacher_hidden: int, student_layers: int, teacher_layers: int
@@ -230,7 +294,7 @@ class TinyBERTHiddenLoss(nn.Module):
         return total
 
 
-class MiniLMAttentionLoss(nn.Module):
+class MiniLMAttentionLoss(ModalityTerm):
     """MiniLM self-attention distribution transfer of the last layer (Wang et al. 2020, "MiniLM:
     Deep Self-Attention Distillation for Task-Agnostic Compression of Pre-Trained
     Transformers", arXiv:2002.10957, eq. 6):
@@ -248,10 +312,6 @@ class MiniLMAttentionLoss(nn.Module):
     """
 
     inputs = "attentions"
-    cache_teacher = False  # every layer of every example: far too large to cache
-
-    def from_taps(self, student, teacher, labels) -> torch.Tensor:
-        return self(student.states, teacher.states, labels, student.attention_mask)
 
     def __init__(self, student_heads: int, teacher_heads: int):
         super().__init__()
@@ -293,17 +353,27 @@ class MiniLMAttentionLoss(nn.Module):
         return per_sample.mean()
 
 
-LOSSES: dict[str, type[nn.Module]] = {
-    "ce": CELoss,
-    "kd": KDLoss,
-    "logit_mse": LogitMSELoss,
-    "hint": HintLoss,
-    "attention": AttentionLoss,
-    "tinybert_hidden": TinyBERTHiddenLoss,
-    "minilm_attention": MiniLMAttentionLoss,
-}
-LOGIT_LOSSES = ("kd", "logit_mse")
-FEATURE_LOSSES = ("none", "hint", "attention", "tinybert_hidden", "minilm_attention")
+def _named(table: dict[str, type[nn.Module]]) -> dict[str, type[nn.Module]]:
+    """The table, each loss told its recipe name (it names itself in its errors)."""
+    for name, loss in table.items():
+        loss.name = name
+    return table
+
+
+LOSSES = _named(
+    {
+        "ce": CELoss,
+        "kd": KDLoss,
+        "logit_mse": LogitMSELoss,
+        "hint": HintLoss,
+        "attention": AttentionLoss,
+        "tinybert_hidden": TinyBERTHiddenLoss,
+        "minilm_attention": MiniLMAttentionLoss,
+    }
+)
+# The choices of distill.kd_loss and distill.feature_loss, from what each loss reads.
+LOGIT_LOSSES = tuple(n for n, c in LOSSES.items() if issubclass(c, LogitTerm) and n != "ce")
+FEATURE_LOSSES = ("none", *(n for n, c in LOSSES.items() if not issubclass(c, LogitTerm)))
 WEIGHTINGS = ("alpha", "lambda")
 
 
@@ -323,23 +393,8 @@ def term_weights(
 
 def make_loss(name: str, temperature: float, feature_shapes: tuple | None) -> nn.Module:
     """Loss ``name``; ``feature_shapes`` is what pre-flight found for a feature loss: the two
-    layers' shapes (image losses) or the loss's sizes from the models' configs (text losses,
-    ``cls.sizes``)."""
-    cls = LOSSES[name]
-    if cls is KDLoss:
-        return cls(temperature)
-    if cls.inputs == "features":
-        if feature_shapes is None:
-            raise KdxError(f"feature loss '{name}' needs distill.student_layer and teacher_layer")
-        return cls(*feature_shapes)
-    if cls.inputs != "logits":
-        if feature_shapes is None:  # the models' sizes and the attention mask are needed
-            raise KdxError(
-                f"loss '{name}' takes a transformer's {cls.inputs}: build it with the models' "
-                "sizes and call it with kdexport.modalities.text.features (see its docstring)"
-            )
-        return cls(*feature_shapes)
-    return cls()
+    layers' shapes (a ``LayerTerm``) or the loss's sizes from the models (a ``ModalityTerm``)."""
+    return LOSSES[name].build(temperature, feature_shapes)
 
 
 class Objective(nn.Module):
@@ -369,10 +424,7 @@ class Objective(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         values = {}
         for k, f in self.terms.items():
-            if f.inputs == "logits":
-                values[k] = f(student, teacher, labels)
-            else:
-                values[k] = f.from_taps(student_feature, teacher_feature, labels)
+            values[k] = f.term(student, teacher, labels, student_feature, teacher_feature)
         total = sum(self.weights[k] * v for k, v in values.items())
         return total, {k: float(v.detach()) for k, v in values.items()}
 

@@ -40,10 +40,10 @@ from kdexport.artifact import (
 from kdexport.backends import backend, import_onnxruntime
 from kdexport.bundle import runner as bundle_runner
 from kdexport.bundle.archive import verify_folder, write_archive
+from kdexport.bundle.placement import bundle_plan
 from kdexport.errors import KdxError
 from kdexport.feeds import BATCH, for_model, load_sample, parse_shapes, resolve
 from kdexport.onnxfile import check_onnx_file, external_data_files, reference_outputs
-from kdexport.plan import bundle_plan
 from kdexport.rundir import student_bundle
 
 BUNDLE_FORMAT = bundle_runner.BUNDLE_FORMAT

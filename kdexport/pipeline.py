@@ -59,7 +59,9 @@ def load_recipe(recipe: str | Path | None = None, overrides=()) -> dict:
     complete: every section of ``SECTIONS`` with every key."""
     resolved = recipes.load(SECTIONS, recipe, overrides)
     _refuse_other_modalities(resolved)
-    modalities.get(resolved["data"]["modality"]).complete_recipe(resolved)
+    modality = modalities.get(resolved["data"]["modality"])
+    resolved["distill"]["student"] = resolved["distill"]["student"] or modality.default_student
+    modality.complete_recipe(resolved)
     return resolved
 
 

@@ -14,20 +14,19 @@ that would measure it.
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 
-from kdexport.artifact import sha256, write_json, write_text
+from kdexport.artifact import write_json, write_text
 from kdexport.bundle import fleet
 from kdexport.bundle import runner as bundle_runner
+from kdexport.bundle.placement import PLAN_FORMAT, PLAN_KIND, PORTABLE
 from kdexport.errors import KdxError
-from kdexport.report import headline, markdown_table, shape_order
+from kdexport.markdown import markdown_table
+from kdexport.report import headline, shape_order
 from kdexport.rundir import MODELS, open_stage, student_bundle
 
 LOCAL = "local"
-PORTABLE = "portable"
-PLAN_FORMAT = 1
 HEADER = ["device", "choice", "precision", "runtime", "accuracy", "p50 ms", "p90 ms", "budget ms"]
 HEADER += ["margin ms", "peak MB", "note"]
 # A variant counts as faster than a simpler, equally accurate one only when its p90 is lower by
@@ -35,7 +34,8 @@ HEADER += ["margin ms", "peak MB", "note"]
 # the spread beyond which a measurement is flagged unstable.
 NOISE = bundle_runner.SPREAD_BOUND
 device_key = bundle_runner.device_key
-batch_label = bundle_runner.batch_label
+batch_label = bundle_runner.point_label
+parse_point = bundle_runner.parse_point
 
 
 def simplicity(variant: dict) -> int:
@@ -95,7 +95,7 @@ def plan_batch(bench: dict, batch: str | int | None) -> int | str:
         for m in MODELS
         for k in e.get(m, {}).get("latency", {})
     }
-    shapes = sorted((k for k in measured if "x" in k), key=shape_order)
+    shapes = sorted((k for k in measured if len(parse_point(k)) > 1), key=shape_order)
     given = None if batch is None else str(batch).strip()
     if shapes:
         if given is None:
@@ -251,7 +251,7 @@ def _variants(facts: dict) -> list[tuple[str, str]]:
 
 
 def _fill_command(run_dir: Path, device: str, kind: str, model: str, target: str, batch):
-    if kind == "benchmark" and isinstance(batch, str):  # a text shape "BxS"
+    if kind == "benchmark" and len(parse_point(batch)) > 1:  # a point of several axes: "BxS"
         return f"kdexport benchmark {run_dir} --set \"benchmark.text_shapes=['{batch}']\""
     if kind == "benchmark":
         return f"kdexport benchmark {run_dir} --batch-sizes {batch}"
@@ -408,7 +408,7 @@ def plan(
         _positive(limits.get("max_mb"), f"max_mb of '{name}'")
         planned[name] = plan_device(name, dev, facts, limits, ctx)
     result = {
-        "kind": "kdx-plan",
+        "kind": PLAN_KIND,
         "format_version": PLAN_FORMAT,
         "run": str(run_dir),
         "student": facts["student"],
@@ -424,57 +424,6 @@ def plan(
 
         plan_chart(result, out.with_suffix(".png"))
     return result
-
-
-def read_plan(path: Path) -> dict:
-    """A ``plan.json`` written by ``kdexport plan``, checked for its kind and format."""
-    try:
-        result = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KdxError(f"{path}: no such plan; write one with kdexport plan RUN ...") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise KdxError(
-            f"{path}: unreadable plan ({e}); write it again with kdexport plan"
-        ) from None
-    if not isinstance(result, dict) or result.get("kind") != "kdx-plan":
-        raise KdxError(f"{path}: not a plan of `kdexport plan` (give its plan.json)")
-    if result.get("format_version") != PLAN_FORMAT:
-        raise KdxError(
-            f"{path}: plan format {result.get('format_version')}, this kdexport reads format "
-            f"{PLAN_FORMAT}; plan again with this version"
-        )
-    return result
-
-
-def bundle_plan(path: Path, student: str) -> dict:
-    """What a bundle carries of the plan at ``path``: per device its fingerprint, the chosen
-    variant (or None and the closest), the budget, the planned p90 and the settings it was
-    measured with; and which compiled targets and models the bundle needs for the choices."""
-    result = read_plan(path)
-    if result["student"] != student:
-        raise KdxError(
-            f"{path}: a plan for {result['student']}, not this run's {student}; plan this run"
-        )
-    devices, targets, teacher = {}, [], False
-    for name, d in result["devices"].items():
-        c = d["choice"]
-        entry = {"fingerprint": d["fingerprint"], "budget_ms": d["budget_ms"], "variant": None}
-        if c is None:
-            closest = d.get("closest")
-            entry["closest"] = closest and f"closest {closest['variant']}: {closest['reason']}"
-        else:
-            entry.update(variant=c["variant"], p90_ms=c["p90_ms"], settings=c.get("settings"))
-            teacher |= c["model"] == "teacher"
-            if c["target"] != PORTABLE and c["target"] not in targets:
-                targets.append(c["target"])
-        devices[name] = entry
-    return {
-        "batch": result["batch"],
-        "plan_sha256": sha256(Path(path)),
-        "devices": devices,
-        "targets": targets,
-        "teacher": teacher,
-    }
 
 
 def plan_cells(result: dict) -> list[list[str]]:

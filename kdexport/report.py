@@ -9,18 +9,16 @@ from pathlib import Path
 
 from kdexport import __version__
 from kdexport.artifact import FORMAT_VERSION, MANIFEST, Artifact, file_table, write_json, write_text
+from kdexport.bundle.runner import parse_point
+from kdexport.bundle.runner import point_order as shape_order
 from kdexport.chart import chart
 from kdexport.context import Run
 from kdexport.errors import KdxError
+from kdexport.markdown import markdown_table
 from kdexport.options import read_toml
 from kdexport.rundir import MODELS, STAGES, open_stage, student_bundle
 
 _FLAGS = ("reason", "accuracy_drop_points", "latency_ratio", "fp32_accuracy", "cpu_fallback_nodes")
-
-
-def shape_order(size: str) -> tuple[int, ...]:
-    """A latency key's order: a batch size "64", or a text shape "8x128" (batch, tokens)."""
-    return tuple(int(p) for p in size.split("x"))
 
 
 def headline(latency: dict) -> str:
@@ -210,18 +208,11 @@ def shown(figs: dict) -> str:
 def header(figs: dict) -> list[str]:
     """The report table's columns; the latency ones name the batch or text shape they show."""
     key = shown(figs)
-    at = key if "x" in key else f"b={key}"
+    at = key if len(parse_point(key)) > 1 else f"b={key}"
     return [
         *("target", "model", "accuracy", "max abs diff", "top-1 agree", "params", "FLOPs"),
         *("size", f"p50 ms ({at})", f"p90 ms ({at})", "samples/s (largest batch)"),
         "speed-up (IQR)",
-    ]
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """The lines of a Markdown table."""
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(r) + " |" for r in rows
     ]
 
 
@@ -234,7 +225,7 @@ def markdown(figs: dict) -> str:
         "",
         *markdown_table(header(figs), rows(figs)),
     ]
-    if "x" in (at := shown(figs)):
+    if len(parse_point(at := shown(figs))) > 1:
         lines += [
             "",
             f"A text model: latency columns at shape {at} (batch x tokens; the smallest batch "

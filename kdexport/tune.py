@@ -17,7 +17,7 @@ from kdexport.artifact import Artifact, write_text
 from kdexport.context import Run
 from kdexport.distill import study
 from kdexport.errors import KdxError
-from kdexport.pipeline import load_recipe
+from kdexport.options import read_toml
 from kdexport.train.preflight import check_weighting
 
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
@@ -43,11 +43,9 @@ def _record(run_dir: Path, best: dict) -> None:
     """Write the winner into the run's recipe.toml (when the run has one)."""
     path = run_dir / "recipe.toml"
     if path.is_file():
-        sets = [
-            f"distill.temperature={best['temperature']}",
-            f"distill.kd_weight={best['kd_weight']}",
-        ]
-        write_text(path, recipes.dumps(load_recipe(path, sets)))
+        recipe = read_toml(path)  # complete and checked when the run recorded it
+        recipe["distill"].update(temperature=best["temperature"], kd_weight=best["kd_weight"])
+        write_text(path, recipes.dumps(recipe))
 
 
 def tune(

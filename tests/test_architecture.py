@@ -12,8 +12,8 @@ import pytest
 
 # Today's figures. The modalities refactor lowers them, to 0 in the end: set each to what
 # `python tools/check_architecture.py --static` prints once a change removes some, never higher.
-MAX_LAYER_BREAKS = 3
-MAX_MODALITY_BRANCHES = 16
+MAX_LAYER_BREAKS = 0
+MAX_MODALITY_BRANCHES = 0
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(

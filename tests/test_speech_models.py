@@ -48,7 +48,7 @@ def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:
     """BatchNorm statistics that are not the identity, so the parity check means something."""
     generator = torch.Generator().manual_seed(0)
     for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
             m.running_mean.normal_(0, 0.5, generator=generator)
             m.running_var.uniform_(0.5, 2.0, generator=generator)
     return model.eval()

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPENDENCIES = {
     *("onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "torch", "numpy"),
     *("transformers", "tokenizers", "huggingface_hub"),  # kdexport.modalities.text
+    "soundfile",  # kdexport.modalities.speech
 }
 
 
@@ -83,7 +84,7 @@ def test_the_lowest_versions_tested_are_the_lower_bounds():
     pyproject.toml exactly, so that the bounds stated are the versions the tests passed with."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     extras = project["optional-dependencies"]
-    requirements = project["dependencies"] + extras["cpu"] + extras["text"]
+    requirements = project["dependencies"] + extras["cpu"] + extras["text"] + extras["speech"]
     bounds = {
         m["name"]: Version(m["low"])
         for r in requirements

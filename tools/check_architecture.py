@@ -21,8 +21,9 @@ Modality branches (``modality_branches_outside_modalities``; the places in
 "modalities" layer of tools/layers.toml: kdexport/modalities/**, and kdexport/text/** until it
 moves there) that ask "is this text / image / speech?" by sniffing a value, instead of asking
 the run's recorded modality through the registry (``MODALITIES[run.modality]``,
-``modality_of(run).export(...)``). bundle/runner.py counts too: it is core code that will read
-a modality's bundle assets. A place is one source line, counted once whatever rules match on it.
+``modality_of(run).export(...)``). bundle/runner.py counts too, except its modality table (the
+lines between ``# --- inputs:`` and ``# --- end inputs``: one input reader per modality, keyed
+by the bundle's recorded modality), which is the modalities' own code. A place is one source line, counted once whatever rules match on it.
 The rules, on the AST:
 
   call      a call of a sniffing predicate in SNIFF_CALLS (``is_packed(x)``, ``q.for_tokens(c)``)
@@ -454,8 +455,22 @@ def registry_keys(path: Path = PACKAGE / "modalities" / "__init__.py") -> list[s
     return []
 
 
+# run.py's modality table: the lines between these markers hold one input reader per modality
+# (``INPUTS``); a modality's own code there is inside its modality, as in its package.
+TABLE_START, TABLE_END = "# --- inputs:", "# --- end inputs"
+
+
+def modality_table(source: str) -> range:
+    """The lines (1-based) of run.py's modality table; empty when it has none."""
+    lines = source.splitlines()
+    starts = [i for i, line in enumerate(lines, 1) if line.startswith(TABLE_START)]
+    ends = [i for i, line in enumerate(lines, 1) if line.startswith(TABLE_END)]
+    return range(starts[0], ends[0] + 1) if starts and ends else range(0)
+
+
 def modality_branches(known: dict[str, Path], layers: dict, root: Path = ROOT) -> list[str]:
-    """ "file:line: what" for each modality branch outside the modalities layer."""
+    """ "file:line: what" for each modality branch outside the modalities layer (and outside
+    run.py's modality table)."""
     where, _ = assign_layers(known, layers, root)
     registry = registry_keys(root / "kdexport" / "modalities" / "__init__.py")
     names = tuple(dict.fromkeys([*MODALITY_NAMES, *registry]))
@@ -464,8 +479,10 @@ def modality_branches(known: dict[str, Path], layers: dict, root: Path = ROOT) -
         if where.get(mod, ("",))[0] == "modalities":
             continue
         source = path.read_text(encoding="utf-8")
+        table = modality_table(source) if where.get(mod, ("",))[0] == "runner" else range(0)
         for line, what in branches_in(source, mod, path.name == "__init__.py", names):
-            out.append(f"{_rel(path, root)}:{line}: {what}")
+            if line not in table:
+                out.append(f"{_rel(path, root)}:{line}: {what}")
     return out
 
 

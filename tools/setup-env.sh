@@ -44,6 +44,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # Both builds own the same files: remove both, so that the one wanted is installed whole.
     "$venv/bin/python" -m pip uninstall -y -q onnxruntime onnxruntime-gpu
   fi
-  "${pip[@]}" -e "$root[$ort,test,text]"  # text: transformers + tokenizers, for tests/test_text_*
+  # text: transformers + tokenizers (tests/test_text_*); speech: soundfile (tests/test_speech_*)
+  "${pip[@]}" -e "$root[$ort,test,text,speech]"
   echo "$want" > "$stamp"
 fi

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from kdexport.artifact import write_text
 from kdexport.bundle import runner as bundle_runner
+from kdexport.bundle.runner import parse_point
+from kdexport.bundle.runner import point_order as shape_order
 from kdexport.errors import KdxError
-from kdexport.report import markdown_table, shape_order
+from kdexport.markdown import markdown_table
 
 FLEET_HEADER = [
     "device",
@@ -68,7 +70,8 @@ def _rows(result: dict) -> list[dict]:
                 "runtime": f"onnxruntime {env.get('versions', {}).get('onnxruntime', '?')} {provider}",
                 "bundle": result["bundle"]["name"],
                 "model": result["options"].get("target") or "portable",
-                "batch": size if "x" in size else int(size),  # a text bundle's "BxS"
+                # a batch size, or a point of several axes as it is ("1x128")
+                "batch": size if len(parse_point(size)) > 1 else int(size),
                 "student_p50_ms": s["p50_ms"],
                 "student_p90_ms": s["p90_ms"],
                 "teacher_p50_ms": teacher.get("p50_ms"),

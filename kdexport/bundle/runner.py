@@ -8,9 +8,15 @@ onnxruntime, and nothing else (Pillow only to read images, tokenizers only to re
     python run.py predict input.npy|.npz|image [--json] top classes (or outputs) of each sample
     python run.py predict texts.txt|.jsonl|.csv         a text model's bundle: one text per line,
     python run.py predict --text "..." [--text ...]     or a "text" column; or literal texts
+    python run.py predict clip.wav|folder/              a speech model's bundle: WAV clips
     python run.py bench [--json] [--device NAME]        latency, written to a result file
 
-A text model's bundle (manifest "text") ships its tokenizer.json: ``predict`` tokenises texts
+The sections below: verify, inputs (one reader per modality, ``INPUTS``, keyed by the bundle's
+recorded modality), predict, measure, points, bench, plan (variants), the command line.
+
+A speech model's bundle (manifest "speech": the rate and the window) reads WAV files with the
+standard library's ``wave`` module (soundfile, where installed, for float WAV); its log-mel
+front end is inside the model. A text model's bundle (manifest "text") ships its tokenizer.json: ``predict`` tokenises texts
 with the ``tokenizers`` package as the run did (truncated to max_length, padded per batch);
 ``verify`` and ``bench`` run on the stored token arrays and need no tokenizers; ``bench`` times
 it per shape "BATCHxTOKENS" (``--batch-sizes 1x128,8x128``; default the run's text shapes).
@@ -219,6 +225,13 @@ class Bundle:
         self.manifest = read_manifest(self.root)
 
     @property
+    def modality(self) -> str:
+        """The kind of input the bundle's model takes, as packaged ("modality"; a format-2
+        bundle recorded it as its preprocessing's "kind"); "" for a bundle of any ONNX file."""
+        recorded = self.manifest.get("preprocessing") or {}
+        return self.manifest.get("modality") or recorded.get("kind", "")
+
+    @property
     def id(self) -> str:
         """The sha256 of the manifest, which pins every file by its own sha256."""
         return sha256(self.root / MANIFEST)
@@ -341,6 +354,9 @@ def golden_line(name: str, g: dict) -> str:
     )
 
 
+# --- verify: checksums, then the golden outputs ----------------------------------------------
+
+
 def verify(root: Path) -> dict:
     """Checksums of every file, then each model's golden output; raise BundleError on failure."""
     bundle = Bundle(root)
@@ -369,6 +385,12 @@ def verify(root: Path) -> dict:
                     raise
                 report["skipped"][f"{target}/{role}"] = f"checksums only ({e})"
     return report
+
+
+# --- inputs: what a bundle's model takes, read by the reader of its modality ----------------
+# One reader per modality in ``INPUTS``, keyed by the bundle's recorded modality: how predict
+# reads raw input, the measuring points bench takes, and the inputs it times at each point.
+# kdexport's architecture check counts a modality's own code here as inside its modality.
 
 
 def _read_image(path: Path, pre: dict, shape: list) -> np.ndarray:
@@ -467,6 +489,48 @@ def _describe(outputs: dict, first: int = 5) -> list:
     return rows
 
 
+class ArrayInputs:
+    """Arrays (a ``.npy`` for a one-input model, a ``.npz`` named as the inputs) and, for a
+    one-input image model, image files: image bundles and bundles of any ONNX file. Measuring
+    points are batch sizes."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self.model = bundle.manifest["models"]["student"]
+        self.section = bundle.manifest.get(bundle.modality) or {}
+
+    def read(self, input_path, texts: list) -> tuple:
+        """(batches of named inputs, what the prediction adds to its result)."""
+        if texts:
+            raise BundleError("--text: this bundle's model does not take text; give an input file")
+        if input_path is None:
+            raise BundleError("give an input file")
+        pre = self.bundle.manifest.get("preprocessing", {})
+        return [load_inputs(Path(input_path), self.model["inputs"], pre)], {}
+
+    def points(self, given) -> list:
+        """``--batch-sizes`` (default 1,64), or the golden batch of a model whose batch is fixed."""
+        shaped = [p for p in given or [] if set(parse_point(p)) != {"batch"}]
+        if shaped:
+            raise BundleError(
+                f"--batch-sizes {shaped[0]}: BATCHxTOKENS is for a text model's bundle; give "
+                "batch sizes such as 1,64"
+            )
+        fixed = self.bundle.manifest["golden"].get("batch")
+        if _batch_axes(self.bundle) or fixed is None:
+            return given or [1, 64]
+        if given and set(given) != {fixed}:
+            raise BundleError(
+                f"this model's batch is fixed at {fixed} (or it has none); drop --batch-sizes "
+                f"or give --batch-sizes {fixed}"
+            )
+        return [fixed]
+
+    def at(self, feed: dict, axes: dict, point) -> dict:
+        """The golden inputs at ``point``: samples repeated along each input's batch axes."""
+        return batch_feed(feed, axes, parse_point(point)["batch"])
+
+
 def read_texts(path: Path) -> list:
     """The texts of a .txt file (one per non-empty line), or of the ``text`` column of a
     .jsonl/.csv/.tsv file; each a text or a (text, text_pair) pair where a ``text_pair``
@@ -528,7 +592,7 @@ def tokenize(bundle: Bundle, texts: list) -> tuple:
         from tokenizers import Tokenizer
     except ImportError:
         raise BundleError(NEEDS_TOKENIZERS) from None
-    text = bundle.manifest["text"]
+    text = inputs_of(bundle).section
     path = inside(bundle.root, text["tokenizer"])
     try:
         tok = Tokenizer.from_file(str(path))
@@ -557,42 +621,176 @@ def tokenize(bundle: Bundle, texts: list) -> tuple:
     return batches, cut
 
 
-def _text_feeds(bundle: Bundle, input_path, texts: list) -> tuple:
-    """(batches of named inputs, the texts, what they were given as, texts cut) of a text
-    model's predict: from ``texts`` (--text) or a text file."""
-    if input_path is not None and texts:
-        raise BundleError("give a text file or --text, not both")
-    if input_path is not None:
-        texts = read_texts(Path(input_path))
-    batches, cut = tokenize(bundle, list(texts))
-    return batches, texts, str(input_path) if input_path is not None else "--text", cut
+# kdexport benchmark's default benchmark.text_shapes (kdexport reads it here).
+TEXT_SHAPES = ("1x16", "1x128", "8x128")
+
+
+def text_shapes(shapes, max_length: int) -> list:
+    """The text shapes "BxS" of ``shapes`` (default ``TEXT_SHAPES``) of at most ``max_length``
+    tokens, else one example of ``max_length`` tokens: what bench times a text bundle at."""
+    fit = [s for s in shapes or TEXT_SHAPES if parse_point(s).get("seq", 0) <= max_length]
+    return fit or [format_point({"batch": 1, "seq": max_length})]
+
+
+def text_feed(feed: dict, shape) -> dict:
+    """Named token inputs of B examples of exactly S tokens (``shape`` "BxS"), for timing: the
+    first golden example's tokens (where its attention_mask is 1) repeated to S tokens with a
+    full mask, tiled to B rows. The rule of kdexport.modalities.text.tokens.at_shape, on named
+    arrays: run.py keeps its own copy because it runs without kdexport."""
+    point = parse_point(shape)
+    batch, seq = point["batch"], point.get("seq", 16)
+    mask = feed.get("attention_mask")
+    tokens = max(int(mask[0].sum()), 1) if mask is not None else next(iter(feed.values())).shape[1]
+    out = {}
+    for name, x in feed.items():
+        row = np.ones(seq, x.dtype) if name == "attention_mask" else np.resize(x[0, :tokens], seq)
+        out[name] = np.ascontiguousarray(np.tile(row, (batch, 1)))
+    return out
+
+
+class TextInputs(ArrayInputs):
+    """A text model's bundle (its manifest's "text" section ships the tokenizer): predict reads
+    a text file or ``--text`` (or a .npz of token arrays); bench times shapes "BxS"."""
+
+    def read(self, input_path, texts: list) -> tuple:
+        suffix = "" if input_path is None else Path(input_path).suffix.lower()
+        if not texts and suffix not in TEXT_SUFFIXES:
+            if input_path is None:
+                raise BundleError("give an input file or --text TEXT")
+            return super().read(input_path, texts)
+        if input_path is not None and texts:
+            raise BundleError("give a text file or --text, not both")
+        if input_path is not None:
+            texts = read_texts(Path(input_path))
+        batches, cut = tokenize(self.bundle, list(texts))
+        given = str(input_path) if input_path is not None else "--text"
+        shape = [len(texts), max(f["input_ids"].shape[1] for f in batches)]
+        return batches, {"input": given, "texts": texts, "truncated": cut, "shape": shape}
+
+    def points(self, given) -> list:
+        """``--batch-sizes`` as shapes "BxS" of at most max_length tokens; default the run's
+        text shapes recorded in the manifest."""
+        max_length = int(self.section["max_length"])
+        for size in given or []:
+            point = parse_point(size)
+            if "seq" not in point:
+                raise BundleError(
+                    f"--batch-sizes {size}: this bundle's model takes text, timed per batch and "
+                    f"sequence length; give BATCHxTOKENS, e.g. 1x{min(128, max_length)}"
+                )
+            if point["seq"] > max_length:
+                raise BundleError(
+                    f"--batch-sizes {size}: {point['seq']} tokens is over this model's "
+                    f"max_length {max_length}; give at most {point['batch']}x{max_length}"
+                )
+        return given or self.section.get("shapes") or text_shapes(None, max_length)
+
+    def at(self, feed: dict, axes: dict, point) -> dict:
+        return text_feed(feed, point)
+
+
+# Speech: WAV files read as the run read them (kdexport.modalities.speech.audio): PCM by the
+# standard library's wave module (soundfile, where installed, for float WAV), float32 in [-1, 1]
+# as soundfile gives it, padded with zeros at the end to the window; the front end is inside the
+# model's graph, so nothing else is computed here.
+PCM_SCALE = {1: 128.0, 2: 32768.0, 3: 8388608.0, 4: 2147483648.0}  # bytes per sample -> full scale
+
+
+def _pcm(path: Path) -> tuple:
+    """(samples, channels) float32 and the rate of a PCM WAV file, by the wave module."""
+    import wave
+
+    with wave.open(str(path), "rb") as w:
+        width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
+        raw = w.readframes(w.getnframes())
+    if width == 1:  # 8-bit WAV is unsigned
+        x = np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0
+    elif width == 3:  # 24-bit little-endian: widen each sample to 32 bits
+        b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+        x = ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float32)
+    else:
+        x = np.frombuffer(raw, {2: "<i2", 4: "<i4"}[width]).astype(np.float32)
+    return (x / PCM_SCALE[width]).reshape(-1, channels), rate
+
+
+def read_wav(path: Path, rate: int, samples: int) -> np.ndarray:
+    """One clip as ``samples`` float32 values at ``rate`` Hz, mono; other files are one line."""
+    try:
+        data, got = _pcm(path)
+    except Exception as pcm_error:  # the wave module reads PCM only; soundfile reads the rest
+        try:
+            import soundfile
+
+            data, got = soundfile.read(str(path), dtype="float32", always_2d=True)
+        except ImportError:
+            raise BundleError(
+                f"{path.name}: not a PCM WAV file ({pcm_error}); convert it to 16-bit PCM "
+                f"(sox {path.name} -b 16 out.wav) or install soundfile to read it"
+            ) from None
+        except Exception as e:  # libsndfile's own errors: the file is not audio
+            raise BundleError(f"{path.name}: not a readable WAV file ({e})") from None
+    if data.shape[1] != 1:
+        raise BundleError(
+            f"{path.name}: {data.shape[1]} channels where mono is expected; convert it "
+            f"(sox {path.name} -c 1 mono.wav)"
+        )
+    if got != rate:
+        raise BundleError(
+            f"{path.name}: {got} Hz, the model takes {rate} Hz; resample it "
+            f"(sox {path.name} -r {rate} out.wav)"
+        )
+    if not len(data) or len(data) > samples:
+        raise BundleError(
+            f"{path.name}: {len(data)} samples; the model takes clips of 1 to {samples} "
+            f"({samples / rate:g} s); trim it (sox {path.name} out.wav trim 0 {samples / rate:g})"
+        )
+    return np.concatenate([data[:, 0], np.zeros(samples - len(data), np.float32)])
+
+
+class SpeechInputs(ArrayInputs):
+    """A speech model's bundle (manifest "speech": the rate and the window): predict reads a
+    .wav file or a folder of them (or a .npy of waveforms), one prediction per clip."""
+
+    def read(self, input_path, texts: list) -> tuple:
+        path = None if input_path is None else Path(input_path)
+        if texts or path is None or not (path.is_dir() or path.suffix.lower() == ".wav"):
+            return super().read(input_path, texts)
+        files = (
+            sorted(p for p in path.iterdir() if p.suffix.lower() == ".wav")
+            if path.is_dir()
+            else [path]
+        )
+        if not files:
+            raise BundleError(f"{path}: no .wav files in it")
+        rate, samples = int(self.section["sample_rate"]), int(self.section["samples"])
+        waves = np.stack([read_wav(f, rate, samples) for f in files])
+        return [{self.section["input"]: waves}], {"files": [f.name for f in files]}
+
+
+INPUTS = {"image": ArrayInputs, "text": TextInputs, "speech": SpeechInputs}  # modality -> reader
+
+
+def inputs_of(bundle: Bundle) -> ArrayInputs:
+    """The reader of the bundle's modality (arrays for a bundle of any ONNX file)."""
+    return INPUTS.get(bundle.modality, ArrayInputs)(bundle)
+
+
+# --- end inputs ---------------------------------------------------------------------------
+
+
+# --- predict: top classes of what the reader read --------------------------------------------
 
 
 def predict(
     root: Path, input_path, top: int = 3, pick: dict | None = None, texts: list | None = None
 ) -> dict:
     """Top classes of every sample in ``input_path`` from the variant ``pick`` (role, target,
-    threads; default the portable student); for a foreign ONNX file, its outputs. A text
-    model's bundle also takes a text file, or ``texts``."""
+    threads; default the portable student); for a foreign ONNX file, its outputs. The bundle's
+    modality reads the input (``INPUTS``): a text model's also takes a text file, or ``texts``."""
     bundle = Bundle(root)
     pick = pick or {"role": "student", "target": None}
     model = bundle.manifest["models"]["student"]
-    pre = bundle.manifest.get("preprocessing", {})
-    is_text = isinstance(bundle.manifest.get("text"), dict)
-    if texts and not is_text:
-        raise BundleError("--text: this bundle's model does not take text; give an input file")
-    if input_path is None and not texts:
-        raise BundleError("give an input file" + (" or --text TEXT" if is_text else ""))
-    suffix = "" if input_path is None else Path(input_path).suffix.lower()
-    if is_text and (texts or suffix in TEXT_SUFFIXES):
-        feeds, texts, given, cut = _text_feeds(bundle, input_path, texts)
-    else:
-        feeds, texts, given, cut = (
-            [load_inputs(Path(input_path), model["inputs"], pre)],
-            None,
-            None,
-            0,
-        )
+    feeds, extra = inputs_of(bundle).read(input_path, texts or [])
     path = bundle.model_path(pick["role"], pick["target"])
     sess, _ = session(path, threads=pick.get("threads", 0))
     outs = [run_model(sess, feed, path.name) for feed in feeds]
@@ -614,10 +812,10 @@ def predict(
         "shape": shapes[model["inputs"][0]["name"]],
         "predictions": samples,
     }
-    if texts is not None:
-        result.update(input=given, texts=texts, truncated=cut)
-        result["shape"] = [len(texts), max(f["input_ids"].shape[1] for f in feeds)]
-    return result
+    return {**result, **extra}
+
+
+# --- measure: the timing loop, noise, CPUs, this device --------------------------------------
 
 
 def timed(call, iters: int, seconds: float) -> list:
@@ -919,6 +1117,45 @@ def _end_to_end(sess, feed: dict):
     return lambda: sess.run(None, feed)
 
 
+# --- measuring points: the one parser and formatter (kdexport imports them from here) ------
+# A point names the size of each axis a latency is measured at: "batch=8", or for a text model
+# "batch=1,seq=128" (one sequence of 128 tokens). Results key them in short form: "8", "1x128".
+POINT_AXES = ("batch", "seq")
+
+
+def parse_point(text) -> dict:
+    """``"8"``, ``"batch=8"``, ``"1x128"`` or ``"batch=1,seq=128"`` -> {"batch": 1, "seq": 128}."""
+    given = str(text).strip()
+    if "=" in given:
+        pairs = [part.partition("=") for part in given.split(",")]
+        point = {k.strip(): v.strip() for k, _, v in pairs}
+    else:
+        parts = given.split("x")  # no zip(strict=): run.py is Python 3.9+
+        fits = len(parts) <= len(POINT_AXES)
+        point = {POINT_AXES[i]: v for i, v in enumerate(parts)} if fits else {"": given}
+    if "batch" not in point or set(point) - set(POINT_AXES):
+        raise ValueError(f"'{text}' is not a measuring point: give 8, 1x128 or batch=1,seq=128")
+    if not all(v.isdigit() and int(v) > 0 for v in point.values()):
+        raise ValueError(f"'{text}': each size must be a whole number of 1 or more")
+    return {a: int(point[a]) for a in POINT_AXES if a in point}
+
+
+def format_point(point: dict) -> str:
+    """The short form results key a point by: "8", "1x128"."""
+    return "x".join(str(point[a]) for a in POINT_AXES if a in point)
+
+
+def point_order(point) -> tuple:
+    """A measuring point's place in order: by batch, then tokens ("64" after "8", "8x128")."""
+    return tuple(parse_point(point).values())
+
+
+def point_label(point) -> str:
+    """What a latency is measured at: "batch 8", or a text shape "shape 1x128"."""
+    dims = parse_point(point)
+    return f"shape {format_point(dims)}" if len(dims) > 1 else f"batch {dims['batch']}"
+
+
 def batch_feed(feed: dict, axes: dict, size: int) -> dict:
     """The golden inputs at batch ``size``: samples repeated along each input's batch axes."""
     out = {}
@@ -927,83 +1164,6 @@ def batch_feed(feed: dict, axes: dict, size: int) -> dict:
             x = np.take(x, np.arange(size) % x.shape[axis], axis=axis)
         out[name] = np.ascontiguousarray(x)
     return out
-
-
-# kdexport benchmark's default benchmark.text_shapes (run.py cannot import kdexport).
-TEXT_SHAPES = ("1x16", "1x128", "8x128")
-
-
-def text_shapes(shapes, max_length: int) -> list:
-    """The text shapes "BxS" of ``shapes`` (default ``TEXT_SHAPES``) of at most ``max_length``
-    tokens, else one example of ``max_length`` tokens: what bench times a text bundle at."""
-    fit = [s for s in shapes or TEXT_SHAPES if int(s.partition("x")[2]) <= max_length]
-    return fit or [f"1x{max_length}"]
-
-
-def batch_label(size) -> str:
-    """What a latency is measured at: "batch 8", or a text shape "shape 1x128"."""
-    return f"shape {size}" if "x" in str(size) else f"batch {size}"
-
-
-def text_feed(feed: dict, shape: str) -> dict:
-    """Named token inputs of B examples of exactly S tokens (``shape`` "BxS"), for timing: the
-    first golden example's tokens (where its attention_mask is 1) repeated to S tokens with a
-    full mask, tiled to B rows. The rule of kdexport.modalities.text.tokens.at_shape, on named arrays:
-    run.py keeps its own copy because it runs without kdexport."""
-    batch, _, seq = shape.partition("x")
-    mask = feed.get("attention_mask")
-    tokens = max(int(mask[0].sum()), 1) if mask is not None else next(iter(feed.values())).shape[1]
-    out = {}
-    for name, x in feed.items():
-        row = (
-            np.ones(int(seq), x.dtype)
-            if name == "attention_mask"
-            else np.resize(x[0, :tokens], int(seq))
-        )
-        out[name] = np.ascontiguousarray(np.tile(row, (int(batch), 1)))
-    return out
-
-
-def _text_sizes(bundle: Bundle, sizes) -> list:
-    """A text bundle's ``--batch-sizes``: shapes "BxS" of at most max_length tokens; default
-    the run's text shapes recorded in the manifest."""
-    text = bundle.manifest["text"]
-    max_length = int(text["max_length"])
-    for size in sizes or []:
-        batch, _, seq = str(size).partition("x")
-        if not seq:
-            raise BundleError(
-                f"--batch-sizes {size}: this bundle's model takes text, timed per batch and "
-                f"sequence length; give BATCHxTOKENS, e.g. 1x{min(128, max_length)}"
-            )
-        if int(seq) > max_length:
-            raise BundleError(
-                f"--batch-sizes {size}: {seq} tokens is over this model's max_length "
-                f"{max_length}; give at most {batch}x{max_length}"
-            )
-    return sizes or text.get("shapes") or text_shapes(None, max_length)
-
-
-def _batch_sizes(bundle: Bundle, sizes) -> list:
-    """``--batch-sizes`` (default 1,64; a text bundle's ``_text_sizes``), or the golden batch of
-    a model whose batch is fixed."""
-    if isinstance(bundle.manifest.get("text"), dict):
-        return _text_sizes(bundle, sizes)
-    shaped = [s for s in sizes or [] if "x" in str(s)]
-    if shaped:
-        raise BundleError(
-            f"--batch-sizes {shaped[0]}: BATCHxTOKENS is for a text model's bundle; give batch "
-            "sizes such as 1,64"
-        )
-    fixed = bundle.manifest["golden"].get("batch")
-    if _batch_axes(bundle) or fixed is None:
-        return sizes or [1, 64]
-    if sizes and set(sizes) != {fixed}:
-        raise BundleError(
-            f"this model's batch is fixed at {fixed} (or it has none); drop --batch-sizes "
-            f"or give --batch-sizes {fixed}"
-        )
-    return [fixed]
 
 
 def _load(bundle: Bundle, roles: list, opts: dict, first: dict) -> tuple:
@@ -1030,12 +1190,15 @@ def _load(bundle: Bundle, roles: list, opts: dict, first: dict) -> tuple:
     return sessions, result
 
 
+# --- bench: latency on this device -----------------------------------------------------------
+
+
 def bench(root: Path, opts: dict) -> dict:
     """Latency of the student (and the teacher, when shipped) on this device, on the portable
     models or on ``opts["target"]``'s compiled forms."""
     bundle = Bundle(root)
-    feed, axes = golden_feed(bundle), _batch_axes(bundle)
-    sizes = _batch_sizes(bundle, opts.get("batch_sizes"))
+    feed, axes, reader = golden_feed(bundle), _batch_axes(bundle), inputs_of(bundle)
+    sizes = reader.points(opts.get("batch_sizes"))
     roles = [r for r in ("teacher", "student") if r in bundle.manifest["models"]]
     if opts["target"]:
         # A compiled model is compared only with the other compiled for the same target; a
@@ -1046,13 +1209,12 @@ def bench(root: Path, opts: dict) -> dict:
             if r in bundle.manifest.get("compiled", {}).get(opts["target"], {}).get("models", {})
         ]
         bundle.model_path(roles[0] if roles else "student", opts["target"])  # unknown, non-ORT
-    text = isinstance(bundle.manifest.get("text"), dict)
     first = batch_feed(feed, axes, 1) if axes else feed
     baseline = rss_mb()[0]  # python, numpy and onnxruntime, before any model
     sessions, result = _load(bundle, roles, opts, first)
     speedup, speedup_iqr, noise = {}, {}, []
     for size in sizes:
-        xb = text_feed(feed, size) if text else batch_feed(feed, axes, size)
+        xb = reader.at(feed, axes, size)
         bound = measure_rounds({r: _bound(s, xb) for r, s in sessions.items()}, opts)
         e2e = measure({r: _end_to_end(s, xb) for r, s in sessions.items()}, opts)
         noise += bound["noise"]
@@ -1060,10 +1222,10 @@ def bench(root: Path, opts: dict) -> dict:
             rounds = bound["samples"][role]
             stats = summarize([v for r in rounds for v in r])
             stats["round_spread"] = round_spread(rounds)
-            batch, _, seq = str(size).partition("x")  # a text shape "BxS": batch x tokens
-            stats["throughput_per_s"] = int(batch) * 1000.0 / stats["p50_ms"]
-            if seq:
-                stats["tokens_per_s"] = int(batch) * int(seq) * 1000.0 / stats["p50_ms"]
+            point = parse_point(size)
+            stats["throughput_per_s"] = point["batch"] * 1000.0 / stats["p50_ms"]
+            if "seq" in point:
+                stats["tokens_per_s"] = point["batch"] * point["seq"] * 1000.0 / stats["p50_ms"]
             stats["end_to_end"] = summarize(e2e[role])
             result[role]["latency"][str(size)] = stats
         if len(roles) == 2:
@@ -1090,6 +1252,9 @@ def bench(root: Path, opts: dict) -> dict:
         "options": {k: v for k, v in {**opts, "batch_sizes": sizes}.items() if k != "device"},
         "results": result,
     }
+
+
+# --- plan: which variant this device runs ----------------------------------------------------
 
 
 def parse_variant(text: str) -> tuple:
@@ -1164,7 +1329,7 @@ def choose(bundle: Bundle, variant, target, device) -> dict:
     role, target = parse_variant(entry["variant"])
     said = (
         f"plan: device {name} runs {entry['variant']} (budget {entry['budget_ms']:g} ms, "
-        f"planned p90 {entry['p90_ms']:.3f} ms at {batch_label(bundle.manifest['plan']['batch'])})"
+        f"planned p90 {entry['p90_ms']:.3f} ms at {point_label(bundle.manifest['plan']['batch'])})"
     )
     return {"role": role, "target": target, "said": said, "device": name, "entry": entry}
 
@@ -1185,12 +1350,18 @@ def write_json(path: Path, obj) -> None:
 
 def _sizes(text: str) -> list:
     """Batch sizes (ints), or a text model's shapes "BxS" (strings): "1,64", "1x128,8x128"."""
-    sizes = [s.strip() for s in text.split(",") if s.strip()]
-    if not sizes or not all(re.fullmatch(r"[1-9]\d*(x[1-9]\d*)?", s) for s in sizes):
+    try:
+        points = [parse_point(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        points = []
+    if not points:
         raise argparse.ArgumentTypeError(
             f"'{text}': give batch sizes such as 1,64 (a text model's: 1x128,8x128)"
         )
-    return [s if "x" in s else int(s) for s in sizes]
+    return [p["batch"] if len(p) == 1 else format_point(p) for p in points]
+
+
+# --- the command line ------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -1267,12 +1438,12 @@ def _print_predictions(result: dict) -> None:
         top = o.get("top_class")
         shown = f"; top class index per sample: {', '.join(map(str, top[:16]))}" if top else ""
         print(f"{o['name']}: {o['dtype']} {tuple(o['shape'])}{shown}; first values {o['first']}")
-    texts = result.get("texts") or []
+    given = result.get("texts") or result.get("files") or []  # what each prediction is of
     for i, top in enumerate(result.get("predictions", [])):
         shown = ", ".join(f"{t['label']} ({t['p']:.1%})" for t in top)
-        if i < len(texts):  # a text model: the text after its classes
-            text = texts[i] if isinstance(texts[i], str) else " | ".join(texts[i])
-            shown += f"  <- {text[:60]}{'...' if len(text) > 60 else ''}"
+        if i < len(given):  # the text or the file after its classes
+            item = given[i] if isinstance(given[i], str) else " | ".join(given[i])
+            shown += f"  <- {item[:60]}{'...' if len(item) > 60 else ''}"
         print(f"{i}: {shown}")
     if result.get("truncated"):
         print(f"note: {result['truncated']} texts were cut to the model's max_length tokens")
@@ -1334,13 +1505,13 @@ def _print_bench(result: dict, out: Path, role: str) -> None:
             t = result["results"]["teacher"]["latency"][size]["p50_ms"]
             extra = f", teacher p50 {t:.3f} ms, speed-up {result['results']['speedup'][size]:.1f}x"
         print(
-            f"{where}, {batch_label(size)}: {role} p50 {s['p50_ms']:.3f} ms, p90 {s['p90_ms']:.3f} ms{extra}"
+            f"{where}, {point_label(size)}: {role} p50 {s['p50_ms']:.3f} ms, p90 {s['p90_ms']:.3f} ms{extra}"
         )
     check = result.get("plan")
     if check:
         verdict = "within" if check["within_budget"] else "OVER"
         print(
-            f"planned {check['variant']}: p90 {check['p90_ms']:.3f} ms at {batch_label(check['batch'])}, "
+            f"planned {check['variant']}: p90 {check['p90_ms']:.3f} ms at {point_label(check['batch'])}, "
             f"{verdict} the budget of {check['budget_ms']:g} ms (planned p90 {check['planned_p90_ms']:.3f} ms)"
         )
     print(f"result: {out}")

@@ -37,6 +37,7 @@ class Modality:
     parameters are this modality's keys in that section (read as the stages' are)."""
 
     name = ""
+    default_student = ""  # the model spec distill.student = "" stands for
     input_name = "input"  # the ONNX input of a one-input model
     options: dict[str, Callable] = {}
     schemes: dict[str, Any] = {}  # model-spec scheme -> kdexport.zoo.Scheme

@@ -10,7 +10,7 @@ from torch import nn
 from kdexport import modalities
 from kdexport.data import Splits
 from kdexport.errors import KdxError
-from kdexport.losses import LOSSES, LayerTap
+from kdexport.losses import LOSSES
 from kdexport.onnx_teacher import OnnxModel
 from kdexport.zoo import eval_mode
 
@@ -41,22 +41,12 @@ def _check_teacher_is_evaluating(teacher: nn.Module, x: torch.Tensor) -> None:
 
 
 def _feature_shapes(teacher, student, opts: dict, x: torch.Tensor, modality: str):
-    """Pre-flight for a feature loss: both layers exist and their shapes can be adapted (image
-    losses), or the models' sizes fit (text losses: the sizes are returned)."""
+    """Pre-flight for a feature loss, as the loss does it (``losses``): both layers exist and
+    their shapes can be adapted, or the models fit what the modality taps (the loss's sizes)."""
     if opts["feature_loss"] == "none":
         return None
-    kind = LOSSES[opts["feature_loss"]].inputs
-    if kind != "features":  # a tap of the modality's: it checks the models and sizes the loss
-        return modalities.get(modality).feature_sizes(teacher, student, opts, x, outputs)
-    taps = [LayerTap(student, opts["student_layer"], "student")]
-    taps.append(LayerTap(teacher, opts["teacher_layer"], "teacher"))
-    for tap, m, name in zip(taps, (student, teacher), ("student", "teacher"), strict=True):
-        outputs(m, name, x)
-        tap.close()
-    shapes = tuple(tuple(t.value.shape[1:]) for t in taps)
-    if problem := LOSSES[opts["feature_loss"]].mismatch(*shapes):
-        raise KdxError(f"distill.feature_loss '{opts['feature_loss']}': {problem}")
-    return shapes
+    loss = LOSSES[opts["feature_loss"]]
+    return loss.preflight(teacher, student, opts, x, outputs, modalities.get(modality))
 
 
 def check_models(teacher: nn.Module, student: nn.Module, splits: Splits, opts: dict):

@@ -31,6 +31,7 @@ def image_data(
 
 class Image(Modality):
     name = "image"
+    default_student = "zoo:digits-cnn-small"
     options = {"data": image_data}
     augmentations = ("shift",)
 

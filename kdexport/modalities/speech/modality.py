@@ -100,6 +100,7 @@ def _noise_clips(folder: str):
 
 class Speech(Modality):
     name = "speech"
+    default_student = "speech:ds-cnn-small"
     input_name = "audio"
     options = {"data": speech_data}
     augmentations = ("noise",)

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import numpy as np
 
+from kdexport.bundle.runner import TEXT_SHAPES, format_point, parse_point, text_shapes
 from kdexport.errors import KdxError
 from kdexport.modalities.contract import Modality, Source
 from kdexport.modalities.text.tokens import PACKED, at_shape, pack, unpack
@@ -32,7 +33,7 @@ def text_data(
 
 def text_benchmark(
     *,
-    text_shapes: list[str] = ["1x16", "1x128", "8x128"],  # noqa: B006 (read-only)
+    text_shapes: list[str] = list(TEXT_SHAPES),  # noqa: B006 (read-only; run.py's default)
 ) -> None:
     """The text key of [benchmark]: the shapes "BATCHxTOKENS" a text model is timed at."""
 
@@ -79,14 +80,19 @@ def _read_text(spec: str, opts: dict, labeled: bool, cache_dir: Path) -> Source:
 
 
 def _shape(point: str) -> tuple[int, int]:
-    batch, _, seq = point.partition("x")
-    if not (batch.isdigit() and seq.isdigit() and int(batch) > 0 and int(seq) > 0):
+    """(batch, tokens) of a text measuring point, by run.py's parser ("1x128", "batch=1,seq=128")."""
+    try:
+        dims = parse_point(point)
+    except ValueError:
+        dims = {}
+    if set(dims) != {"batch", "seq"}:
         raise KdxError(f"benchmark.text_shapes: '{point}' is not BATCHxSEQUENCE, e.g. \"1x128\"")
-    return int(batch), int(seq)
+    return dims["batch"], dims["seq"]
 
 
 class Text(Modality):
     name = "text"
+    default_student = "hf-student:num_hidden_layers=1"  # the teacher's config, one layer
     options = {"data": text_data, "benchmark": text_benchmark}
     int8_scheme = "transformer"
 
@@ -120,9 +126,7 @@ class Text(Modality):
         return export_run_model(model, path, x, opts, meta)
 
     def points(self, options: dict) -> list[str]:
-        for point in options["text_shapes"]:
-            _shape(point)
-        return list(options["text_shapes"])
+        return [format_point(parse_point(p)) for p in options["text_shapes"] if _shape(p)]
 
     def check_points(self, points: list[str], recorded: dict) -> None:
         longest = recorded["max_length"]  # the texts were cut there
@@ -168,8 +172,6 @@ class Text(Modality):
             )
         shutil.copyfile(source, root / TOKENIZER_FILE)
         names = [i["name"] for i in onnx_facts["inputs"]]
-        from kdexport.bundle.runner import text_shapes
-
         run_shapes = ((run.get("recipe") or {}).get("benchmark") or {}).get("text_shapes")
         return {
             "tokenizer": TOKENIZER_FILE,
