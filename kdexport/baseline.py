@@ -9,14 +9,38 @@ report beside the teacher, and say plainly when KD did not beat the baseline.
 from __future__ import annotations
 
 import statistics
+from typing import TypedDict
 
 from kdexport.artifact import Artifact
 from kdexport.context import Run
 from kdexport.distill import study
 from kdexport.evaluate import accuracy
+from kdexport.teacher import TeacherChecks
 from kdexport.train.loop import predict
 
 MODES = ("kd", "scratch")
+
+
+# What RUN/baseline's manifest records in its checks (JSON on disk, so TypedDicts: they describe
+# it exactly at no run-time cost); the report reads them.
+class Spread(TypedDict):
+    """One mode's test accuracy over the seeds, and its validation accuracy per seed."""
+
+    values: list[float]
+    mean: float
+    std: float
+    val_accuracy: list[float]
+
+
+class BaselineChecks(TypedDict):
+    seeds: list[int]
+    kd: Spread
+    scratch: Spread
+    teacher: float  # the teacher's test accuracy
+    kd_minus_scratch: float
+    helped: bool
+    epoch_train_s: dict[str, float]  # mode -> median seconds per epoch
+    cache_epoch_ratio: float
 
 
 def _spread(values: list[float]) -> dict:
@@ -27,10 +51,10 @@ def _spread(values: list[float]) -> dict:
     }
 
 
-def _figures(runs: dict, teacher_accuracy: float, seeds: list[int]) -> dict:
+def _figures(runs: dict, teacher_accuracy: float, seeds: list[int]) -> BaselineChecks:
     kd, scratch = (_spread(runs[m]["test_accuracy"]) for m in MODES)
     epoch_s = {m: statistics.median(runs[m]["train_s"]) for m in MODES}
-    return {
+    figures: BaselineChecks = {
         "seeds": seeds,
         "kd": {**kd, "val_accuracy": runs["kd"]["val_accuracy"]},
         "scratch": {**scratch, "val_accuracy": runs["scratch"]["val_accuracy"]},
@@ -40,6 +64,7 @@ def _figures(runs: dict, teacher_accuracy: float, seeds: list[int]) -> dict:
         "epoch_train_s": epoch_s,
         "cache_epoch_ratio": epoch_s["kd"] / epoch_s["scratch"],
     }
+    return figures
 
 
 def kd_vs_scratch(run: Run, distill_options: dict, seeds: int = 3) -> Artifact:
@@ -60,5 +85,6 @@ def kd_vs_scratch(run: Run, distill_options: dict, seeds: int = 3) -> Artifact:
                     accuracy(predict(net, splits.x_val), splits.y_val)
                 )
                 runs[mode]["train_s"] += [h["train_s"] for h in history]
-        teacher_accuracy = s.teacher.artifact.checks["test_accuracy"]
+        teacher: TeacherChecks = s.teacher.artifact.checks
+        teacher_accuracy = teacher["test_accuracy"]
         return s.publish(_figures(runs, teacher_accuracy, seed_list))

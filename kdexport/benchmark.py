@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from kdexport.options import Range, stage_options
 from kdexport.rundir import MODELS
 from kdexport.timing import (
     METHOD,
+    Pooled,
     available_cpus,
     fingerprint,
     measure_rounds,
@@ -44,6 +45,77 @@ from kdexport.timing import (
     rss_mb,
     unstable_reasons,
 )
+
+if TYPE_CHECKING:  # the stages before: only their manifests are read (export.py loads torch)
+    from kdexport.compile import CompileChecks
+    from kdexport.export import ExportChecks
+
+
+# What this stage records in RUN/benchmark/manifest.json's checks: JSON on disk, so TypedDicts,
+# which describe it exactly at no run-time cost; report and plan read them.
+class Latency(Pooled):
+    """One model at one measuring point ("8", or a text shape "1x128"): compute only (inputs
+    bound), with end-to-end (numpy in and out) beside it."""
+
+    throughput_per_s: float
+    tokens_per_s: NotRequired[float]  # a text shape "BxS"
+    end_to_end: Pooled
+
+
+class ColdStart(TypedDict):
+    load_s: float
+    first_inference_s: float
+
+
+class Memory(TypedDict):
+    """``peak_memory``: a fresh process's resident memory (None where /proc is not there)."""
+
+    peak_rss_mb: float | None
+    runtime_baseline_mb: NotRequired[float]
+    model_mb: NotRequired[float]
+    note: NotRequired[str]
+
+
+class ModelTimings(TypedDict):
+    latency: dict[str, Latency]  # measuring point -> figures
+    cold_start: ColdStart
+    runtime: dict[str, Any]  # the runner's ``info``
+    memory: NotRequired[Memory]  # benchmark.memory
+
+
+class SpeedupDetail(TypedDict):
+    ratio: float
+    iqr: list[float]
+    rounds: int
+    unstable: bool
+    unstable_reasons: list[str]
+
+
+class TargetTimings(TypedDict):
+    """One target: each shipped model (an INT8 one that failed its gate is not timed) and,
+    when both are, teacher / student per measuring point."""
+
+    teacher: NotRequired[ModelTimings]
+    student: NotRequired[ModelTimings]
+    speedup: NotRequired[dict[str, float]]
+    speedup_detail: NotRequired[dict[str, SpeedupDetail]]
+
+
+class Settings(TypedDict):
+    """What both sides of every comparison ran with (``settings``)."""
+
+    cpus: list[int] | None
+    pinned: bool
+    threads: int
+    until_stable_s: float
+
+
+class BenchmarkChecks(TypedDict):
+    method: str
+    environment: dict[str, Any]  # ``timing.fingerprint``: CPU, cores, OS, versions, GPUs
+    settings: Settings
+    targets: dict[str, TargetTimings]
+
 
 QUICK = {
     "warmup_iters": 2,
@@ -116,23 +188,23 @@ def time_models(
     return result
 
 
-def speedup(result: dict) -> dict:
+def speedup(result: dict) -> dict[str, SpeedupDetail]:
     """Teacher / student per batch size: the median of per-round ratios, its IQR, and why it
     is unstable (others' CPU share, or the ratios spread wider than ``SPREAD_BOUND``)."""
     out = {}
     for size, r in result["ratios"].items():
         reasons = unstable_reasons(r["noise"], r["rel_iqr"])
-        out[size] = {
-            "ratio": r["ratio"],
-            "iqr": r["iqr"],
-            "rounds": r["rounds"],
-            "unstable": bool(reasons),
-            "unstable_reasons": reasons,
-        }
+        out[size] = SpeedupDetail(
+            ratio=r["ratio"],
+            iqr=r["iqr"],
+            rounds=r["rounds"],
+            unstable=bool(reasons),
+            unstable_reasons=reasons,
+        )
     return out
 
 
-def peak_memory(path: Path, target: Target, batch: np.ndarray | Feed) -> dict:
+def peak_memory(path: Path, target: Target, batch: np.ndarray | Feed) -> Memory:
     """Peak resident memory of a fresh process that loads ``path`` and runs it 50 times."""
     with tempfile.TemporaryDirectory() as tmp:
         # Positional arrays and their names apart: input names may hold '/' (gpu_0/data_0).
@@ -196,7 +268,7 @@ def with_threads(target: Target, threads: int) -> Target:
     return replace(target, options={**target.options, key: count})
 
 
-def settings(opts: dict) -> dict:
+def settings(opts: dict) -> Settings:
     """Pin to ``opts["cpus"]`` (if given) and say what both sides of every comparison run
     with: the CPUs, the thread count (resolved) and whether rounds go on until stable."""
     cpus = opts.get("cpus") or ""
@@ -213,11 +285,12 @@ def settings(opts: dict) -> dict:
     }
 
 
-def _bench_target(compiled: Artifact, target: Target, x, opts: dict) -> dict:
+def _bench_target(compiled: Artifact, target: Target, x, opts: dict) -> TargetTimings:
     """Time the target's shipped models (an INT8 model that failed its gate is not there);
     ``x``: the held-out sample, or for a text model the inputs of a shape (``text_inputs``)."""
     module = backend(target.backend, target.name)
-    entries = compiled.checks["targets"][target.name]
+    checks: CompileChecks = compiled.checks
+    entries = checks["targets"][target.name]
     paths = {
         m: compiled.path / target.name / entries[m]["file"] for m in MODELS if entries[m]["shipped"]
     }
@@ -276,21 +349,27 @@ def benchmark(
 def _benchmark(run: Run, opts: dict) -> Artifact:
     fixed = settings(opts)
     compiled, exported = run.open("compile"), run.open("export")
-    modality = modalities.get(exported.checks.get("modality", modalities.DEFAULT))
+    comp: CompileChecks = compiled.checks
+    exp: ExportChecks = exported.checks
+    modality = modalities.get(exp.get("modality", modalities.DEFAULT))
     inputs, _ = load_sample(exported.file("io_sample.npz"))
-    sample = for_model(inputs, [i["name"] for i in exported.checks["student"]["inputs"]])
+    sample = for_model(inputs, [i["name"] for i in exp["student"]["inputs"]])
     points = modality.points(opts)
-    modality.check_points(points, exported.checks.get("preprocessing", {}))
+    modality.check_points(points, exp.get("preprocessing", {}))
     x = modality.timing_inputs(sample)
     opts = {**opts, "batch_sizes": points}
-    names = [
-        n for n, t in compiled.checks["targets"].items() if any(t[m]["shipped"] for m in MODELS)
-    ]
+    names = [n for n, t in comp["targets"].items() if any(t[m]["shipped"] for m in MODELS)]
     with Artifact.create(run.folder("benchmark"), "benchmark", opts, [compiled]) as w:
-        w.checks.update(method=METHOD, environment=fingerprint(), settings=fixed, targets={})
+        checks: BenchmarkChecks = {
+            "method": METHOD,
+            "environment": fingerprint(),
+            "settings": fixed,
+            "targets": {},
+        }
+        w.checks.update(checks)
         for i, name in enumerate(names):
-            target = Target.from_dict(compiled.checks["targets"][name]["profile"])
-            w.checks["targets"][name] = _bench_target(compiled, target, x, opts)
+            target = Target.from_dict(comp["targets"][name]["profile"])
+            checks["targets"][name] = _bench_target(compiled, target, x, opts)
             run.progress("benchmark", i + 1, len(names), name)
     return w.artifact
 

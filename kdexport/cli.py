@@ -7,10 +7,19 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import click
 
 from kdexport.errors import KdxError
+
+if TYPE_CHECKING:  # what each stage's checks hold; the stages are imported inside the commands
+    from kdexport.baseline import BaselineChecks
+    from kdexport.compile import CompileChecks
+    from kdexport.distill import StudentChecks
+    from kdexport.export import ExportChecks
+    from kdexport.teacher import TeacherChecks
+    from kdexport.tune import TuneChecks
 
 DEFAULT_RUN = "runs/digits"
 
@@ -188,8 +197,9 @@ def train_teacher_cmd(run_dir, recipe, overrides, retrain, resume):
     with _progress() as progress:
         run = Run(run_dir, r["data"], progress, resume=resume, retrain=retrain)
         art = train_teacher(run, **r["teacher"])
-    click.echo(f"teacher: {art.path}  test accuracy {art.checks['test_accuracy']:.2%}")
-    if view := art.checks.get("onnx_teacher"):
+    teacher: TeacherChecks = art.checks
+    click.echo(f"teacher: {art.path}  test accuracy {teacher['test_accuracy']:.2%}")
+    if view := teacher.get("onnx_teacher"):
         from kdexport.onnx_teacher import summary
 
         click.echo(f"teacher: {summary(view)}")
@@ -220,9 +230,11 @@ def distill_cmd(run_dir, recipe, overrides, resume, baseline, seeds):
         run = Run(run_dir, r["data"], progress, resume=resume)
         art = distill(run, **r["distill"])
         b = kd_vs_scratch(run, r["distill"], seeds) if baseline else None
-    click.echo(f"student: {art.path}  test accuracy {art.checks['test_accuracy']:.2%}")
+    student: StudentChecks = art.checks
+    click.echo(f"student: {art.path}  test accuracy {student['test_accuracy']:.2%}")
     if b:
-        click.echo(verdict(b.checks))
+        figures: BaselineChecks = b.checks
+        click.echo(verdict(figures))
 
 
 @cli.command("tune")
@@ -259,11 +271,12 @@ def tune_cmd(run_dir, recipe, overrides, temperatures, kd_weights, seeds):
     grid = (temperatures or TEMPERATURES, kd_weights or KD_WEIGHTS)
     with _progress() as progress:
         art = tune(Run(run_dir, r["data"], progress), r["distill"], *grid, seeds)
-    for t in art.checks["trials"]:
+    checks: TuneChecks = art.checks
+    for t in checks["trials"]:
         click.echo(
             f"T={t['temperature']:g} w={t['kd_weight']:g}  val accuracy {t['val_accuracy']:.2%}  val NLL {t['val_nll']:.4f}"
         )
-    best = art.checks["best"]
+    best = checks["best"]
     click.echo(
         f"best: T={best['temperature']:g} w={best['kd_weight']:g}, written to {run_dir}/recipe.toml"
     )
@@ -286,8 +299,9 @@ def export_cmd(run_dir, recipe, overrides, opset, static, checkpoint):
     r = prepare_run(run_dir, recipe, (*overrides, *extra))
     with _progress() as progress:
         art = export(Run(run_dir, r["data"], progress), **r["export"])
+    checks: ExportChecks = art.checks
     for m in ("teacher", "student"):
-        c = art.checks[m]
+        c = checks[m]
         click.echo(
             f"{art.path}/{m}.onnx  {c['exporter']} opset {c['opset']}  {c['parity']['summary']}"
         )
@@ -317,13 +331,14 @@ def compile_cmd(run_dir, recipe, overrides, targets):
     }
     with _progress() as progress:
         art = compile_targets(Run(run_dir, r["data"], progress), **opts)
-    for name, result in art.checks["targets"].items():
+    checks: CompileChecks = art.checks
+    for name, result in checks["targets"].items():
         for m in ("teacher", "student"):
             click.echo(
                 f"{name}/{result[m]['file']}  accuracy {result[m]['accuracy']:.2%}  "
                 f"{result[m]['parity']['summary']}"
             )
-    for name, reason in art.checks["skipped"].items():
+    for name, reason in checks["skipped"].items():
         click.echo(f"skipped {name}: {reason}")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from kdexport import modalities
 from kdexport.artifact import Artifact
@@ -19,9 +20,45 @@ from kdexport.backends import backend
 from kdexport.backends.profiles import Target, load_target
 from kdexport.context import Run
 from kdexport.errors import KdxError
-from kdexport.evaluate import accuracy, parity
+from kdexport.evaluate import Parity, accuracy, parity
 from kdexport.feeds import for_model, load_sample
 from kdexport.rundir import MODELS
+
+if TYPE_CHECKING:  # export.py imports torch; this stage reads only its manifest
+    from kdexport.export import ExportChecks
+
+
+# What this stage records in RUN/compile/manifest.json's checks: JSON on disk, so TypedDicts,
+# which describe it exactly at no run-time cost; benchmark, report, plan and package read them.
+class CompiledModel(TypedDict):
+    """One model compiled for one target, checked on the held-out sample."""
+
+    file: str
+    accuracy: float
+    parity: Parity
+    size_bytes: int
+    runtime: dict[str, Any]  # the runner's ``info``: providers or devices, nodes by provider
+    shipped: bool
+    cpu_fallback_nodes: NotRequired[int]  # nodes a GPU provider left on the CPU
+    # An INT8 form: the quantization gate's decision (``backends.quantize.gate``)
+    reason: NotRequired[str]
+    accuracy_drop_points: NotRequired[float]
+    latency_ratio: NotRequired[float]
+    latency_ratio_iqr: NotRequired[list[float]]
+    fp32_accuracy: NotRequired[float]
+    int8_p50_ms: NotRequired[float]
+    fp32_p50_ms: NotRequired[float]
+
+
+class TargetResult(TypedDict):
+    profile: dict[str, Any]  # ``Target.as_dict()``: ``Target.from_dict`` reads it back
+    teacher: CompiledModel
+    student: CompiledModel
+
+
+class CompileChecks(TypedDict):
+    skipped: dict[str, str]  # target -> why it is not available here
+    targets: dict[str, TargetResult]
 
 
 def select_targets(names: list[str], skip_unavailable: bool) -> tuple[list[Target], dict[str, str]]:
@@ -86,7 +123,7 @@ def _int8_gate(onnx_path: Path, name: str, target: Target, sample, int8_runner, 
 
 def compile_model(
     onnx_path: Path, out_dir: Path, name: str, target: Target, sample: dict, calibration
-) -> dict:
+) -> CompiledModel:
     """Compile one ONNX model for one target into ``out_dir`` and check it.
 
     ``sample`` holds ``x``, ``y`` and ``sample[name]``, the PyTorch outputs for ``x``.
@@ -100,7 +137,8 @@ def compile_model(
             raise KdxError(
                 f"{target.name}/{result['file']} differs from PyTorch: {result['parity']['summary']}"
             )
-        return {**result, "shipped": True}
+        compiled: CompiledModel = {**result, "shipped": True}
+        return compiled
     decision = _int8_gate(onnx_path, name, target, sample, runner, result)
     if not result["parity"]["passed"]:
         decision["shipped"] = False
@@ -112,7 +150,8 @@ def compile_model(
         for p in out_dir.iterdir():
             if p.name.split(".")[0] == name:
                 p.unlink()
-    return {**result, **decision}
+    gated: CompiledModel = {**result, **decision}
+    return gated
 
 
 def compile_targets(
@@ -127,23 +166,24 @@ def compile_targets(
     ``skip_unavailable`` is false.
     """
     exported = run.open("export")
+    exp: ExportChecks = exported.checks
     chosen, skipped = select_targets(targets, skip_unavailable)
     inputs, sample = load_sample(exported.file("io_sample.npz"))
     calibration, _ = load_sample(exported.file("calibration.npz"))
-    scheme = modalities.get(exported.checks.get("modality", modalities.DEFAULT)).int8_scheme
+    scheme = modalities.get(exp.get("modality", modalities.DEFAULT)).int8_scheme
     params = {"targets": targets, "skip_unavailable": skip_unavailable}
     with Artifact.create(run.folder("compile"), "compile", params, [exported]) as w:
-        w.checks["skipped"] = skipped
-        w.checks["targets"] = {}
+        checks: CompileChecks = {"skipped": skipped, "targets": {}}
+        w.checks.update(checks)
         steps, done = len(chosen) * len(MODELS), 0
         for target in chosen:
             out_dir = w.path / target.name
             out_dir.mkdir()
-            result = {"profile": target.as_dict()}
+            result: TargetResult = {"profile": target.as_dict()}  # and each of MODELS
             quantized = with_scheme(target, scheme)
             for name in MODELS:
                 onnx_path = exported.file(f"{name}.onnx")
-                names = [i["name"] for i in exported.checks[name]["inputs"]]
+                names = [i["name"] for i in exp[name]["inputs"]]
                 model_sample = {**sample, "x": for_model(inputs, names)}
                 model_calibration = for_model(calibration, names)
                 result[name] = compile_model(
@@ -151,5 +191,5 @@ def compile_targets(
                 )
                 done += 1
                 run.progress("compile", done, steps, f"{target.name}/{name}")
-            w.checks["targets"][target.name] = result
+            checks["targets"][target.name] = result
     return w.artifact

@@ -17,7 +17,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, NotRequired
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ from kdexport.train.loop import (
     Precision,
     Schedule,
     Session,
+    TrainedModel,
     fit,
     identity_of,
     save_model,
@@ -64,11 +65,21 @@ from kdexport.train.teacher_cache import cache_key, teacher_outputs
 from kdexport.zoo import create_model, load_checkpoint, scheme_of
 
 
+class StudentChecks(TrainedModel):
+    """RUN/student's checks (JSON in its manifest, so a TypedDict: it describes what is on disk
+    at no run-time cost): ``save_model``'s figures and, for a student whose scheme rebuilds it
+    from its own files (text's ``hf-student:``), the spec to rebuild it and its init rule."""
+
+    model_spec: NotRequired[str]
+    init: NotRequired[dict[str, Any] | None]
+
+
 def load_student(run: Run) -> Loaded:
     """The distilled student of a run directory, in eval mode."""
     art, splits = run.open("student"), run.splits()
+    checks: StudentChecks = art.checks
     # A student built from its teacher is rebuilt from the files its scheme saved.
-    spec = art.checks.get("model_spec", art.parameters["student"]).format(artifact=art.path)
+    spec = checks.get("model_spec", art.parameters["student"]).format(artifact=art.path)
     model = create_model(spec, splits.num_classes, splits.input_shape[0])
     return Loaded(load_checkpoint(model, art.file("model.pt"), art.parameters["student"]), art)
 

@@ -7,7 +7,32 @@ outputs' size, and top-1 agreement must reach ``min_agreement``.
 
 from __future__ import annotations
 
+from typing import NotRequired, TypedDict
+
 import numpy as np
+
+
+# What ``parity`` returns, as the stages record it in their manifests' checks (JSON): a
+# TypedDict describes exactly that and costs nothing at run time. Outputs of another shape
+# give only ``passed`` and ``summary``.
+class WorstElement(TypedDict):
+    index: list[int]
+    actual: float
+    reference: float
+
+
+class Parity(TypedDict):
+    passed: bool
+    summary: str
+    samples: NotRequired[int]
+    max_abs_diff: NotRequired[float]
+    worst_element: NotRequired[WorstElement]
+    max_rel_diff: NotRequired[float]
+    frac_out_of_bound: NotRequired[float]
+    top1_agreement: NotRequired[float | None]
+    atol: NotRequired[float | None]
+    rtol: NotRequired[float]
+    min_agreement: NotRequired[float | None]
 
 
 def _bound_text(atol: float | None, rtol: float) -> str:
@@ -23,7 +48,7 @@ def parity(
     *,
     rtol: float = 0.0,
     min_agreement: float | None = 1.0,
-) -> dict:
+) -> Parity:
     """Compare outputs with the reference (PyTorch's, or another model's).
 
     Passes when every element is within ``atol + rtol·|reference|`` and top-1 agreement is at

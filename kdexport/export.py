@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -23,10 +23,12 @@ from kdexport.artifact import Artifact
 from kdexport.context import Run
 from kdexport.distill import load_student
 from kdexport.errors import KdxError
-from kdexport.evaluate import accuracy, parity
+from kdexport.evaluate import Parity, accuracy, parity
 from kdexport.feeds import save_sample
 from kdexport.modalities.contract import Modality
+from kdexport.onnx_teacher import TeacherView
 from kdexport.onnxfile import (
+    OnnxFacts,
     check_batch_sizes,
     check_onnx_file,
     finish_onnx,
@@ -35,7 +37,7 @@ from kdexport.onnxfile import (
 )
 from kdexport.options import Range, stage_options
 from kdexport.rundir import MODELS
-from kdexport.teacher import load_teacher, teacher_sha256
+from kdexport.teacher import TeacherChecks, load_teacher, teacher_sha256
 from kdexport.train.loop import predict
 from kdexport.zoo import load_checkpoint
 
@@ -49,6 +51,42 @@ _EXPORT_OPTIONS = (
     "static_batch",
     "external_data_mb",
 )
+
+
+# What this stage records in RUN/export/manifest.json's checks. The checks are JSON on disk, so
+# TypedDicts: they describe exactly what is written, cost nothing at run time, and the stages
+# that read them (compile, benchmark, report, plan, package) import them to name what they use.
+class StaticVariant(TypedDict):
+    """``student-static.onnx`` (``export.static``): its batch and its parity with PyTorch."""
+
+    file: str
+    batch: int
+    parity: Parity
+
+
+class ModelFacts(OnnxFacts):
+    """One exported model (checks "teacher" and "student"): ``check_onnx_file``'s facts, the
+    exporter that ran, its parity with PyTorch on the held-out sample and its size."""
+
+    exporter: str  # "dynamo", "torchscript", or "copied" (an ONNX teacher ships as it is)
+    parity: Parity
+    torch_accuracy: float
+    params: int
+    flops: int | None  # None for an ONNX teacher: no torch graph to count on
+    batch_check_max_abs_diff: NotRequired[dict[str, float]]  # batch size -> max abs diff
+    static: NotRequired[StaticVariant]
+    onnx_teacher: NotRequired[TeacherView]  # an ONNX teacher: what its copy answers with
+    shape_parity: NotRequired[dict[str, float]]  # text: "BxS" -> max abs diff, padded tokens
+    padding_drift: NotRequired[float]  # text: a sample alone vs inside a padded batch
+
+
+class ExportChecks(TypedDict):
+    teacher: ModelFacts
+    student: ModelFacts
+    # Every run since issue 22 records its modality; readers .get() it for older runs (image).
+    modality: str
+    preprocessing: dict[str, Any]  # the data's, as the modality recorded it
+    versions: dict[str, str]  # torch, onnx, onnxscript
 
 
 def count_flops(model: torch.nn.Module, example: torch.Tensor) -> int:
@@ -129,7 +167,8 @@ def _copy_onnx_teacher(art: Artifact, teacher, dest: Path, meta: dict) -> dict:
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **meta})
     onnx.save(model, str(dest))
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    view = art.checks.get("onnx_teacher", {})
+    checks: TeacherChecks = art.checks
+    view = checks.get("onnx_teacher", {})
     return {"exporter": "copied", "params": params, "onnx_teacher": view, **check_onnx_file(dest)}
 
 
@@ -193,13 +232,14 @@ def export(
             check = parity(run_reference(w.path / f"{name}.onnx", feed), reference[name], tolerance)
             if not check["passed"]:
                 raise KdxError(f"{name}.onnx differs from PyTorch: {check['summary']}")
-            w.checks[name] = {
+            model_facts: ModelFacts = {
                 **facts,
                 "parity": check,
                 "torch_accuracy": accuracy(reference[name], y),
                 "params": facts.pop("params", None) or sum(p.numel() for p in model.parameters()),
                 "flops": None if facts["exporter"] == "copied" else count_flops(model, example),
             }
+            w.checks[name] = model_facts
             run.progress("export", i + 1, len(MODELS), f"{name}.onnx via {facts['exporter']}")
         save_sample(w.path / "io_sample.npz", inputs, y=y, **reference)
         rng = np.random.default_rng(0)
@@ -210,6 +250,7 @@ def export(
         for model_names in names.values():
             calibration.update(modality.named_inputs(splits.x_train[np.sort(calib)], model_names))
         save_sample(w.path / "calibration.npz", calibration)
+        # with "teacher" and "student" above, the keys of ExportChecks
         w.checks["modality"] = modality.name
         w.checks["preprocessing"] = splits.preprocessing
         w.checks["versions"] = _versions()

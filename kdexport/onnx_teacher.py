@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -27,6 +28,18 @@ KINDS = ("auto", "logits", "probabilities")
 # zeros, whose log would be -inf.
 EPS = 1e-6
 NO_ZIPMAP = "skl2onnx: to_onnx(model, X, options={'zipmap': False})"
+
+
+class TeacherView(TypedDict):
+    """What an ONNX teacher reads and how (``OnnxModel.describe``): the teacher stage records it
+    as ``onnx_teacher`` in its manifest's checks, the export stage beside the copied file."""
+
+    input: str
+    input_flattened: str | None
+    outputs: list[str]
+    output: str
+    output_kind: str
+    output_kind_from: str
 
 
 def _dims(value, batch: str = "N") -> list | None:
@@ -239,7 +252,7 @@ class OnnxModel(nn.Module):
             p = np.log(np.maximum(p, np.float32(EPS)))
         return torch.from_numpy(p).to(x.device)
 
-    def describe(self) -> dict:
+    def describe(self) -> TeacherView:
         """What the teacher reads and how, for the teacher artifact's checks."""
         flat = None
         if self.flatten:

@@ -13,6 +13,7 @@ import re
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -22,6 +23,22 @@ from kdexport.errors import KdxError
 # Models kdexport builds itself (probes, tests) state their IR version and opset: low enough for
 # the oldest onnxruntime kdexport supports (1.21 reads IR 10), whatever onnx writes by default.
 IR_VERSION, OPSET = 8, 17
+
+
+# What ``check_onnx_file`` finds in a file; the export stage records it per model in its
+# manifest's checks (JSON), so a TypedDict: it describes what is on disk, at no run-time cost.
+class ValueInfo(TypedDict):
+    name: str
+    dtype: str
+    shape: list[int | str | None]
+
+
+class OnnxFacts(TypedDict):
+    opset: int | None
+    ir_version: int
+    inputs: list[ValueInfo]
+    outputs: list[ValueInfo]
+    external_data: list[str]
 
 
 def make_model(graph, opset: int = OPSET, ir_version: int = IR_VERSION):
@@ -96,7 +113,7 @@ def _opset(model) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def check_onnx_file(path: str | Path) -> dict:
+def check_onnx_file(path: str | Path) -> OnnxFacts:
     """Load and fully check an ONNX file; return opset, IR version, inputs and outputs.
 
     ``inputs`` are what a caller feeds: graph inputs that are also initializers (every model of
@@ -133,7 +150,7 @@ def check_onnx_file(path: str | Path) -> dict:
     }
 
 
-def _value_info(value) -> dict:
+def _value_info(value) -> ValueInfo:
     """Name, dtype and shape of a graph input or output. A dim is an int when fixed, its name
     when symbolic, None when unknown; the dtype of what is not a tensor is its kind
     (``sequence``, ``map``, ``optional``), of a tensor numpy's name or ONNX's (``string``)."""
@@ -168,7 +185,7 @@ def run_reference(path: Path, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarr
     return sess.run(None, x if isinstance(x, dict) else {sess.get_inputs()[0].name: x})[0]
 
 
-def finish_onnx(path: Path, metadata: dict[str, str], dynamic: bool) -> dict:
+def finish_onnx(path: Path, metadata: dict[str, str], dynamic: bool) -> OnnxFacts:
     """Stamp metadata, check the graph (full check, shape inference), check the batch axis."""
     import onnx
 

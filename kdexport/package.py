@@ -25,6 +25,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -45,6 +46,10 @@ from kdexport.errors import KdxError
 from kdexport.feeds import BATCH, for_model, load_sample, parse_shapes, resolve
 from kdexport.onnxfile import check_onnx_file, external_data_files, reference_outputs
 from kdexport.rundir import student_bundle
+
+if TYPE_CHECKING:  # the stages' checks, read from their manifests (export.py loads torch)
+    from kdexport.compile import CompileChecks
+    from kdexport.export import ExportChecks
 
 BUNDLE_FORMAT = bundle_runner.BUNDLE_FORMAT
 RUNNER = Path(__file__).with_name("bundle") / "runner.py"
@@ -148,14 +153,15 @@ def _add_compiled(root: Path, run_dir: Path, targets: list[str], roles: list[str
     if not targets:
         return {}
     compiled = Artifact.open(run_dir / "compile", "compile", f"kdexport compile {run_dir}")
+    checks: CompileChecks = compiled.checks
     out = {}
     for target in targets:
-        entry = compiled.checks["targets"].get(target)
+        entry = checks["targets"].get(target)
         shipped = [r for r in roles if entry and entry[r].get("shipped", True)]
         if not shipped:  # e.g. an INT8 student that failed its accuracy gate
             known = [
                 t
-                for t, e in compiled.checks["targets"].items()
+                for t, e in checks["targets"].items()
                 if any(e[r].get("shipped", True) for r in roles)
             ]
             raise KdxError(
@@ -264,7 +270,8 @@ def _from_run(run_dir: Path, root: Path, opts: dict) -> dict:
     names = [i["name"] for i in models["student"]["inputs"]]
     golden = _add_golden(root, export, roles, opts["samples"], names)
     compiled = _add_compiled(root, run_dir, targets, roles)
-    modality = modalities.get(export.checks.get("modality", modalities.DEFAULT))
+    exported: ExportChecks = export.checks
+    modality = modalities.get(exported.get("modality", modalities.DEFAULT))
     manifest = _manifest(name, run_dir, run, models, golden, compiled, modality)
     # What the modality's bundle carries to read raw input: its section, named after it.
     section = modality.bundle_section(root, manifest["preprocessing"], models["student"], run)

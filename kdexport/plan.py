@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kdexport.artifact import write_json, write_text
 from kdexport.bundle import fleet
@@ -25,6 +26,11 @@ from kdexport.errors import KdxError
 from kdexport.markdown import markdown_table
 from kdexport.report import headline, shape_order
 from kdexport.rundir import MODELS, open_stage, student_bundle
+
+if TYPE_CHECKING:  # the stages' checks, read from their manifests: `plan` imports no torch
+    from kdexport.benchmark import BenchmarkChecks
+    from kdexport.compile import CompileChecks
+    from kdexport.export import ExportChecks
 
 LOCAL = "local"
 HEADER = ["device", "choice", "precision", "runtime", "accuracy", "p50 ms", "p90 ms", "budget ms"]
@@ -59,8 +65,11 @@ def run_facts(run_dir: Path) -> dict:
     """The run's compiled targets (accuracy, precision, shipped), its student hash, its
     export and benchmark stages' checks."""
     exported, compiled = open_stage(run_dir, "export"), open_stage(run_dir, "compile")
+    exp: ExportChecks = exported.checks
+    comp: CompileChecks = compiled.checks
+    bench: BenchmarkChecks = open_stage(run_dir, "benchmark").checks
     targets = {}
-    for name, entry in compiled.checks["targets"].items():
+    for name, entry in comp["targets"].items():
         targets[name] = {
             "precision": entry["profile"]["precision"],
             "backend": entry["profile"]["backend"],
@@ -69,8 +78,8 @@ def run_facts(run_dir: Path) -> dict:
     return {
         "student": student_bundle(exported),
         "targets": targets,
-        "export": exported.checks,
-        "benchmark": open_stage(run_dir, "benchmark").checks,
+        "export": exp,
+        "benchmark": bench,
     }
 
 
@@ -86,7 +95,7 @@ def accuracy(facts: dict, model: str, target: str) -> tuple[float | None, str]:
     return entry.get("accuracy"), f"{target} compiled model"
 
 
-def plan_batch(bench: dict, batch: str | int | None) -> int | str:
+def plan_batch(bench: BenchmarkChecks, batch: str | int | None) -> int | str:
     """What to plan for: a batch size (an image run; default 1) or, for a text run, a shape
     "BxS" the benchmark stage measured (default the report's headline shape, e.g. "1x128")."""
     measured = {
@@ -119,7 +128,7 @@ def plan_batch(bench: dict, batch: str | int | None) -> int | str:
 
 def _local(run_dir: Path, facts: dict, batch: int | str) -> dict:
     """This machine's benchmark stage as one device's measurements."""
-    bench = facts["benchmark"]
+    bench: BenchmarkChecks = facts["benchmark"]
     env = bench.get("environment", {})
     st = bench.get("settings") or {}
     settings = _settings(st.get("threads"), st.get("cpus") if st.get("pinned") else None)

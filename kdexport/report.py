@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kdexport import __version__
 from kdexport.artifact import FORMAT_VERSION, MANIFEST, Artifact, file_table, write_json, write_text
@@ -18,6 +19,14 @@ from kdexport.markdown import markdown_table
 from kdexport.options import read_toml
 from kdexport.rundir import MODELS, STAGES, open_stage, student_bundle
 
+if TYPE_CHECKING:  # what the stages wrote, read from their manifests (their modules load torch)
+    from kdexport.baseline import BaselineChecks
+    from kdexport.benchmark import BenchmarkChecks, ModelTimings
+    from kdexport.compile import CompileChecks, CompiledModel
+    from kdexport.distill import StudentChecks
+    from kdexport.export import ExportChecks, ModelFacts
+    from kdexport.teacher import TeacherChecks
+
 _FLAGS = ("reason", "accuracy_drop_points", "latency_ratio", "fp32_accuracy", "cpu_fallback_nodes")
 
 
@@ -27,7 +36,9 @@ def headline(latency: dict) -> str:
     return min(latency, key=lambda k: (shape_order(k)[0], [-v for v in shape_order(k)[1:]]))
 
 
-def _model_figures(exported: dict, compiled: dict, benched: dict | None) -> dict:
+def _model_figures(
+    exported: ModelFacts, compiled: CompiledModel, benched: ModelTimings | None
+) -> dict:
     """One model on one target; an INT8 model that failed its gate has no latency."""
     figs = {
         "shipped": compiled["shipped"],
@@ -61,7 +72,11 @@ def figures(run_dir: str | Path) -> dict:
     """Every figure of a run, from its stage manifests (all must be complete and current)."""
     run_dir = Path(run_dir)
     arts = {stage: open_stage(run_dir, stage) for stage in STAGES}
-    exp, comp, bench = (arts[k].checks for k in ("export", "compile", "benchmark"))
+    exp: ExportChecks = arts["export"].checks
+    comp: CompileChecks = arts["compile"].checks
+    bench: BenchmarkChecks = arts["benchmark"].checks
+    teacher: TeacherChecks = arts["teacher"].checks
+    student: StudentChecks = arts["student"].checks
     targets = {}
     for name, result in comp["targets"].items():
         b = bench["targets"].get(name, {})
@@ -77,7 +92,7 @@ def figures(run_dir: str | Path) -> dict:
         "targets": targets,
         "skipped_targets": comp["skipped"],
         "torch": {m: {"accuracy": exp[m]["torch_accuracy"]} for m in MODELS},
-        "training": {"teacher": arts["teacher"].checks, "student": arts["student"].checks},
+        "training": {"teacher": teacher, "student": student},
         "distillation": distillation_summary(run_dir, arts["student"]),
         "exporters": {m: exp[m]["exporter"] for m in MODELS},
         "ideal_speedup": exp["teacher"]["flops"] / exp["student"]["flops"]
@@ -326,7 +341,8 @@ def distillation_summary(run_dir: str | Path, student: Artifact) -> dict:
     same = {k: v for k, v in art.parameters.items() if k != "seeds"}
     if same != student.parameters:
         return {"status": "stale"}
-    return {"status": "current", **art.checks}
+    checks: BaselineChecks = art.checks
+    return {"status": "current", **checks}
 
 
 def _pct(f: dict) -> str:

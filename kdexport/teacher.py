@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NotRequired
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from kdexport.data import Splits
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy
 from kdexport.losses import Objective
-from kdexport.onnx_teacher import KINDS, OnnxModel, summary
+from kdexport.onnx_teacher import KINDS, OnnxModel, TeacherView, summary
 from kdexport.options import OneOf, Range, stage_options
 from kdexport.progress import quiet
 from kdexport.rundir import Loaded
@@ -39,6 +39,7 @@ from kdexport.train.loop import (
     Precision,
     Schedule,
     Session,
+    TrainedModel,
     fit,
     identity_of,
     predict,
@@ -46,6 +47,14 @@ from kdexport.train.loop import (
 )
 from kdexport.train.parallel import cluster, publish
 from kdexport.zoo import create_model, is_model_file, load_checkpoint
+
+
+class TeacherChecks(TrainedModel):
+    """RUN/teacher's checks (JSON in its manifest, so a TypedDict: it describes what is on disk
+    at no run-time cost): ``save_model``'s figures, or for an imported model file the same
+    figures with ``epochs_run`` 0, and for an ONNX teacher what it reads and how."""
+
+    onnx_teacher: NotRequired[TeacherView]
 
 
 def teacher_file(art: Artifact) -> str:
@@ -61,7 +70,8 @@ def teacher_sha256(art: Artifact) -> str:
 def teacher_identity(art: Artifact) -> str:
     """What the teacher's outputs depend on: its weights (or model file) and, for an ONNX
     teacher, the output it reads and as what (the teacher cache and resume compare it)."""
-    view = art.checks.get("onnx_teacher")
+    checks: TeacherChecks = art.checks
+    view = checks.get("onnx_teacher")
     sha = teacher_sha256(art)
     return f"{sha}:{view['output']}:{view['output_kind']}" if view else sha
 
@@ -72,7 +82,8 @@ def load_teacher(run: Run) -> Loaded:
     art, splits = run.open("teacher"), run.splits()
     spec, weights = art.parameters["model"], art.file(teacher_file(art))
     if is_model_file(spec):
-        view = art.checks.get("onnx_teacher") or {}
+        checks: TeacherChecks = art.checks
+        view = checks.get("onnx_teacher") or {}
         model = create_model(
             str(weights),
             0,
@@ -158,7 +169,8 @@ def train_teacher(
         params["model_sha256"] = sha256(Path(model))
     out = run.folder("teacher")
     if not run.retrain and (cached := _cached_teacher(out, params)):
-        progress("teacher (cached)", 1, 1, f"val_acc={cached.checks['val_accuracy']:.3f}")
+        checks: TeacherChecks = cached.checks
+        progress("teacher (cached)", 1, 1, f"val_acc={checks['val_accuracy']:.3f}")
         return cached
     with cluster(device) as c:
         history = []
@@ -183,11 +195,12 @@ def train_teacher(
                 if isinstance(net, OnnxModel):
                     writer.checks["onnx_teacher"] = net.describe()
                     progress("teacher", 1, 1, f"ONNX teacher {summary(net.describe())}")
-                writer.checks.update(
-                    val_accuracy=accuracy(predict(net, splits.x_val), splits.y_val),
-                    test_accuracy=accuracy(predict(net, splits.x_test), splits.y_test),
-                    epochs_run=0,
-                )
+                imported: TrainedModel = {
+                    "val_accuracy": accuracy(predict(net, splits.x_val), splits.y_val),
+                    "test_accuracy": accuracy(predict(net, splits.x_test), splits.y_test),
+                    "epochs_run": 0,
+                }
+                writer.checks.update(imported)
             else:
                 save_model(writer, net.cpu(), splits, history)
 

@@ -14,6 +14,7 @@ over 10% (IQR / median), or its repeats' medians over 5%.
 from __future__ import annotations
 
 import importlib.metadata
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -47,6 +48,7 @@ UNSTABLE_CV = 0.05  # repeats whose medians spread more than this are flagged
 # and onnxruntime: one copy of the method serves the workstation and the device.
 __all__ = [
     "METHOD",
+    "Pooled",
     "available_cpus",
     "fingerprint",
     "measure",
@@ -77,7 +79,29 @@ def median_ci95(ms: list[float]) -> tuple[float, float]:
     return float(a[max(lo, 0)]), float(a[min(hi, n - 1)])
 
 
-def pooled(repeats: list[list[list[float]]], noise: list[dict] | None = None) -> dict:
+class Pooled(TypedDict):
+    """What ``pooled`` returns: ``summarize``'s figures (the runner's, which must stay free of
+    kdexport) and the spread over repeats and rounds. The benchmark stage records it per model
+    and measuring point in its manifest's checks (JSON; ``benchmark.Latency``)."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    cv: float
+    iterations: int
+    p50_ci95_ms: list[float]
+    repeat_medians_ms: list[float]
+    repeat_cv: float
+    round_medians_ms: list[float]
+    round_spread: float
+    noise: dict[str, Any]  # noise_summary: the worst share of others, load, frequencies
+    unstable: bool
+    unstable_reasons: list[str]
+
+
+def pooled(repeats: list[list[list[float]]], noise: list[dict] | None = None) -> Pooled:
     """Statistics of all repeats' samples (each repeat a list of rounds, each round a list of
     samples), the repeats' and the rounds' medians, their spread, the CI, and whether the figure
     is unstable (``unstable_reasons``: the reasons, empty when it is not). A repeat given as a

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import statistics
 from pathlib import Path
+from typing import TypedDict
 
 from kdexport import recipe as recipes
 from kdexport.artifact import Artifact, write_text
@@ -22,6 +23,24 @@ from kdexport.train.preflight import check_weighting
 
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
 KD_WEIGHTS = (0.5, 0.9)
+
+
+# What RUN/tune's manifest records in its checks (JSON on disk, so TypedDicts: they describe it
+# exactly at no run-time cost).
+class Trial(TypedDict):
+    """One (temperature, kd_weight) pair, its means over the seeds at their kept epochs."""
+
+    temperature: float
+    kd_weight: float
+    val_accuracy: float
+    val_nll: float
+    best_epochs: list[int]
+
+
+class TuneChecks(TypedDict):
+    trials: list[Trial]
+    best: Trial
+    score: str
 
 
 def _best_epoch(history: list) -> dict:
@@ -57,7 +76,7 @@ def tune(
 ) -> Artifact:
     """Search ``temperatures`` x ``kd_weights``; write RUN/tune and the winner into the recipe."""
     _check_grid(temperatures, kd_weights, distill_options["weighting"])
-    trials = []
+    trials: list[Trial] = []
     with study(run, "tune", distill_options, seeds) as s:
         for t, w in itertools.product(temperatures, kd_weights):
             kept = []
@@ -76,9 +95,12 @@ def tune(
                 }
             )
         best = max(trials, key=lambda r: (r["val_accuracy"], -r["val_nll"]))
-        art = s.publish(
-            {"trials": trials, "best": best, "score": "mean validation accuracy, then NLL"}
-        )
+        checks: TuneChecks = {
+            "trials": trials,
+            "best": best,
+            "score": "mean validation accuracy, then NLL",
+        }
+        art = s.publish(checks)
         main = s.cluster.main
     if main:
         _record(run.path, best)

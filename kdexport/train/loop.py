@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -365,11 +365,26 @@ def fit(job: Job, val: tuple[np.ndarray, np.ndarray], opts: dict, session: Sessi
     return state.history
 
 
+class TrainedModel(TypedDict):
+    """What ``save_model`` records in a trained model's checks (the teacher's and the
+    student's, which add their own keys: ``teacher.TeacherChecks``, ``distill.StudentChecks``).
+    A TypedDict: the checks are JSON in manifest.json, and this describes them at no run-time
+    cost. An imported teacher, not trained here, has no ``data_placement``."""
+
+    val_accuracy: float
+    test_accuracy: float
+    epochs_run: int
+    data_placement: NotRequired[str | None]
+
+
 def save_model(writer, net: nn.Module, splits, history: list) -> None:
     """A trained model into its artifact: weights, history, validation and test accuracy."""
     torch.save(net.state_dict(), writer.path / "model.pt")
     (writer.path / "history.json").write_text(json.dumps(history, indent=1))
-    writer.checks["val_accuracy"] = accuracy(predict(net, splits.x_val), splits.y_val)
-    writer.checks["test_accuracy"] = accuracy(predict(net, splits.x_test), splits.y_test)
-    writer.checks["epochs_run"] = len(history)
-    writer.checks["data_placement"] = history[-1]["data"] if history else None
+    trained: TrainedModel = {
+        "val_accuracy": accuracy(predict(net, splits.x_val), splits.y_val),
+        "test_accuracy": accuracy(predict(net, splits.x_test), splits.y_test),
+        "epochs_run": len(history),
+        "data_placement": history[-1]["data"] if history else None,
+    }
+    writer.checks.update(trained)
