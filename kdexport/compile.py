@@ -77,10 +77,17 @@ def select_targets(names: list[str], skip_unavailable: bool) -> tuple[list[Targe
     return chosen, skipped
 
 
-def with_scheme(target: Target, scheme: str) -> Target:
-    """``target`` with the run's INT8 scheme (its modality's ``int8_scheme``) in its
-    quantization options: "static" (calibrated QDQ) or "transformer" (``backends.quantize``)."""
-    return dataclasses.replace(target, quantization={**target.quantization, "scheme": scheme})
+def with_int8_settings(target: Target, modality, onnx_path: Path) -> Target:
+    """``target`` with what the run's modality asks of INT8 in its quantization options: the
+    scheme, "static" (calibrated QDQ) or "transformer" (``backends.quantize``), and the nodes
+    kept in float (``Modality.float_nodes``: speech's log-mel front end)."""
+    if target.precision != "int8":
+        return target
+    import onnx
+
+    kept = modality.float_nodes(onnx.load(str(onnx_path), load_external_data=False))
+    quantization = {**target.quantization, "scheme": modality.int8_scheme, "float_nodes": kept}
+    return dataclasses.replace(target, quantization=quantization)
 
 
 def _build(onnx_path: Path, out_dir: Path, name: str, target: Target, sample, calibration):
@@ -170,7 +177,7 @@ def compile_targets(
     chosen, skipped = select_targets(targets, skip_unavailable)
     inputs, sample = load_sample(exported.file("io_sample.npz"))
     calibration, _ = load_sample(exported.file("calibration.npz"))
-    scheme = modalities.get(exp.get("modality", modalities.DEFAULT)).int8_scheme
+    modality = modalities.get(exp.get("modality", modalities.DEFAULT))
     params = {"targets": targets, "skip_unavailable": skip_unavailable}
     with Artifact.create(run.folder("compile"), "compile", params, [exported]) as w:
         checks: CompileChecks = {"skipped": skipped, "targets": {}}
@@ -180,9 +187,9 @@ def compile_targets(
             out_dir = w.path / target.name
             out_dir.mkdir()
             result: TargetResult = {"profile": target.as_dict()}  # and each of MODELS
-            quantized = with_scheme(target, scheme)
             for name in MODELS:
                 onnx_path = exported.file(f"{name}.onnx")
+                quantized = with_int8_settings(target, modality, onnx_path)
                 names = [i["name"] for i in exp[name]["inputs"]]
                 model_sample = {**sample, "x": for_model(inputs, names)}
                 model_calibration = for_model(calibration, names)

@@ -239,3 +239,31 @@ def test_bad_settings_are_one_line(clips, tmp_path, sets, message):
     fails(
         "distill-and-export", "--out", tmp_path / "run", *speech_args(clips, *sets), message=message
     )
+
+
+def test_int8_keeps_the_front_end_in_float(speech_run, tmp_path):
+    """Quantized, the log-mel front end's 8-bit input and spectrum lose the quiet bands; the
+    speech modality keeps it in float (the Log and every node it depends on), as the compile
+    stage asks the quantizer (``compile.with_int8_settings``)."""
+    import onnx
+
+    from kdexport.backends.profiles import load_target
+    from kdexport.backends.quantize import quantize_onnx
+    from kdexport.compile import with_int8_settings
+    from kdexport.feeds import load_sample
+    from kdexport.modalities.speech import SPEECH
+
+    student = speech_run[0] / "export" / "student.onnx"
+    target = with_int8_settings(load_target("ort-cpu-int8"), SPEECH, student)
+    kept = target.quantization["float_nodes"]
+    calibration, _ = load_sample(speech_run[0] / "export" / "calibration.npz")
+    quantize_onnx(student, tmp_path / "int8.onnx", calibration, target.quantization)
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    made_by = {o: n for n in graph.node for o in n.output}
+    front = [n for n in graph.node if n.name in kept]
+    assert {n.op_type for n in front} >= {"Conv", "MatMul", "Log"}
+    for node in front:  # no input of a front-end node comes out of a DequantizeLinear
+        assert all(
+            made_by.get(i) is None or made_by[i].op_type != "DequantizeLinear" for i in node.input
+        )
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)  # the CNN after it is INT8

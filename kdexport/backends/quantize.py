@@ -86,6 +86,7 @@ def quantize_onnx(src: Path, dst: Path, calibration, q: dict) -> None:
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=methods[q["method"]],
+            nodes_to_exclude=q.get("float_nodes") or [],
         )
 
 
@@ -134,6 +135,8 @@ def quantize_openvino(model, calibration, q: dict, transformer: bool = False):
     }
     batches = _batches(calibration, q["calibration_samples"])
     extra = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    if q.get("float_nodes"):  # OpenVINO keeps the ONNX node names as the ops' names
+        extra["ignored_scope"] = nncf.IgnoredScope(names=q["float_nodes"], validate=False)
     return nncf.quantize(
         model, nncf.Dataset(batches), subset_size=len(batches), preset=preset[q["method"]], **extra
     )

@@ -98,6 +98,10 @@ class Modality:
 
     int8_scheme = "static"  # "static": calibrated QDQ; "transformer": weights only on ORT
 
+    def float_nodes(self, model) -> list[str]:
+        """The nodes of an exported model (an ``onnx.ModelProto``) that INT8 keeps in float."""
+        return []
+
     def bundle_preprocessing(self, recorded: dict, input_spec: dict) -> dict:
         """The training data's preprocessing as a bundle's manifest records it."""
         return dict(recorded)
