@@ -23,45 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, installed or not
-
-from kdexport.backends import backend
-from kdexport.backends.profiles import Target
-from kdexport.feeds import for_model, load_sample
-from kdexport.modalities.text import TEXT
-from kdexport.timing import measure_rounds, paired
+from run_figures import checks, fp32_targets, int8_students, kdx
 
 SHAPE = "1x128"
-TIMING = {"warmup_iters": 20, "warmup_s": 0.2, "min_iters": 100, "min_time_s": 0.5, "rounds": 7}
-
-
-def kdx(*args: str, cwd: Path) -> None:
-    cmd = [sys.executable, "-m", "kdexport.cli", *args]
-    subprocess.run(cmd, check=True, cwd=cwd, stdout=subprocess.DEVNULL)
-
-
-def checks(run: Path, stage: str) -> dict:
-    return json.loads((run / stage / "manifest.json").read_text())["checks"]
-
-
-def int8_ratio(run: Path, fp32: str, int8: str) -> float | None:
-    """The INT8 student's p50 over its fp32 form's at 1x128, interleaved in rounds here."""
-    compiled = checks(run, "compile")["targets"]
-    if not compiled.get(int8, {}).get("student", {}).get("shipped"):
-        return None
-    inputs, _ = load_sample(run / "export" / "io_sample.npz")
-    names = [i["name"] for i in checks(run, "export")["student"]["inputs"]]
-    feed = TEXT.timing_inputs(for_model(inputs, names))(SHAPE)
-    calls = {}
-    for name in (int8, fp32):
-        entry = compiled[name]
-        target = Target.from_dict(entry["profile"])
-        runner = backend(target.backend, name).load(
-            run / "compile" / name / entry["student"]["file"], target
-        )
-        calls[name] = runner.bind(feed)
-    rounds = measure_rounds(calls, TIMING)["samples"]
-    return paired(rounds[int8], rounds[fp32])["ratio"]
 
 
 def main() -> int:
@@ -83,36 +47,19 @@ def main() -> int:
         "--baseline",
         "--seeds",
         str(args.seeds),
+        *(a for s in args.set for a in ("--set", s)),
         cwd=work,
     )
 
     exported, compiled = checks(run, "export"), checks(run, "compile")["targets"]
-    bench = checks(run, "benchmark")["targets"]
     models = {
         m: {"params": exported[m]["params"], "accuracy": compiled["ort-cpu"][m]["accuracy"]}
         for m in ("teacher", "student")
     }
-    targets = {}
-    for name in ("ort-cpu", "openvino-cpu"):
-        targets[name] = {
-            "speedup": {SHAPE: bench[name]["speedup"][SHAPE]},
-            "speedup_iqr": bench[name]["speedup_detail"][SHAPE]["iqr"],
-            "max_abs_diff": max(
-                compiled[name][m]["parity"]["max_abs_diff"] for m in ("teacher", "student")
-            ),
-            "top1_agreement": min(
-                compiled[name][m]["parity"]["top1_agreement"] for m in ("teacher", "student")
-            ),
-        }
-    int8 = {}
-    for fp32, name in (("ort-cpu", "ort-cpu-int8"), ("openvino-cpu", "openvino-cpu-int8")):
-        entry = compiled[name]["student"]
-        int8[fp32] = {
-            "latency_ratio": int8_ratio(run, fp32, name),
-            "accuracy_drop": entry.get("accuracy_drop_points"),
-            "shipped": entry["shipped"],
-            "gate_reason": entry.get("reason"),
-        }
+    targets = fp32_targets(run, SHAPE)
+    for figures in targets.values():  # this tool's JSON keys the speed-up by its shape
+        figures["speedup"] = {SHAPE: figures["speedup"]}
+    int8 = int8_students(run, SHAPE)
     drift = max(exported[m]["padding_drift"] for m in ("teacher", "student"))
     baseline = checks(run, "baseline")
     figures = {
