@@ -34,15 +34,30 @@ def _cuda_available() -> bool:
     return load_target("ort-cuda").unavailable_reason() is None
 
 
+def _vision_available() -> bool:
+    """torchvision imports (it fails to, beside a torch it was not built for) and timm too."""
+    try:
+        import timm  # noqa: F401
+        import torchvision  # noqa: F401
+    except (ImportError, RuntimeError):
+        return False
+    return True
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs CUDAExecutionProvider (onnxruntime-gpu and a GPU)")
     skip_slow = pytest.mark.skip(reason="slow: set KDEXPORT_SLOW=1 to run")
-    gpu = None
+    skip_vision = pytest.mark.skip(reason="needs torchvision and timm: tools/test-vision.sh")
+    gpu = vision = None
     for item in items:
         if "gpu" in item.keywords:
             gpu = _cuda_available() if gpu is None else gpu
             if not gpu:
                 item.add_marker(skip_gpu)
+        if "vision" in item.keywords:
+            vision = _vision_available() if vision is None else vision
+            if not vision:
+                item.add_marker(skip_vision)
         if "slow" in item.keywords and not os.environ.get("KDEXPORT_SLOW"):
             item.add_marker(skip_slow)
 

@@ -19,6 +19,7 @@ DEPENDENCIES = {
     *("onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "torch", "numpy"),
     *("transformers", "tokenizers", "huggingface_hub"),  # kdexport.modalities.text
     "soundfile",  # kdexport.modalities.speech
+    *("torchvision", "timm", "safetensors"),  # kdexport.modalities.image.families
 }
 
 

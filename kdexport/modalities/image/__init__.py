@@ -5,7 +5,7 @@ Sources (``data.source``, and ``data.transfer`` for extra unlabeled inputs; ``so
 an image folder (one sub-folder per class of PNG/JPEG files; a transfer folder: images anywhere
 below it) resized to ``image_size`` in ``image_mode``, pixels scaled to 0..1, and
 ``file.py:factory`` returning a torch ``Dataset`` of ``(x, y)``. ``mean``/``std`` normalise
-each channel.
+each channel. Model specs ``torchvision:NAME`` and ``timm:NAME`` (``families``; extra ``vision``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ class Image(Modality):
     default_student = "zoo:digits-cnn-small"
     options = {"data": image_data}
     augmentations = ("shift",)
+
+    @property
+    def schemes(self) -> dict:
+        from kdexport.modalities.image.families import SCHEMES
+
+        return SCHEMES
 
     def _augmentation(self, name: str, options: dict):
         from kdexport.modalities.image.augment import shift
