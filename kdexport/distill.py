@@ -17,7 +17,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any, NotRequired
+from typing import Annotated, NotRequired
 
 import numpy as np
 import torch
@@ -68,10 +68,9 @@ from kdexport.zoo import create_model, load_checkpoint, scheme_of
 class StudentChecks(TrainedModel):
     """RUN/student's checks (JSON in its manifest, so a TypedDict: it describes what is on disk
     at no run-time cost): ``save_model``'s figures and, for a student whose scheme rebuilds it
-    from its own files (text's ``hf-student:``), the spec to rebuild it and its init rule."""
+    from its own files (text's ``hf-student:``), the spec to rebuild it."""
 
     model_spec: NotRequired[str]
-    init: NotRequired[dict[str, Any] | None]
 
 
 def load_student(run: Run) -> Loaded:
@@ -252,7 +251,6 @@ def distill(
             scheme = scheme_of(opts["student"])
             if scheme is not None and scheme.save is not None:  # rebuilt from its own files
                 writer.checks["model_spec"] = scheme.save(net, writer.path)
-                writer.checks["init"] = getattr(net, "init_record", None)
 
         return publish(c, run.folder("student"), "student", params, [teacher_art], fill)
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NotRequired, TypedDict
+from typing import Annotated, Any, NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -375,10 +375,14 @@ class TrainedModel(TypedDict):
     test_accuracy: float
     epochs_run: int
     data_placement: NotRequired[str | None]
+    # how the model was initialised, where its builder says (``model.init_record``): a head
+    # replaced for the data's classes, weights loaded, a student's layers taken from its teacher
+    init: NotRequired[dict[str, Any] | None]
 
 
 def save_model(writer, net: nn.Module, splits, history: list) -> None:
-    """A trained model into its artifact: weights, history, validation and test accuracy."""
+    """A trained model into its artifact: weights, history, validation and test accuracy, and
+    how it was initialised (``init_record``) where its builder says."""
     torch.save(net.state_dict(), writer.path / "model.pt")
     (writer.path / "history.json").write_text(json.dumps(history, indent=1))
     trained: TrainedModel = {
@@ -387,4 +391,6 @@ def save_model(writer, net: nn.Module, splits, history: list) -> None:
         "epochs_run": len(history),
         "data_placement": history[-1]["data"] if history else None,
     }
+    if getattr(net, "init_record", None):
+        trained["init"] = net.init_record
     writer.checks.update(trained)
