@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kdexport import __version__
+from kdexport import __version__, modalities
 from kdexport.artifact import FORMAT_VERSION, MANIFEST, Artifact, file_table, write_json, write_text
 from kdexport.bundle.runner import parse_point
 from kdexport.bundle.runner import point_order as shape_order
@@ -89,6 +89,7 @@ def figures(run_dir: str | Path) -> dict:
         targets[name] = entry
     return {
         "run_dir": str(run_dir),
+        "modality": exp.get("modality", modalities.DEFAULT),
         "targets": targets,
         "skipped_targets": comp["skipped"],
         "torch": {m: {"accuracy": exp[m]["torch_accuracy"]} for m in MODELS},
@@ -321,6 +322,7 @@ def report(run: Run, wall_s: float | None = None) -> dict:
             "kind": "run",
             "kdexport_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "modality": figs["modality"],
             "recipe": read_toml(recipe) if (recipe := run_dir / "recipe.toml").is_file() else None,
             "figures": figs,
             "files": file_table(run_dir),

@@ -267,3 +267,12 @@ def test_int8_keeps_the_front_end_in_float(speech_run, tmp_path):
             made_by.get(i) is None or made_by[i].op_type != "DequantizeLinear" for i in node.input
         )
     assert any(n.op_type == "QuantizeLinear" for n in graph.node)  # the CNN after it is INT8
+
+
+def test_the_run_manifest_and_the_bundle_record_the_modality(speech_run, speech_bundle):
+    run, figures = speech_run
+    assert figures["modality"] == "speech"
+    assert json.loads((run / "manifest.json").read_text())["modality"] == "speech"
+    manifest = json.loads((speech_bundle / "manifest.json").read_text())
+    assert manifest["modality"] == "speech"
+    assert manifest["speech"]["samples"] == SAMPLES and manifest["speech"]["input"] == "audio"
