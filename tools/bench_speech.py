@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from run_figures import checks, fp32_targets, int8_students, kdx
+from run_figures import checks, fp32_targets, int8_students, kdx, model_figures, verdict
 
 CLIPS = 200  # test clips whose front-end features are compared
 
@@ -84,11 +84,7 @@ def main() -> int:
     bundle = work / "bundle"
     kdx("package", str(run), "--dir", str(bundle), cwd=work)
 
-    exported, compiled = checks(run, "export"), checks(run, "compile")["targets"]
-    models = {
-        m: {"params": exported[m]["params"], "accuracy": compiled["ort-cpu"][m]["accuracy"]}
-        for m in ("teacher", "student")
-    }
+    models = model_figures(run)
     targets = fp32_targets(run, "1")
     int8 = int8_students(run, "1")
     frontend = frontend_diff(run, work / "speech-example" / "words", bundle)
@@ -114,14 +110,7 @@ def main() -> int:
         ),
         "front end: host and bundle features within 1e-4": frontend["max_abs_diff"] <= 1e-4,
     }
-    for goal, ok in goals.items():
-        print(f"{'ok  ' if ok else 'MISS'} {goal}")
-    verdict = "helped" if baseline["helped"] else "did not help"
-    print(
-        f"KD {verdict}: {baseline['kd_minus_scratch'] * 100:+.2f} points (mean of {args.seeds} seeds)"
-    )
-    print(json.dumps(figures))
-    return 0 if all(goals.values()) else 1
+    return verdict(goals, baseline, args.seeds, figures)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,12 @@ and, last, one JSON object. Exit status 1 if a goal is missed.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from run_figures import checks, fp32_targets, int8_students, kdx
+from run_figures import checks, fp32_targets, int8_students, kdx, model_figures, verdict
 
 SHAPE = "1x128"
 
@@ -51,11 +50,7 @@ def main() -> int:
         cwd=work,
     )
 
-    exported, compiled = checks(run, "export"), checks(run, "compile")["targets"]
-    models = {
-        m: {"params": exported[m]["params"], "accuracy": compiled["ort-cpu"][m]["accuracy"]}
-        for m in ("teacher", "student")
-    }
+    exported, models = checks(run, "export"), model_figures(run)
     targets = fp32_targets(run, SHAPE)
     for figures in targets.values():  # this tool's JSON keys the speed-up by its shape
         figures["speedup"] = {SHAPE: figures["speedup"]}
@@ -91,14 +86,7 @@ def main() -> int:
         ),
         "padding does not change a sample's logits": figures["padding_invariant"],
     }
-    for goal, ok in goals.items():
-        print(f"{'ok  ' if ok else 'MISS'} {goal}")
-    verdict = "helped" if baseline["helped"] else "did not help"
-    print(
-        f"KD {verdict}: {baseline['kd_minus_scratch'] * 100:+.2f} points (mean of {args.seeds} seeds)"
-    )
-    print(json.dumps(figures))
-    return 0 if all(goals.values()) else 1
+    return verdict(goals, baseline, args.seeds, figures)
 
 
 if __name__ == "__main__":

@@ -81,3 +81,23 @@ def int8_students(run: Path, point: str) -> dict:
         }
         for fp32, int8 in INT8.items()
     }
+
+
+def model_figures(run: Path) -> dict:
+    """Teacher and student: parameters and test accuracy of the ort-cpu compiled model."""
+    exported, compiled = checks(run, "export"), checks(run, "compile")["targets"]
+    return {
+        m: {"params": exported[m]["params"], "accuracy": compiled["ort-cpu"][m]["accuracy"]}
+        for m in MODELS
+    }
+
+
+def verdict(goals: dict[str, bool], baseline: dict, seeds: int, figures: dict) -> int:
+    """Print one line per goal, whether KD helped, and the figures as the last line (one JSON
+    object); the exit status: 1 when a goal is missed."""
+    for goal, ok in goals.items():
+        print(f"{'ok  ' if ok else 'MISS'} {goal}")
+    helped = "helped" if baseline["helped"] else "did not help"
+    print(f"KD {helped}: {baseline['kd_minus_scratch'] * 100:+.2f} points (mean of {seeds} seeds)")
+    print(json.dumps(figures))
+    return 0 if all(goals.values()) else 1
