@@ -8,7 +8,7 @@ sees it (``trim``), so padding up to ``L`` costs nothing. An exported model take
 named inputs (``unpack``): the ONNX file has the usual int64 ``input_ids``, ``attention_mask``
 (and ``token_type_ids`` where the model takes them) with dynamic batch and sequence axes.
 
-numpy only: the compile, benchmark and package stages use it without torch or transformers.
+numpy only: the text modality's export, timing inputs and bundle use it without torch.
 """
 
 from __future__ import annotations
@@ -31,16 +31,6 @@ def pack(input_ids: list, token_type_ids: list | None, length: int, pad_id: int)
     return x
 
 
-def is_packed(x) -> bool:
-    """Whether ``x`` is a packed token array."""
-    return (
-        isinstance(x, np.ndarray)
-        and x.ndim == 3
-        and x.shape[1] == len(PACKED)
-        and (x.dtype == np.int64)
-    )
-
-
 def longest(x: np.ndarray) -> int:
     """The longest example's token count in a packed array (at least 1)."""
     return max(int(x[:, 1].sum(axis=1).max()) if len(x) else 1, 1)
@@ -59,11 +49,6 @@ def unpack(x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
     if unknown:
         raise ValueError(f"model inputs {unknown} are not token inputs ({', '.join(PACKED)})")
     return {n: np.ascontiguousarray(x[:, PACKED.index(n)]) for n in names}
-
-
-def feed(x, names: list[str]):
-    """What a runtime runs on: the named inputs of a packed array, or ``x`` as it is."""
-    return unpack(x, names) if is_packed(x) and len(names) > 1 else x
 
 
 def at_shape(x: np.ndarray, batch: int, seq: int) -> np.ndarray:
