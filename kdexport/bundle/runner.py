@@ -393,10 +393,29 @@ def verify(root: Path) -> dict:
 # kdexport's architecture check counts a modality's own code here as inside its modality.
 
 
+def decode_image(path: Path, mode: str, size) -> np.ndarray:
+    """The one image decoder, kdexport's (training) and run.py's (devices): EXIF orientation
+    applied, 16-bit pixels scaled to 8 bits, converted to ``mode`` ("L" or "RGB"; CMYK, palette
+    and grey files too), resized bilinearly to ``size`` (height, width) when given; uint8
+    (H, W, C). Pillow's own errors (not an image, truncated) pass through."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)  # a phone's portrait photo stands as it was taken
+        if img.mode.startswith("I"):  # 16-bit (I;16) or 32-bit integer grey
+            wide = np.clip(np.asarray(img, dtype=np.float64), 0, 65535)
+            img = Image.fromarray(np.round(wide / 257).astype(np.uint8), "L")
+        img = img.convert(mode)
+        if size:
+            img = img.resize((int(size[1]), int(size[0])), Image.BILINEAR)
+        x = np.asarray(img, dtype=np.uint8)
+    return x[:, :, None] if x.ndim == 2 else x
+
+
 def _read_image(path: Path, pre: dict, shape: list) -> np.ndarray:
     """An image as one model input: channels, resize, pixel scale, mean/std, NCHW."""
     try:
-        from PIL import Image
+        import PIL  # noqa: F401 (decode_image's: said here in one line when it is missing)
     except ImportError:
         raise BundleError(
             f"{path.name}: reading images needs Pillow (pip install pillow); or give a .npy array"
@@ -405,12 +424,10 @@ def _read_image(path: Path, pre: dict, shape: list) -> np.ndarray:
     if not all(isinstance(d, int) for d in (channels, height, width)) or channels not in (1, 3):
         raise BundleError(f"the model input {shape} is not an image; give a .npy array")
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB").resize((width, height))
-            x = np.asarray(img, dtype=np.float32)
-    except OSError as e:
+        x = decode_image(path, "L" if channels == 1 else "RGB", (height, width))
+    except (OSError, ValueError) as e:
         raise BundleError(f"{path.name}: not a readable image ({e})") from None
-    x = x.reshape(height, width, channels) * float(pre.get("image_scale", 1 / 255))
+    x = x.astype(np.float32) * float(pre.get("image_scale", 1 / 255))
     mean = np.asarray(pre.get("mean") if pre.get("mean") is not None else 0.0, np.float32)
     std = np.asarray(pre.get("std") if pre.get("std") is not None else 1.0, np.float32)
     return ((x - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)

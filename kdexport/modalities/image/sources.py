@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdexport.bundle.runner import decode_image
 from kdexport.errors import KdxError
 from kdexport.modalities.contract import Source
 
@@ -41,17 +42,12 @@ def npz(path: Path) -> Source:
 
 
 def _read_image(path: Path, size: list[int], mode: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
+    """(C, H, W) float32 in 0..1, decoded as run.py decodes it on devices (``decode_image``)."""
     try:
-        with Image.open(path) as img:
-            img = img.convert(mode)
-            if size:
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
-            a = np.asarray(img, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+        a = decode_image(path, mode, size)
+    except (OSError, ValueError) as e:  # Pillow's UnidentifiedImageError is an OSError
         raise KdxError(f"{path}: not a readable image ({e}); remove or replace it") from None
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    return a.transpose(2, 0, 1).astype(np.float32) / 255.0
 
 
 def stack(arrays: list[np.ndarray], where: str, hint: str) -> np.ndarray:
