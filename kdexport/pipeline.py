@@ -38,20 +38,34 @@ SECTIONS: recipes.Sections = {
 }
 
 
-def _refuse_other_modalities(resolved: dict) -> None:
-    """A key of another modality than the run's, set to other than its default, is a mistake."""
+def _other_modalities_keys(resolved: dict):
+    """(modality, section, key, default) of every key of another modality than the run's."""
     chosen = resolved["data"]["modality"]
     for other in modalities.every():
         for section, fn in other.options.items():
-            if other.name == chosen:
-                continue
-            for key, (_, default, _) in recipes.keys_of(fn).items():
-                if resolved[section][key] != default:
-                    raise KdxError(
-                        f"{section}.{key} applies to {other.name} runs and this run's "
-                        f'data.modality is "{chosen}"; remove it, or set data.modality = '
-                        f'"{other.name}"'
-                    )
+            if other.name != chosen:
+                for key, (_, default, _) in recipes.keys_of(fn).items():
+                    yield other.name, section, key, default
+
+
+def _refuse_other_modalities(resolved: dict) -> None:
+    """A key of another modality than the run's, set to other than its default, is a mistake."""
+    chosen = resolved["data"]["modality"]
+    for other, section, key, default in _other_modalities_keys(resolved):
+        if resolved[section][key] != default:
+            raise KdxError(
+                f"{section}.{key} applies to {other} runs and this run's data.modality is "
+                f'"{chosen}"; remove it, or set data.modality = "{other}"'
+            )
+
+
+def recorded(resolved: dict) -> dict:
+    """The recipe as a run records it: without the other modalities' keys (at their defaults,
+    ``load_recipe`` fills them in again)."""
+    out = {section: dict(keys) for section, keys in resolved.items()}
+    for _, section, key, _ in _other_modalities_keys(resolved):
+        out[section].pop(key, None)
+    return out
 
 
 def load_recipe(recipe: str | Path | None = None, overrides=()) -> dict:
@@ -81,7 +95,7 @@ def prepare_run(run_dir: str | Path, recipe: str | Path | None = None, overrides
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in (MANIFEST, "report.md"):
             (run_dir / name).unlink(missing_ok=True)
-        write_text(own, recipes.dumps(resolved))
+        write_text(own, recipes.dumps(recorded(resolved)))
     except OSError as e:
         raise KdxError(f"cannot write to {run_dir} ({e.strerror}); choose another --out") from None
     return resolved

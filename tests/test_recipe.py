@@ -67,3 +67,14 @@ def test_bad_files(tmp_path):
     bad.write_text("distill = 3")
     with pytest.raises(KdxError, match="must be a table"):
         load_recipe(bad)
+
+
+def test_a_run_records_its_own_modality_keys_only(tmp_path):
+    from kdexport.pipeline import prepare_run
+
+    resolved = prepare_run(tmp_path / "run")
+    written = (tmp_path / "run" / "recipe.toml").read_text()
+    assert 'modality = "image"' in written and "image_size" in written
+    assert "text_column" not in written and "clip_seconds" not in written
+    assert "text_shapes" not in written
+    assert load_recipe(tmp_path / "run" / "recipe.toml") == resolved  # filled in again
