@@ -68,6 +68,17 @@ def _inside_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+# Benchmark overrides for tests that run a whole recipe: one short round, no memory probe
+# (what is timed there is never asserted; tools/ measure speed).
+QUICK_TIMING = [
+    "benchmark.warmup_iters=1",
+    "benchmark.warmup_s=0.0",
+    "benchmark.min_time_s=0.0",
+    "benchmark.rounds=1",
+    "benchmark.memory=false",
+]
+
+
 def kdx(*args: str, code: int | None = 0):
     """Run the CLI in-process; check the exit code unless ``code`` is None."""
     result = CliRunner().invoke(cli, [str(a) for a in args])

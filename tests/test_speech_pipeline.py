@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fails, kdx
+from conftest import QUICK_TIMING, fails, kdx
 
 from kdexport.bundle import runner
 from kdexport.modalities.speech.audio import read_clip
@@ -57,13 +57,9 @@ def speech_args(source: Path, *more: str) -> list[str]:
         "export.parity_samples=32",
         "compile.targets=['ort-cpu', 'openvino-cpu']",
         "benchmark.batch_sizes=[1, 4]",
-        "benchmark.warmup_iters=1",
-        "benchmark.warmup_s=0.0",
+        *QUICK_TIMING,
         "benchmark.min_iters=3",
-        "benchmark.min_time_s=0.0",
-        "benchmark.rounds=1",
         "benchmark.repeats=1",
-        "benchmark.memory=false",
         *more,
     ]
     return ["--recipe", "speech", *(a for s in sets for a in ("--set", s))]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fails, kdx
+from conftest import QUICK_TIMING, fails, kdx
 from test_package import BLOCKED, FAST_BENCH, device, one_error
 
 from kdexport import plan as placement
@@ -58,12 +58,8 @@ def text_run(tmp_path_factory) -> tuple[Path, Path]:
         "export.parity_samples=64",
         "compile.targets=['ort-cpu']",
         "benchmark.text_shapes=['1x16']",
-        "benchmark.warmup_iters=1",
-        "benchmark.warmup_s=0.0",
+        *QUICK_TIMING,
         "benchmark.min_iters=3",
-        "benchmark.min_time_s=0.0",
-        "benchmark.rounds=1",
-        "benchmark.memory=false",
     ]
     kdx(
         "distill-and-export",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fails, kdx
+from conftest import QUICK_TIMING, fails, kdx
 
 from kdexport.feeds import load_sample
 from kdexport.modalities.text.synthetic import CLASSES, generate, write_reviews
@@ -33,12 +33,8 @@ def text_args(folder: Path, *more: str) -> list[str]:
         "distill.student=hf-student:num_hidden_layers=1",
         "compile.targets=['ort-cpu', 'openvino-cpu']",
         "benchmark.text_shapes=['1x16', '2x64']",
-        "benchmark.warmup_iters=1",
-        "benchmark.warmup_s=0.0",
+        *QUICK_TIMING,
         "benchmark.min_iters=5",
-        "benchmark.min_time_s=0.0",
-        "benchmark.rounds=1",
-        "benchmark.memory=false",
         *more,
     ]
     return ["--recipe", "text", *(a for s in sets for a in ("--set", s))]
