@@ -1,24 +1,12 @@
 """The fixed train/validation/test split and the unlabeled transfer set, of any modality.
 
-The run's modality (``data.modality``, ``kdexport.modalities``) reads each source; this module
-splits what it read. The image sources, the default modality's:
-
-Sources (``data.source``, and ``data.transfer`` for extra unlabeled inputs):
-
-- ``digits``: scikit-learn's 8x8 handwritten digits (shipped inside scikit-learn; no download);
-- ``path/to/file.npz``: arrays ``x`` (N, C, H, W) and ``y`` (N,) (``y`` may be left out of a
-  transfer source);
-- ``path/to/folder``: an image folder, one sub-folder per class holding PNG/JPEG files (a
-  transfer folder: images anywhere below it, labels ignored), resized to ``image_size`` and
-  read in ``image_mode`` (``L`` grey, ``RGB``), pixels scaled to 0..1;
-- ``path/to/file.py:factory``: a function returning a torch ``Dataset`` whose items are
-  ``(x, y)`` (or ``x`` alone for a transfer source), x a (C, H, W) tensor or array;
-
-Text (``modality = "text"``): ``path/to/file.csv|.tsv|.jsonl`` with a ``text_column``, texts
-(or text pairs) and labels tokenised by ``tokenizer``'s fast tokenizer (an ``hf:`` folder; the
-pipeline gives the teacher's) and cached in ``cache_dir`` (``kdexport.modalities.text``).
-
-Every source is read into memory once.
+The run's modality (``data.modality``, ``kdexport.modalities``) reads each source into
+``Inputs`` (``kdexport.modalities.inputs``): held in memory where the source is one array
+(scikit-learn's digits, ``.npz``, text's token ids), streamed where it is files (image folders,
+manifests, shards, memory-mapped ``.npy``, speech clips): a listing whose items are decoded in
+``workers`` DataLoader processes while training. This module splits what was read, stratified
+by class, seeded, from the labels alone: nothing is decoded to split. See each modality's
+module for its sources (``kdexport.modalities.image``, ``.text``, ``.speech``).
 """
 
 from __future__ import annotations
@@ -33,23 +21,25 @@ import numpy as np
 from kdexport import modalities
 from kdexport.errors import KdxError
 from kdexport.modalities.contract import Source
+from kdexport.modalities.inputs import ArrayInputs, Inputs, default_workers
 from kdexport.options import OneOf, Range
 from kdexport.recipe import keys_of
 
 
 @dataclass
 class Splits:
-    """Train/val/test arrays: x float32 (N, C, H, W), y int64 (N,); unlabeled transfer inputs."""
+    """Train/val/test inputs (in memory or streamed) and labels y int64 (N,); unlabeled
+    transfer inputs."""
 
-    x_train: np.ndarray
+    x_train: Inputs
     y_train: np.ndarray
-    x_val: np.ndarray
+    x_val: Inputs
     y_val: np.ndarray
-    x_test: np.ndarray
+    x_test: Inputs
     y_test: np.ndarray
     labels: list[str]
     preprocessing: dict
-    x_transfer: np.ndarray
+    x_transfer: Inputs
 
     @property
     def modality(self) -> str:
@@ -61,15 +51,21 @@ class Splits:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
+        return self.x_train.item_shape
 
     def fingerprint(self) -> str:
-        """A hash of every array: two runs with the same fingerprint saw the same data."""
+        """A hash of every split's inputs (their identity: arrays by content, streamed inputs by
+        listing and file stamps) and labels: two runs with the same fingerprint saw the same data."""
         h = hashlib.sha256()
-        for a in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test):
-            h.update(np.ascontiguousarray(a).tobytes())
+        for x, y in (
+            (self.x_train, self.y_train),
+            (self.x_val, self.y_val),
+            (self.x_test, self.y_test),
+        ):
+            h.update(x.identity().encode())
+            h.update(np.ascontiguousarray(y).tobytes())
         if len(self.x_transfer):
-            h.update(np.ascontiguousarray(self.x_transfer).tobytes())
+            h.update(self.x_transfer.identity().encode())
         return h.hexdigest()[:16]
 
 
@@ -116,35 +112,54 @@ def load_splits(
     test_fraction: Annotated[float, Range(0.0, 0.5, lo_open=True)] = 0.2,
     seed: Annotated[int, Range(0)] = 0,
     cache_dir: str = "",
+    workers: Annotated[int, Range(-1, 256)] = -1,
+    skip_unreadable: bool = False,
     **modality_options,
 ) -> Splits:
     """Read ``source`` as ``modality`` says, split it stratified by class with a fixed seed;
     read ``transfer``. ``num_classes`` 0 infers the count from the labels (or the class
-    folders); ``cache_dir`` keeps what a modality caches (text: token ids). The modality's own
-    keys (``modality_options``) are its ``options["data"]``'s."""
+    folders); ``cache_dir`` keeps what a modality caches (text: token ids). ``workers``: the
+    DataLoader processes that decode streamed inputs (-1: the CPUs this process may use, less
+    one; 0: none, decoded in the training process). ``skip_unreadable``: files that cannot be
+    read are skipped and counted in the record (one pass over the files when reading) instead
+    of stopping the run with their name. The modality's own keys (``modality_options``) are
+    its ``options["data"]``'s."""
     kind = modalities.get(modality)
     own = keys_of(kind.options["data"]) if "data" in kind.options else {}
     # Each of the modality's keys, given or its default (another modality's keys: not this run's).
     options = {k: modality_options.get(k, default) for k, (_, default, _) in own.items()}
     kind.check_options(options)
+    options["workers"] = default_workers() if workers < 0 else workers
+    options["skip_unreadable"] = skip_unreadable
     src = kind.read(source, options, True, Path(cache_dir or "cache"))
     labels = _class_names(src, num_classes, source)
-    if src.x.dtype.kind == "f" and not np.isfinite(src.x).all():
+    held = src.x.array if isinstance(src.x, ArrayInputs) else None
+    if held is not None and held.dtype.kind == "f" and not np.isfinite(held).all():
         raise KdxError(
             f"data source '{source}': x holds NaN or infinite values; clean the data first"
         )
     pre = {"modality": modality, **src.preprocessing}
-    x_transfer = np.empty((0, *src.x.shape[1:]), src.x.dtype)
+    x_transfer = src.x.subset(np.arange(0))
     if transfer:
         x_transfer = kind.read(transfer, options, False, Path(cache_dir or "cache")).x
-        if x_transfer.shape[1:] != src.x.shape[1:]:
+        if x_transfer.item_shape != src.x.item_shape:
             raise KdxError(
-                f"data.transfer '{transfer}': inputs {x_transfer.shape[1:]} differ from the source's {src.x.shape[1:]}; give inputs of the same shape"
+                f"data.transfer '{transfer}': inputs {x_transfer.item_shape} differ from the source's {src.x.item_shape}; give inputs of the same shape"
             )
         pre["transfer"] = transfer
     train, val, test = _stratified_split(src.y, (val_fraction, test_fraction), seed)
     y, x = src.y.astype(np.int64), src.x
-    return Splits(x[train], y[train], x[val], y[val], x[test], y[test], labels, pre, x_transfer)
+    return Splits(
+        x.subset(train),
+        y[train],
+        x.subset(val),
+        y[val],
+        x.subset(test),
+        y[test],
+        labels,
+        pre,
+        x_transfer,
+    )
 
 
 def labeled_subset(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:

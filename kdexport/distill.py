@@ -36,6 +36,7 @@ from kdexport.losses import (
     Objective,
     term_weights,
 )
+from kdexport.modalities.inputs import concat
 from kdexport.options import OneOf, Range, stage_options
 from kdexport.progress import quiet
 from kdexport.rundir import Loaded
@@ -109,12 +110,16 @@ def student_pool(splits: Splits, opts: dict, data_seed: int, scratch: bool) -> P
     Scratch: the labeled share alone."""
     keep = labeled_subset(splits.y_train, opts["label_fraction"], data_seed)
     if scratch:
-        x, y = splits.x_train[keep], splits.y_train[keep]
+        x, y = splits.x_train.subset(keep), splits.y_train[keep]
     else:
-        x = np.concatenate([splits.x_train, splits.x_transfer])
+        x = concat(
+            splits.x_train,
+            splits.x_transfer,
+            f"data.transfer '{splits.preprocessing.get('transfer')}'",
+        )
         y = np.full(len(x), UNLABELED, np.int64)
         y[: len(keep)][keep] = splits.y_train[keep]
-    return Pool(torch.from_numpy(x), torch.from_numpy(y))
+    return Pool(x, torch.from_numpy(y))
 
 
 def train_student(
@@ -174,9 +179,9 @@ def _taps(net: nn.Module, teacher: nn.Module, opts: dict, modality) -> tuple:
 
 def _cache_teacher_outputs(job: Job, art: Artifact, cache_dir, splits: Splits, device):
     """Fill the pool with the teacher's outputs over it (inputs that do not change)."""
-    x = job.pool.x.numpy()
+    x = job.pool.x
     layer = job.teacher_tap.name if job.teacher_tap else ""
-    key = cache_key(teacher_identity(art), x, splits.preprocessing, layer)
+    key = cache_key(teacher_identity(art), x.identity(), splits.preprocessing, layer)
     logits, feature = teacher_outputs(job.teacher, x, key, cache_dir, job.teacher_tap, device)
     job.pool.teacher_logits = torch.from_numpy(logits)
     job.pool.teacher_feature = None if feature is None else torch.from_numpy(feature)

@@ -198,8 +198,8 @@ def export(
     student, student_art = load_student(run)
     if student_checkpoint:
         load_checkpoint(student, student_checkpoint, student_art.parameters["student"])
-    x, y = splits.x_test[:parity_samples], splits.y_test[:parity_samples]
-    example = torch.from_numpy(splits.x_train[:example_batch])
+    x, y = splits.x_test.head(parity_samples), splits.y_test[:parity_samples]
+    example = torch.from_numpy(splits.x_train.head(example_batch))
     meta = {
         "kdexport_version": __version__,
         "modality": modality.name,
@@ -248,7 +248,9 @@ def export(
         )
         calibration = {}
         for model_names in names.values():
-            calibration.update(modality.named_inputs(splits.x_train[np.sort(calib)], model_names))
+            calibration.update(
+                modality.named_inputs(splits.x_train.take(np.sort(calib)), model_names)
+            )
         save_sample(w.path / "calibration.npz", calibration)
         # with "teacher" and "student" above, the keys of ExportChecks
         w.checks["modality"] = modality.name

@@ -116,7 +116,7 @@ def build_teacher(opts: dict, splits: Splits) -> nn.Module:
             "teacher.epochs = 0 and teacher.checkpoint = ''"
         )
     if isinstance(net, OnnxModel):  # output_kind "auto": decided on the data, before training
-        net.resolve((splits.x_val if len(splits.x_val) else splits.x_train)[:512])
+        net.resolve((splits.x_val if len(splits.x_val) else splits.x_train).head(512))
     return load_checkpoint(net, opts["checkpoint"], spec) if opts["checkpoint"] else net
 
 
@@ -175,7 +175,7 @@ def train_teacher(
     with cluster(device) as c:
         history = []
         if epochs:
-            pool = Pool(torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train))
+            pool = Pool(splits.x_train, torch.from_numpy(splits.y_train))
             steps = math.ceil(len(pool.y) / batch_size)
             augmentation = run.modality.augmentation(augment, run.data)
             job = Job(net, Objective({"ce": 1.0}), pool, steps, augment=augmentation)

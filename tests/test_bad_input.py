@@ -388,7 +388,7 @@ CASES = [
             lambda t, r: _npz(t, x=np.zeros((40, 1, 8, 8), np.float32), y=np.arange(30) % 2)
         ),
         1,
-        "must be (N, C, H, W)",
+        "labels (30,) for 40 inputs; give one class id per input",
     ),
     # inputs of the wrong shape to benchmark
     (

@@ -13,6 +13,7 @@ from kdexport.data import load_splits
 from kdexport.distill import distill, student_pool
 from kdexport.errors import KdxError
 from kdexport.modalities.image.augment import shift
+from kdexport.modalities.inputs import ArrayInputs
 from kdexport.pipeline import load_recipe
 from kdexport.teacher import load_teacher, train_teacher
 from kdexport.train.loop import AUTO_DEVICE_SHARE, Pool, _lr_factor, predict
@@ -133,21 +134,21 @@ def test_feature_layers_are_checked_before_training(tmp_path, models):
 def test_teacher_outputs_are_cached_once_and_keyed_by_the_teacher(run):
     r = _recipe(run)
     distill(Run(run, r["data"]), **r["distill"])
-    (cached,) = (run / "cache").glob("teacher-*.npz")
+    (cached,) = (run / "cache").glob("teacher-*.logits.npy")
     mtime = cached.stat().st_mtime_ns
     splits = load_splits(**r["data"])
     teacher, _ = load_teacher(Run(run, r["data"]))
-    with np.load(cached) as f:
-        np.testing.assert_allclose(f["logits"], predict(teacher, splits.x_train), atol=1e-6)
+    logits = np.load(cached, mmap_mode="r")
+    np.testing.assert_allclose(logits, predict(teacher, splits.x_train), atol=1e-6)
     distill(Run(run, r["data"]), **{**r["distill"], "seed": 1})
     assert cached.stat().st_mtime_ns == mtime  # reused, not recomputed
     distill(
         Run(run, r["data"]), **{**r["distill"], "augment": "shift"}
     )  # the teacher runs per batch
-    assert len(list((run / "cache").glob("teacher-*.npz"))) == 1
+    assert len(list((run / "cache").glob("teacher-*.logits.npy"))) == 1
     train_teacher(Run(run, r["data"]), **{**r["teacher"], "epochs": 1})
     distill(Run(run, r["data"]), **r["distill"])
-    assert len(list((run / "cache").glob("teacher-*.npz"))) == 2  # a new teacher, a new key
+    assert len(list((run / "cache").glob("teacher-*.logits.npy"))) == 2  # a new teacher, a new key
 
 
 def test_labeled_share_and_transfer_pool(tmp_path):
@@ -246,15 +247,16 @@ def test_cuda_device_without_a_gpu(run):
 def test_data_placement_on_a_gpu_follows_the_free_memory(monkeypatch):
     """ "auto" keeps data larger than a quarter of the GPU's free memory on the host (pinned per
     batch); on the CPU the data stays where it is."""
-    pool = Pool(torch.zeros(1000, 64), torch.zeros(1000, dtype=torch.int64))  # 264,000 bytes
-    size = pool.x.nbytes + pool.y.nbytes
+    x = ArrayInputs(np.zeros((1000, 64), np.float32))
+    pool = Pool(x, torch.zeros(1000, dtype=torch.int64))  # 264,000 bytes
+    size = x.array.nbytes + pool.y.nbytes
     free = size / AUTO_DEVICE_SHARE - 1
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 10 * free))
     pool.place(torch.device("cuda", 0), "auto")
-    assert pool.placement == "pinned host" and pool.x.device.type == "cpu"
+    assert pool.placement == "pinned host"
     pool.place(torch.device("cpu"), "device")
     assert pool.placement == "cpu"
-    x, y, logits, feature = pool.batch(torch.tensor([3, 1]), torch.device("cpu"))
+    ((x, y, logits, feature),) = pool.batches([torch.tensor([3, 1])], torch.device("cpu"))
     assert x.shape == (2, 64) and y.shape == (2,) and logits is None and feature is None
 
 

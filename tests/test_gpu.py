@@ -411,22 +411,23 @@ def test_fp16_with_float16_io_on_the_gpu(cuda, tiny_onnx, tmp_path):
 def test_batches_from_host_memory_come_through_pinned_buffers():
     import torch
 
+    from kdexport.modalities.inputs import ArrayInputs
     from kdexport.train.loop import Pool
 
     if not torch.cuda.is_available():
         pytest.skip("PyTorch sees no CUDA GPU")
     x, y = torch.randn(500, 1, 8, 8), torch.arange(500)
-    pool = Pool(x, y, teacher_logits=torch.randn(500, 10))
+    pool = Pool(ArrayInputs(x.numpy()), y, teacher_logits=torch.randn(500, 10))
     device = torch.device("cuda", 0)
     pool.place(device, "host")
-    assert pool.placement == "pinned host" and pool.x.device.type == "cpu"
+    assert pool.placement == "pinned host"
     idx = torch.randperm(500)[:64]
-    bx, by, logits, feature = pool.batch(idx, device)
+    ((bx, by, logits, feature),) = pool.batches([idx], device)
     torch.cuda.synchronize()
     assert bx.device == device and by.device == device and logits.device == device
     assert torch.equal(bx.cpu(), x[idx]) and torch.equal(by.cpu(), y[idx]) and feature is None
     pool.place(device, "device")
-    assert pool.placement == "device" and pool.x.device == device
+    assert pool.placement == "device" and pool._tensors()[0][1].device == device
 
 
 @pytest.mark.gpu

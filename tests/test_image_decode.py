@@ -10,7 +10,8 @@ from PIL import Image
 from kdexport.bundle import runner
 from kdexport.data import load_splits
 from kdexport.errors import KdxError
-from kdexport.modalities.image.sources import image_folder
+from kdexport.modalities.image import IMAGE
+from kdexport.modalities.inputs import read_all
 
 EXIF_ORIENTATION = 0x0112
 
@@ -57,7 +58,7 @@ def test_the_host_reads_images_as_run_py_does(tmp_path):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (37, 53, 3), np.uint8)).save(folder / "x.png")
-    host = image_folder(tmp_path / "data", [16, 24], "RGB", labeled=True).x[0]
+    host = IMAGE.read(str(tmp_path / "data"), _options([16, 24]), True, tmp_path).x.take([0])[0]
     spec = {"name": "input", "dtype": "float32", "shape": ["batch", 3, 16, 24]}
     device = runner.load_input(folder / "x.png", spec, {"image_scale": 1 / 255})[0]
     np.testing.assert_allclose(host, device, atol=1e-6)  # x / 255 against x * (1 / 255)
@@ -71,5 +72,30 @@ def test_a_truncated_jpeg_among_good_ones_is_one_line_naming_it(tmp_path):
             _marked().save(tmp_path / c / f"{i}.jpg")
     whole = (tmp_path / "b" / "5.jpg").read_bytes()
     (tmp_path / "b" / "5.jpg").write_bytes(whole[: len(whole) // 2])
+    # Nothing is decoded to split: the file is named when a split reads it.
+    splits = load_splits(source=str(tmp_path), image_size=[8, 8], image_mode="RGB", workers=0)
     with pytest.raises(KdxError, match=r"5\.jpg: not a readable image .*remove or replace it"):
-        load_splits(source=str(tmp_path), image_size=[8, 8], image_mode="RGB")
+        for x in (splits.x_train, splits.x_val, splits.x_test):
+            list(read_all(x))
+    # Asked for, unreadable files are skipped and counted in the record.
+    splits = load_splits(
+        source=str(tmp_path), image_size=[8, 8], image_mode="RGB", skip_unreadable=True
+    )
+    assert len(splits.y_train) + len(splits.y_val) + len(splits.y_test) == 11
+    skipped = splits.preprocessing["skipped_unreadable"]
+    assert skipped["count"] == 1 and skipped["first"][0].endswith("5.jpg")
+
+
+def _options(size, **given) -> dict:
+    """An image source's options as ``load_splits`` completes them."""
+    return {
+        "image_size": size,
+        "image_mode": "RGB",
+        "mean": [],
+        "std": [],
+        "crop_fraction": 0.0,
+        "crop_scale": [0.08, 1.0],
+        "workers": 0,
+        "skip_unreadable": False,
+        **given,
+    }

@@ -8,6 +8,7 @@ from PIL import Image
 
 from kdexport.data import labeled_subset, load_splits
 from kdexport.errors import KdxError
+from kdexport.modalities.inputs import read_all
 from kdexport.zoo import create_model, load_checkpoint
 
 FACTORY = """
@@ -108,7 +109,7 @@ def test_image_folder_with_resize_and_normalisation(tmp_path):
     assert splits.input_shape == (1, 8, 8)
     assert len(splits.y_train) + len(splits.y_val) + len(splits.y_test) == 19
     assert splits.preprocessing["resize"] == [8, 8] and splits.preprocessing["mean"] == [0.5]
-    x = np.concatenate([splits.x_train, splits.x_val, splits.x_test])
+    x = np.concatenate([x.head(len(x)) for x in (splits.x_train, splits.x_val, splits.x_test)])
     assert x.min() == pytest.approx((0 / 255 - 0.5) / 0.25)  # pixel 0 of "cat/0.png"
 
 
@@ -122,15 +123,25 @@ def test_image_folder_rgb(tmp_path):
 
 def test_image_folder_errors(tmp_path):
     (tmp_path / "empty" / "cat").mkdir(parents=True)
-    with pytest.raises(KdxError, match="no PNG or JPEG images in class sub-folders"):
+    with pytest.raises(KdxError, match="no images in class sub-folders"):
         load_splits(source=str(tmp_path / "empty"))
     root = _image_folder(tmp_path / "imgs")
-    _png(root / "cat" / "wide.png", 1, size=(8, 12))
-    with pytest.raises(KdxError, match="differ in shape.*set data.image_size"):
+    (root / "bird").mkdir()
+    with pytest.raises(KdxError, match="class folder 'bird' holds no images"):
         load_splits(source=str(root))
+    (root / "bird").rmdir()
+    # Nothing is decoded to split: an image's own faults are named when it is read.
+    _png(root / "cat" / "wide.png", 1, size=(8, 12))
+    with pytest.raises(KdxError, match=r"wide.png: read as \(1, 8, 12\).*set data.image_size"):
+        _read_every_split(load_splits(source=str(root), workers=0))
     (root / "cat" / "wide.png").write_bytes(b"not a png")
     with pytest.raises(KdxError, match="wide.png: not a readable image"):
-        load_splits(source=str(root))
+        _read_every_split(load_splits(source=str(root), workers=2))
+
+
+def _read_every_split(splits) -> None:
+    for x in (splits.x_train, splits.x_val, splits.x_test):
+        list(read_all(x))
 
 
 FACTORY_DATA = """
@@ -159,7 +170,7 @@ def test_dataset_factory_and_unlabeled_transfer(tmp_path):
     spec = f"{tmp_path / 'ds.py'}"
     splits = load_splits(source=f"{spec}:labeled", transfer=f"{spec}:unlabeled")
     assert splits.num_classes == 3 and splits.input_shape == (1, 8, 8)
-    assert splits.x_transfer.shape == (30, 1, 8, 8)
+    assert len(splits.x_transfer) == 30 and splits.x_transfer.item_shape == (1, 8, 8)
     assert splits.preprocessing["transfer"] == f"{spec}:unlabeled"
     with pytest.raises(KdxError, match="has no labels"):
         load_splits(source=f"{spec}:unlabeled")
@@ -171,14 +182,16 @@ def test_dataset_factory_and_unlabeled_transfer(tmp_path):
 
 def test_transfer_npz_without_labels_and_shape_check(tmp_path):
     np.savez(tmp_path / "u.npz", x=np.zeros((7, 1, 8, 8), np.float32))
-    assert load_splits(transfer=str(tmp_path / "u.npz")).x_transfer.shape == (7, 1, 8, 8)
+    transfer = load_splits(transfer=str(tmp_path / "u.npz")).x_transfer
+    assert len(transfer) == 7 and transfer.item_shape == (1, 8, 8)
     np.savez(tmp_path / "w.npz", x=np.zeros((7, 1, 4, 4), np.float32))
     with pytest.raises(KdxError, match=r"inputs \(1, 4, 4\) differ from the source's"):
         load_splits(transfer=str(tmp_path / "w.npz"))
     folder = tmp_path / "unlabeled"
     for i in range(3):
         _png(folder / "any" / "depth" / f"{i}.png", i)
-    assert load_splits(transfer=str(folder)).x_transfer.shape == (3, 1, 8, 8)
+    transfer = load_splits(transfer=str(folder)).x_transfer
+    assert len(transfer) == 3 and transfer.head(3).shape == (3, 1, 8, 8)
 
 
 def test_labels_out_of_range(tmp_path):
@@ -200,7 +213,7 @@ def test_labeled_subset_is_stratified_and_fixed():
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ("nowhere/", "nowhere does not exist; use digits, a .npz file, an image folder"),
+        ("nowhere/", "nowhere does not exist; use digits, an image folder, a .csv/.jsonl"),
         ("missing.npz", "missing.npz: no such file"),
         ("missing.py:make", "does not exist; give file.py:factory"),
     ],
@@ -221,7 +234,7 @@ def _unreadable(tmp):
 
 @pytest.mark.parametrize(
     ("make", "message"),
-    [(_no_images, "no PNG or JPEG images"), (_unreadable, "0.png: not a readable image")],
+    [(_no_images, "no images in class sub-folders"), (_unreadable, "0.png: not a readable image")],
 )
 def test_bad_image_folders_fail_in_one_line(tmp_path, make, message):
     make(tmp_path)

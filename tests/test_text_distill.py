@@ -133,7 +133,7 @@ def test_a_text_loss_needs_text_models(tmp_path):
 def test_the_tap_captures_and_restores(text_run):
     r = load_recipe(text_run[0] / "recipe.toml", [])
     teacher = text_model(r["teacher"]["model"], len(CLASSES)).train()
-    x = torch.from_numpy(load_splits(**r["data"]).x_val[:3])
+    x = torch.from_numpy(load_splits(**r["data"]).x_val.head(3))
     dropouts = attention_dropouts(teacher.hf)
     assert len(dropouts) == 2 and all(d.p > 0 for d in dropouts)
     tap = TextTap(teacher, "attentions", "teacher")

@@ -73,7 +73,7 @@ NEEDS_TOKENIZERS = (
     "this bundle holds a text model: run.py needs the tokenizers package to read text; "
     "pip install tokenizers"
 )
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff")
 METHOD = (
     "inputs bound once (ONNX Runtime IO binding), synchronous inference, warm-up then "
     ">= min_iters iterations and >= min_time_s per model, teacher and student interleaved in "
@@ -393,11 +393,10 @@ def verify(root: Path) -> dict:
 # kdexport's architecture check counts a modality's own code here as inside its modality.
 
 
-def decode_image(path: Path, mode: str, size) -> np.ndarray:
-    """The one image decoder, kdexport's (training) and run.py's (devices): EXIF orientation
-    applied, 16-bit pixels scaled to 8 bits, converted to ``mode`` ("L" or "RGB"; CMYK, palette
-    and grey files too), resized bilinearly to ``size`` (height, width) when given; uint8
-    (H, W, C). Pillow's own errors (not an image, truncated) pass through."""
+def open_image(path, mode: str):
+    """An image file as a Pillow image in ``mode`` ("L" or "RGB"): EXIF orientation applied,
+    16-bit pixels scaled to 8 bits, CMYK, palette and grey files converted. Pillow's own errors
+    (not an image, truncated) pass through."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as img:
@@ -405,11 +404,38 @@ def decode_image(path: Path, mode: str, size) -> np.ndarray:
         if img.mode.startswith("I"):  # 16-bit (I;16) or 32-bit integer grey
             wide = np.clip(np.asarray(img, dtype=np.float64), 0, 65535)
             img = Image.fromarray(np.round(wide / 257).astype(np.uint8), "L")
-        img = img.convert(mode)
-        if size:
-            img = img.resize((int(size[1]), int(size[0])), Image.BILINEAR)
-        x = np.asarray(img, dtype=np.uint8)
+        return img.convert(mode)
+
+
+def centre_box(width: int, height: int, size, crop: float) -> tuple:
+    """The region of a ``width`` x ``height`` image that the evaluation transform resizes to
+    ``size`` (height, width): the whole image (``crop`` 0: resized to size, aspect not kept),
+    or the centre crop that resizing the image to cover size / ``crop`` (timm's crop_pct: 0.875
+    reads the central 87.5%; 1: the shorter side to size) and cropping size leaves."""
+    if not crop:
+        return (0.0, 0.0, float(width), float(height))
+    scale = max(size[0] / (crop * height), size[1] / (crop * width))
+    w, h = size[1] / scale, size[0] / scale
+    left, top = (width - w) / 2, (height - h) / 2
+    return (left, top, left + w, top + h)
+
+
+def as_array(img) -> np.ndarray:
+    x = np.asarray(img, dtype=np.uint8)
     return x[:, :, None] if x.ndim == 2 else x
+
+
+def decode_image(path: Path, mode: str, size, crop: float = 0.0) -> np.ndarray:
+    """The one image decoder, kdexport's (training) and run.py's (devices): ``open_image``,
+    then the evaluation transform: resized bilinearly to ``size`` (height, width) when given,
+    from the region ``centre_box`` gives for ``crop``; uint8 (H, W, C)."""
+    from PIL import Image
+
+    img = open_image(path, mode)
+    if size:
+        box = centre_box(img.width, img.height, size, crop)
+        img = img.resize((int(size[1]), int(size[0])), Image.BILINEAR, box=box)
+    return as_array(img)
 
 
 def _read_image(path: Path, pre: dict, shape: list) -> np.ndarray:
@@ -424,7 +450,8 @@ def _read_image(path: Path, pre: dict, shape: list) -> np.ndarray:
     if not all(isinstance(d, int) for d in (channels, height, width)) or channels not in (1, 3):
         raise BundleError(f"the model input {shape} is not an image; give a .npy array")
     try:
-        x = decode_image(path, "L" if channels == 1 else "RGB", (height, width))
+        mode, crop = "L" if channels == 1 else "RGB", float(pre.get("crop_fraction") or 0.0)
+        x = decode_image(path, mode, (height, width), crop)
     except (OSError, ValueError) as e:
         raise BundleError(f"{path.name}: not a readable image ({e})") from None
     x = x.astype(np.float32) * float(pre.get("image_scale", 1 / 255))

@@ -20,16 +20,34 @@ from typing import Any
 import numpy as np
 
 from kdexport.errors import KdxError
+from kdexport.modalities.inputs import Inputs
 
 
 @dataclass
 class Source:
-    """What a data source holds: inputs, labels (None: unlabeled), class names, how it was read."""
+    """What a data source holds: inputs (in memory or streamed, ``kdexport.modalities.inputs``),
+    labels (None: unlabeled), class names, how it was read."""
 
-    x: np.ndarray
+    x: Inputs
     y: np.ndarray | None
     labels: list[str] | None
     preprocessing: dict
+
+
+@dataclass
+class Augmentation:
+    """A training augmentation. ``batch(x, generator)`` runs on a batch of model inputs on the
+    model's device. ``view`` (None: none) is what a streamed reader draws per item where the
+    whole decoded file is at hand (an image's random crop and flip); ``whole`` does the view's
+    work and ``batch``'s on a batch of in-memory inputs (default: ``batch``)."""
+
+    batch: Callable | None
+    view: Any = None
+    whole: Callable | None = None
+
+    def on_batch(self, streamed: bool) -> Callable | None:
+        """The batch function of inputs read ``streamed`` (the view drawn) or held in memory."""
+        return self.batch if streamed or self.whole is None else self.whole
 
 
 class Modality:
@@ -43,8 +61,9 @@ class Modality:
     schemes: dict[str, Any] = {}  # model-spec scheme -> kdexport.zoo.Scheme
 
     def read(self, spec: str, options: dict, labeled: bool, cache_dir: Path) -> Source:
-        """One data source (``data.source`` or ``data.transfer``) read as this modality's
-        arrays, with its class names and how it was read."""
+        """One data source (``data.source`` or ``data.transfer``): its inputs (streamed where
+        the source is files: a listing, nothing decoded), labels, class names and how it was
+        read. ``options``: the [data] section's keys of this modality and ``workers``."""
         raise NotImplementedError
 
     def complete_recipe(self, recipe: dict) -> None:
@@ -83,9 +102,9 @@ class Modality:
 
     augmentations: tuple[str, ...] = ()  # the names distill.augment / teacher.augment may give
 
-    def augmentation(self, name: str, options: dict):
-        """The training augmentation ``name`` as ``(batch, generator) -> batch``; None for
-        "none". ``options``: the run's [data] section."""
+    def augmentation(self, name: str, options: dict) -> Augmentation | None:
+        """The training augmentation ``name``; None for "none". ``options``: the run's [data]
+        section."""
         if name == "none":
             return None
         if name not in self.augmentations:
@@ -93,7 +112,7 @@ class Modality:
             raise KdxError(f"augment '{name}' is not for {self.name} runs; give one of: {known}")
         return self._augmentation(name, options)
 
-    def _augmentation(self, name: str, options: dict):
+    def _augmentation(self, name: str, options: dict) -> Augmentation:
         raise NotImplementedError
 
     int8_scheme = "static"  # "static": calibrated QDQ; "transformer": weights only on ORT

@@ -32,6 +32,8 @@ from kdexport.artifact import atomic_file
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy
 from kdexport.losses import LayerTap, Objective, first_non_finite
+from kdexport.modalities.contract import Augmentation
+from kdexport.modalities.inputs import ArrayInputs, Inputs
 from kdexport.options import OneOf, Range
 from kdexport.progress import Progress
 from kdexport.train.parallel import DEVICES, PRECISIONS, Cluster, autocast, check_precision
@@ -59,35 +61,45 @@ AUTO_DEVICE_SHARE = 0.25
 class Pool:
     """What the epochs draw batches from: inputs, labels (-1: unlabeled), cached teacher outputs.
 
-    ``placement`` says where it stays while training on a GPU: ``"device"`` (copied once into
-    the GPU's memory, the fastest) or ``"pinned host"`` (each batch gathered into page-locked
-    memory and copied while the GPU works on the previous one); ``"cpu"`` when training on the CPU.
+    Inputs held in memory (``ArrayInputs``) are batched here; ``placement`` says where they stay
+    while training on a GPU: ``"device"`` (copied once into the GPU's memory, the fastest) or
+    ``"pinned host"`` (each batch gathered into page-locked memory and copied while the GPU works
+    on the previous one); ``"cpu"`` when training on the CPU. Streamed inputs are read in their
+    DataLoader workers (``"streamed"``, pinned on a GPU) and finished on the device.
     """
 
-    x: torch.Tensor
+    x: Inputs
     y: torch.Tensor
     teacher_logits: torch.Tensor | None = None
     teacher_feature: torch.Tensor | None = None
     placement: str = "cpu"
 
-    TENSORS = ("x", "y", "teacher_logits", "teacher_feature")
+    def __post_init__(self) -> None:
+        self._x = torch.from_numpy(self.x.array) if isinstance(self.x, ArrayInputs) else None
+        if self._x is None:
+            self.placement = "streamed"
 
     def _tensors(self) -> list[tuple[str, torch.Tensor]]:
-        return [(n, getattr(self, n)) for n in self.TENSORS if getattr(self, n) is not None]
+        named = (("_x", self._x), ("y", self.y))
+        named += (
+            ("teacher_logits", self.teacher_logits),
+            ("teacher_feature", self.teacher_feature),
+        )
+        return [(n, t) for n, t in named if t is not None]
 
     def place(self, device: torch.device, option: str) -> None:
         """Put the pool where training on ``device`` reads it, as ``option`` (``PLACEMENTS``) says:
         ``"auto"`` is ``"device"`` when the pool takes at most ``AUTO_DEVICE_SHARE`` of the GPU's
-        free memory, else ``"host"``."""
+        free memory, else ``"host"``. Streamed inputs stay streamed."""
         if device.type != "cuda":
-            self.placement = "cpu"
+            self.placement = "cpu" if self._x is not None else "streamed"
             return
         size = sum(t.nbytes for _, t in self._tensors())
         if option == "auto":
             free, _ = torch.cuda.mem_get_info(device)
             option = "device" if size <= AUTO_DEVICE_SHARE * free else "host"
-        if option == "host":
-            self.placement = "pinned host"
+        if option == "host" or self._x is None:
+            self.placement = "pinned host" if self._x is not None else "streamed"
             return
         try:
             for name, t in self._tensors():
@@ -99,11 +111,24 @@ class Pool:
             ) from None
         self.placement = "device"
 
-    def batch(self, idx: torch.Tensor, device: torch.device) -> tuple:
-        """Rows ``idx`` of x, y, teacher logits and feature (None where absent), on ``device``."""
-        return tuple(
-            None if (t := getattr(self, n)) is None else _take(t, idx, device) for n in self.TENSORS
-        )
+    def batches(self, order: list[torch.Tensor], device: torch.device, view=None, seed: int = 0):
+        """For each index tensor of ``order``: x (model inputs), y, teacher logits and feature
+        (None where absent), on ``device``. ``view``: what a streamed reader draws per item."""
+        rest = ("y", "teacher_logits", "teacher_feature")
+        if self._x is not None:
+            for idx in order:
+                yield _take(self._x, idx, device), *(self._rows(n, idx, device) for n in rest)
+            return
+        pin = device.type == "cuda"
+        stream = self.x.batches([i.numpy() for i in order], view, seed, pin)
+        for rows, raw in stream:
+            idx = torch.from_numpy(rows)
+            x = self.x.finish(raw.to(device, non_blocking=pin))
+            yield x, *(self._rows(n, idx, device) for n in rest)
+
+    def _rows(self, name: str, idx: torch.Tensor, device: torch.device):
+        t = getattr(self, name)
+        return None if t is None else _take(t, idx, device)
 
 
 def _take(t: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -129,7 +154,7 @@ class Job:
     teacher: nn.Module | None = None
     teacher_tap: LayerTap | None = None
     student_tap: LayerTap | None = None
-    augment: Callable | None = None  # (batch, generator) -> batch: the modality's augmentation
+    augment: Augmentation | None = None  # the modality's training augmentation
 
 
 @dataclass
@@ -145,13 +170,16 @@ class Session:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Logits of ``model`` (eval mode, on its own device) for ``x``, in float32 numpy."""
+def predict(model: nn.Module, x: Inputs | np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Logits of ``model`` (eval mode, on its own device) for ``x`` (streamed inputs read in
+    their workers), in float32 numpy."""
     eval_mode(model)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    inputs = x if isinstance(x, Inputs) else ArrayInputs(x)
+    n = len(inputs)
+    order = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     out = [
-        model(torch.from_numpy(x[i : i + batch_size]).to(device)).float().cpu()
-        for i in range(0, len(x), batch_size)
+        model(inputs.finish(batch.to(device))).float().cpu() for _, batch in inputs.batches(order)
     ]
     return torch.cat(out).numpy()
 
@@ -289,14 +317,19 @@ def _train_epoch(net, job: Job, state: _State, epoch: int, opts: dict, session: 
     cluster, batch, seed = session.cluster, opts["batch_size"], opts["seed"]
     torch.manual_seed(_seed(seed, epoch, cluster.rank, 0))  # dropout
     order = _epoch_order(len(job.pool.y), job.steps, batch, _generator(seed, epoch, 1))
+    steps = [
+        order[s * batch : (s + 1) * batch][cluster.rank :: cluster.world] for s in range(job.steps)
+    ]
     augment = _generator(seed, epoch, cluster.rank, 2)
+    streamed = job.pool.placement == "streamed"
+    view = job.augment.view if job.augment and streamed else None
+    on_batch = job.augment.on_batch(streamed) if job.augment else None
     net.train()
     sums: dict[str, float] = {}
-    for step in range(job.steps):
-        idx = order[step * batch : (step + 1) * batch][cluster.rank :: cluster.world]
-        x, *rest = job.pool.batch(idx, cluster.device)
-        if job.augment is not None:  # the teacher then sees the same view (function matching)
-            x = job.augment(x, augment)
+    batches = job.pool.batches(steps, cluster.device, view, _seed(seed, epoch, cluster.rank, 3))
+    for step, (x, *rest) in enumerate(batches):
+        if on_batch is not None:  # the teacher then sees the same view (function matching)
+            x = on_batch(x, augment)
         bad, terms = _step(net, job, state, (x, *rest), opts, cluster)
         if bad:
             raise KdxError(
@@ -309,7 +342,7 @@ def _train_epoch(net, job: Job, state: _State, epoch: int, opts: dict, session: 
 
 
 @torch.no_grad()
-def _validate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def _validate(model: nn.Module, x: Inputs, y: np.ndarray) -> tuple[float, float]:
     """Top-1 accuracy and mean negative log-likelihood on the validation split."""
     logits = torch.from_numpy(predict(model, x))
     labels = torch.from_numpy(y)
@@ -332,7 +365,7 @@ def _paused(tap):
     return tap.paused() if tap is not None else contextlib.nullcontext()
 
 
-def fit(job: Job, val: tuple[np.ndarray, np.ndarray], opts: dict, session: Session) -> list:
+def fit(job: Job, val: tuple[Inputs, np.ndarray], opts: dict, session: Session) -> list:
     """Train ``job.model`` in place; load the best validation epoch's weights; return the history."""
     cluster = session.cluster
     check_precision(opts["precision"], cluster.device)

@@ -53,7 +53,7 @@ def check_models(teacher: nn.Module, student: nn.Module, splits: Splits, opts: d
     """Pre-flight: the teacher evaluates, both fit the data and agree on the classes, the
     feature-loss layers exist and can be adapted (or the transformers' sizes fit a text loss).
     Returns the feature shapes or text-loss sizes (or None)."""
-    x = torch.from_numpy(splits.x_val[:4])
+    x = torch.from_numpy(splits.x_val.head(4))
     eval_mode(teacher)
     _check_teacher_is_evaluating(teacher, x)
     t, s = outputs(teacher, "teacher", x).shape, outputs(eval_mode(student), "student", x).shape

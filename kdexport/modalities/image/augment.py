@@ -1,9 +1,68 @@
-"""Image augmentation on batches (N, C, H, W), seeded by the training loop's generator."""
+"""Image augmentation: a random view per image (a random resized crop and a horizontal flip),
+drawn where the decoded file is at hand, then photometric changes on the batch on the model's
+device (kornia: pure PyTorch, batched, the same on the CPU and on a GPU).
+
+The names ``teacher.augment`` / ``distill.augment`` may give (``Image.augmentations``):
+
+- ``shift``: each image moved by up to 1/8 of its side, zero-filled (small in-memory images);
+- ``crop-flip``: a random resized crop (area share ``data.crop_scale``, aspect 3/4..4/3,
+  torchvision's draw) and a flip with probability 1/2, as Inception and ResNet training do;
+- ``crop-flip-jitter``: that, then colour jitter (brightness, contrast, saturation 0.4, hue 0.1
+  for colour images; brightness and contrast for grey ones) with probability 0.8;
+- ``randaugment``: crop and flip, then RandAugment (2 operations, magnitude 9 of 30 at most).
+
+A streamed image source draws the crop and flip per file in the DataLoader worker, on the full
+decoded image, seeded by the image's place in the epoch (``View.draw``); in-memory arrays get the same
+crop and flip on the batch (kornia). The photometric part sees pixels in 0..1 (the batch's
+``mean``/``std`` undone, then redone).
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from kdexport.modalities.contract import Augmentation
+
+RATIO = (3 / 4, 4 / 3)
+
+
+@dataclass(frozen=True)
+class View:
+    """What a reader draws per image: the crop's area share range, whether to flip."""
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    flip: bool = True
+
+    def draw(self, width: int, height: int, rng: np.random.Generator) -> tuple:
+        """A random resized crop's box (left, top, right, bottom) and whether to flip: torchvision's
+        ``RandomResizedCrop.get_params`` (ten tries at an area share in ``self.scale`` and a
+        log-uniform aspect in 3/4..4/3, else the centre at the nearest aspect)."""
+        area = width * height
+        log_ratio = (math.log(RATIO[0]), math.log(RATIO[1]))
+        flip = bool(self.flip and rng.random() < 0.5)
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w = round(math.sqrt(target * aspect))
+            h = round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                left = int(rng.integers(0, width - w + 1))
+                top = int(rng.integers(0, height - h + 1))
+                return (left, top, left + w, top + h), flip
+        aspect = width / height
+        if aspect < RATIO[0]:
+            w, h = width, round(width / RATIO[0])
+        elif aspect > RATIO[1]:
+            w, h = round(height * RATIO[1]), height
+        else:
+            w, h = width, height
+        left, top = (width - w) // 2, (height - h) // 2
+        return (left, top, left + w, top + h), flip
 
 
 def shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -17,3 +76,57 @@ def shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     i = torch.arange(n, device=x.device)[:, None, None]
     out = F.pad(x, (m, m, m, m)).permute(0, 2, 3, 1)[i, rows[:, :, None], cols[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _photometric(name: str, channels: int):
+    """The kornia module of ``name``'s photometric part; pixels in 0..1."""
+    import kornia.augmentation as K
+
+    if name == "crop-flip-jitter":
+        colour = (0.4, 0.1) if channels == 3 else (0.0, 0.0)
+        return K.ColorJitter(0.4, 0.4, colour[0], colour[1], p=0.8)
+    if name == "randaugment":
+        from kornia.augmentation.auto import RandAugment
+
+        return RandAugment(n=2, m=9)
+    raise ValueError(name)
+
+
+def _in_unit_range(name: str, mean: list[float], std: list[float]):
+    """``name``'s photometric module (one per channel count) applied to normalised inputs:
+    mean/std undone, then redone."""
+    modules: dict[int, torch.nn.Module] = {}
+
+    def apply(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        channels = x.shape[1]
+        if channels not in modules:
+            modules[channels] = _photometric(name, channels)
+        shape = (1, -1, 1, 1)
+        m = torch.tensor(mean or [0.0], device=x.device).reshape(shape)
+        s = torch.tensor(std or [1.0], device=x.device).reshape(shape)
+        return ((modules[channels](x * s + m).clamp(0, 1)) - m) / s
+
+    return apply
+
+
+def _crop_flip(view: View):
+    """The view's crop and flip on a batch of in-memory images (kornia)."""
+    import kornia.augmentation as K
+
+    def apply(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        crop = K.RandomResizedCrop(tuple(x.shape[2:]), scale=view.scale, ratio=RATIO)
+        return K.RandomHorizontalFlip()(crop(x)) if view.flip else crop(x)
+
+    return apply
+
+
+def augmentation(name: str, data: dict) -> Augmentation:
+    """The augmentation ``name`` for a run whose [data] section is ``data``."""
+    if name == "shift":
+        return Augmentation(shift)
+    view = View(tuple(data.get("crop_scale") or View.scale))
+    geometry = _crop_flip(view)
+    if name == "crop-flip":
+        return Augmentation(None, view, geometry)
+    photometric = _in_unit_range(name, data.get("mean") or [], data.get("std") or [])
+    return Augmentation(photometric, view, lambda x, gen: photometric(geometry(x, gen), gen))

@@ -59,6 +59,39 @@ def decode(path: Path) -> tuple[np.ndarray, int]:
     return data, int(rate)
 
 
+def header(path: Path, sample_rate: int = 16000, samples: int = 16000) -> int:
+    """The rate of ``path`` after checking by its header what ``load_clip`` checks but
+    silence: readable, mono, not empty, not longer than the window once at ``sample_rate``."""
+    sf = _soundfile()
+    if not path.is_file():
+        raise KdxError(f"{path}: no such file; check the path (or the manifest row naming it)")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        raise KdxError(
+            f"{path}: not a readable audio file ({str(e).splitlines()[-1][:80]}); "
+            "give a WAV file (convert with e.g. `sox in.mp3 -r 16000 -c 1 out.wav`)"
+        ) from None
+    _check_shape(path, info.frames, info.channels, info.samplerate, sample_rate, samples)
+    return int(info.samplerate)
+
+
+def _check_shape(path: Path, frames: int, channels: int, rate: int, sample_rate: int, samples: int):
+    if channels != 1:
+        raise KdxError(
+            f"{path}: {channels} channels where mono is expected; "
+            f"convert it to mono, e.g. `sox {path.name} -c 1 mono.wav`"
+        )
+    if frames == 0:
+        raise KdxError(f"{path}: empty clip (0 samples); remove it or record it again")
+    if round(frames * sample_rate / rate) > samples:
+        raise KdxError(
+            f"{path}: {frames / rate:.3f} s long, longer than the {samples / sample_rate:.3f} s "
+            f"window ({samples} samples at {sample_rate} Hz); trim the clip "
+            "(e.g. `sox in.wav out.wav trim 0 1`) or set a longer clip length"
+        )
+
+
 def resample(wave: np.ndarray, source_rate: int, rate: int) -> np.ndarray:
     """``wave`` at ``rate``: polyphase filtering (scipy's resample_poly, a Kaiser-windowed FIR),
     which keeps a tone's frequency and, unlike an FFT resample, adds no wrap-around at the ends."""
@@ -82,20 +115,8 @@ def load_clip(path: str | Path, sample_rate: int = 16000, samples: int = 16000) 
     path = Path(path)
     data, rate = decode(path)
     frames, channels = data.shape
-    if channels != 1:
-        raise KdxError(
-            f"{path}: {channels} channels where mono is expected; "
-            f"convert it to mono, e.g. `sox {path.name} -c 1 mono.wav`"
-        )
-    if frames == 0:
-        raise KdxError(f"{path}: empty clip (0 samples); remove it or record it again")
-    wave = resample(data[:, 0], rate, sample_rate)
-    if len(wave) > samples:
-        raise KdxError(
-            f"{path}: {frames / rate:.3f} s long, longer than the {samples / sample_rate:.3f} s "
-            f"window ({samples} samples at {sample_rate} Hz); trim the clip "
-            "(e.g. `sox in.wav out.wav trim 0 1`) or set a longer clip length"
-        )
+    _check_shape(path, frames, channels, rate, sample_rate, samples)
+    wave = resample(data[:, 0], rate, sample_rate)[:samples]
     if float(np.max(np.abs(wave))) < SILENT_PEAK:
         raise KdxError(
             f"{path}: silent clip (peak below {SILENT_PEAK:g}); remove it, or record it again "

@@ -4,13 +4,15 @@ ONNX input ``audio`` whose graph holds the log-mel front end, WAV files read on 
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 
 from kdexport.errors import KdxError
-from kdexport.modalities.contract import Modality, Source
+from kdexport.modalities.contract import Augmentation, Modality, Source
+from kdexport.modalities.inputs import StreamedInputs, file_stamp, readable
 from kdexport.options import Range
 
 SAMPLE_RATE = 16000  # the front end's rate (frontend.DEFAULT_CONFIG): clips are resampled to it
@@ -33,29 +35,37 @@ def samples_of(options: dict) -> int:
     return round(options["clip_seconds"] * SAMPLE_RATE)
 
 
-def _clips(paths: list[Path], options: dict) -> tuple[np.ndarray, dict]:
-    """The clips decoded into one (N, samples) array; how many were resampled, from which rates."""
-    from kdexport.modalities.speech.audio import load_clip
+def _headers(paths: list[Path], options: dict) -> dict:
+    """Check each clip by its header (libsndfile reads no samples): mono, not empty, not
+    longer than the window, at 16 kHz unless ``resample``; how many will be resampled, from
+    which rates. A silent clip is found when it is read."""
+    from kdexport.modalities.speech.audio import header
 
-    samples, waves, rates = samples_of(options), [], {}
+    samples, rates = samples_of(options), {}
     for path in paths:
-        clip = load_clip(path, SAMPLE_RATE, samples)
-        if clip.resampled:
+        rate = header(path, SAMPLE_RATE, samples)
+        if rate != SAMPLE_RATE:
             if not options["resample"]:
                 raise KdxError(
-                    f"{path}: {clip.source_rate} Hz, and data.resample is false (the clips must "
+                    f"{path}: {rate} Hz, and data.resample is false (the clips must "
                     f"be {SAMPLE_RATE} Hz); convert it (`sox {path.name} -r {SAMPLE_RATE} out.wav`)"
                     " or set data.resample = true"
                 )
-            rates[clip.source_rate] = rates.get(clip.source_rate, 0) + 1
-        waves.append(clip.wave)
-    said = {"resampled": sum(rates.values()), "from_rates": sorted(rates)} if rates else {}
-    return np.stack(waves).astype(np.float32), said
+            rates[rate] = rates.get(rate, 0) + 1
+    return {"resampled": sum(rates.values()), "from_rates": sorted(rates)} if rates else {}
+
+
+def read_entry(entry: str, view, rng, samples: int) -> np.ndarray:
+    """One clip of a streamed split: its float32 window at 16 kHz (``audio.load_clip``)."""
+    from kdexport.modalities.speech.audio import read_clip
+
+    return read_clip(entry, SAMPLE_RATE, samples)
 
 
 def read_speech(spec: str, options: dict, labeled: bool) -> Source:
     """A folder of class sub-folders of WAV clips, or a ``path,label`` manifest (labeled); a
-    folder of WAV clips anywhere below it (a transfer set)."""
+    folder of WAV clips anywhere below it (a transfer set). Streamed: listed and checked by
+    their headers here, decoded in the DataLoader workers."""
     from kdexport.modalities.speech.audio import list_clips
 
     source = Path(spec)
@@ -69,15 +79,25 @@ def read_speech(spec: str, options: dict, labeled: bool) -> Source:
                 f"{source}: no .wav clips in it; point data.transfer at a folder of clips"
             )
         y, classes = None, None
-    x, said = _clips(paths, options)
-    pre = {
-        "source": spec,
-        "sample_rate": SAMPLE_RATE,
-        "samples": samples_of(options),
-        "padding": "zeros at the end",
-        **said,
-    }
-    return Source(x, y, classes, pre)
+    reader = partial(read_entry, samples=samples_of(options))
+    pre = {"source": spec, "sample_rate": SAMPLE_RATE, "samples": samples_of(options)}
+    pre["padding"] = "zeros at the end"
+    if options["skip_unreadable"]:
+        ok = readable(paths, reader, options["workers"])
+        skipped = [str(p) for p, good in zip(paths, ok, strict=True) if not good]
+        paths = [p for p, good in zip(paths, ok, strict=True) if good]
+        y = None if y is None else y[ok]
+        pre["skipped_unreadable"] = {"count": len(skipped), "first": skipped[:10]}
+    pre.update(_headers(paths, options))
+    inputs = StreamedInputs(
+        np.array([str(p) for p in paths]),
+        reader,
+        (samples_of(options),),
+        source=spec,
+        workers=options["workers"],
+        stamp=file_stamp(paths),
+    )
+    return Source(inputs, y, classes, pre)
 
 
 def _noise_clips(folder: str):
@@ -114,13 +134,15 @@ class Speech(Modality):
     def read(self, spec: str, options: dict, labeled: bool, cache_dir: Path) -> Source:
         return read_speech(spec, options, labeled)
 
-    def _augmentation(self, name: str, options: dict):
+    def _augmentation(self, name: str, options: dict) -> Augmentation:
         """Time shift (up to 100 ms), gain (-6..+6 dB) and, for 80% of the clips, background
         noise at 0-20 dB SNR (``augment.augment``)."""
         from kdexport.modalities.speech.augment import augment
 
         noise = _noise_clips(options["noise"]) if options.get("noise") else None
-        return lambda x, gen: augment(x, gen, noise.to(x.device) if noise is not None else None)
+        return Augmentation(
+            lambda x, gen: augment(x, gen, noise.to(x.device) if noise is not None else None)
+        )
 
     def float_nodes(self, model) -> list[str]:
         """The log-mel front end: the first Log and every node it depends on. Quantized, its

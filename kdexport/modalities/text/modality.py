@@ -14,6 +14,7 @@ import numpy as np
 from kdexport.bundle.runner import TEXT_SHAPES, format_point, parse_point, text_shapes
 from kdexport.errors import KdxError
 from kdexport.modalities.contract import Modality, Source
+from kdexport.modalities.inputs import ArrayInputs
 from kdexport.modalities.text.tokens import PACKED, at_shape, pack, unpack
 from kdexport.options import Range
 
@@ -76,7 +77,7 @@ def _read_text(spec: str, opts: dict, labeled: bool, cache_dir: Path) -> Source:
         "columns": got.meta["columns"],
         "truncated": got.meta["at_max_length"],
     }
-    return Source(x, got.labels if labeled else None, got.classes, pre)
+    return Source(ArrayInputs(x), got.labels if labeled else None, got.classes, pre)
 
 
 def _shape(point: str) -> tuple[int, int]:
