@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from kdexport.errors import KdxError
 from kdexport.modalities.image.augment import View, augmentation
 from kdexport.modalities.image.example import write_folder
 from kdexport.modalities.inputs import StreamedInputs, read_all
+from kdexport.onnxfile import run_reference
 from kdexport.train.loop import Pool
 
 
@@ -170,6 +174,40 @@ def test_streamed_training_end_to_end_records_and_resumes(photos, tmp_path):
     assert manifest["checks"]["preprocessing"]["crop_fraction"] == 0.875
     history = json.loads((out / "student" / "history.json").read_text())
     assert history[0]["data"] == "streamed"
+    # The bundle's run.py reads a folder of photos with the recorded evaluation transform and
+    # the same decoder: its probabilities are the host pipeline's on the exported student.
+    bundle = tmp_path / "bundle"
+    kdx("package", out, "--dir", bundle)
+    pre = json.loads((bundle / "manifest.json").read_text())["preprocessing"]
+    assert pre["crop_fraction"] == 0.875 and pre["resize"] == [24, 24]
+    files = sorted((photos / "hopper-top-right").glob("*.jpg"))[:4]
+    folder = tmp_path / "some photos"
+    folder.mkdir()
+    for f in files:
+        shutil.copy(f, folder / f.name)
+    got = subprocess.run(
+        [sys.executable, str(bundle / "run.py"), "predict", str(folder), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(got.stdout)
+    assert result["files"] == [f.name for f in files]
+    splits = load_splits(
+        source=str(photos), image_size=[24, 24], image_mode="RGB", crop_fraction=0.875, workers=0
+    )
+    inputs = {
+        str(e): (x, i)
+        for x in (splits.x_train, splits.x_val, splits.x_test)
+        for i, e in enumerate(x.entries)
+    }
+    host = np.concatenate([inputs[str(f)][0].take([inputs[str(f)][1]]) for f in files])
+    logits = run_reference(out / "export" / "student.onnx", {"input": host})
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = z / z.sum(axis=1, keepdims=True)
+    for row, top in zip(probs, result["predictions"], strict=True):
+        assert top[0]["class"] == int(row.argmax())
+        assert abs(top[0]["p"] - float(row.max())) <= 1e-5
 
 
 def test_a_manifest_row_naming_a_missing_file_and_a_shard_without_label(photos, tmp_path):

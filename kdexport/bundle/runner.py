@@ -535,8 +535,9 @@ def _describe(outputs: dict, first: int = 5) -> list:
 
 class ArrayInputs:
     """Arrays (a ``.npy`` for a one-input model, a ``.npz`` named as the inputs) and, for a
-    one-input image model, image files: image bundles and bundles of any ONNX file. Measuring
-    points are batch sizes."""
+    one-input image model, image files or a folder of them (one prediction per image, the
+    evaluation transform the manifest records applied): image bundles and bundles of any ONNX
+    file. Measuring points are batch sizes."""
 
     def __init__(self, bundle: Bundle):
         self.bundle = bundle
@@ -549,8 +550,15 @@ class ArrayInputs:
             raise BundleError("--text: this bundle's model does not take text; give an input file")
         if input_path is None:
             raise BundleError("give an input file")
-        pre = self.bundle.manifest.get("preprocessing", {})
-        return [load_inputs(Path(input_path), self.model["inputs"], pre)], {}
+        pre, path = self.bundle.manifest.get("preprocessing", {}), Path(input_path)
+        if path.is_dir() and len(self.model["inputs"]) == 1:
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise BundleError(f"{path}: no images in it ({', '.join(IMAGE_SUFFIXES)})")
+            spec = self.model["inputs"][0]
+            images = np.concatenate([load_input(f, spec, pre) for f in files])
+            return [{spec["name"]: images}], {"files": [f.name for f in files]}
+        return [load_inputs(path, self.model["inputs"], pre)], {}
 
     def points(self, given) -> list:
         """``--batch-sizes`` (default 1,64), or the golden batch of a model whose batch is fixed."""
