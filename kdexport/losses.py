@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,15 @@ from torch import nn
 from kdexport.errors import KdxError
 
 UNLABELED = -1
+
+
+class MixedLabels(NamedTuple):
+    """The labels of a mixed batch (mixup, cutmix): sample i is ``lam[i]`` of an input labeled
+    ``a[i]`` and ``1 - lam[i]`` of one labeled ``b[i]``."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    lam: torch.Tensor
 
 
 class LogitTerm(nn.Module):
@@ -108,10 +118,20 @@ class ModalityTerm(nn.Module):
 class CELoss(LogitTerm):
     """Cross-entropy with the labels: CE(y, s) = -mean_{i labeled} log softmax(s_i)[y_i].
 
-    Averaged over the labeled samples of the batch only; 0 for a batch without any label.
+    Averaged over the labeled samples of the batch only; 0 for a batch without any label. A
+    mixed batch (``MixedLabels``) mixes the two labels' terms as its inputs were mixed (a sample
+    with an unlabeled part counts as unlabeled).
     """
 
-    def forward(self, student: torch.Tensor, teacher, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, student: torch.Tensor, teacher, labels) -> torch.Tensor:
+        if isinstance(labels, MixedLabels):
+            labeled = (labels.a != UNLABELED) & (labels.b != UNLABELED)
+            if not bool(labeled.any()):
+                return student.sum() * 0.0
+            s, lam = student[labeled].float(), labels.lam[labeled]
+            a = F.cross_entropy(s, labels.a[labeled], reduction="none")
+            b = F.cross_entropy(s, labels.b[labeled], reduction="none")
+            return (lam * a + (1 - lam) * b).mean()
         labeled = labels != UNLABELED
         if not bool(labeled.any()):
             return student.sum() * 0.0  # keeps the graph: the other terms may still train

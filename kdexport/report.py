@@ -267,6 +267,7 @@ def markdown(figs: dict) -> str:
     lines += [
         "",
         f"PyTorch test accuracy: teacher {t:.2%}, student {s:.2%} ({(s - t) * 100:+.1f} points).",
+        *_time_line(figs["training"]["student"].get("time_shares")),
         f"Machine: {env['cpu']}, {env['logical_cores']} logical cores; "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
         + ".",
@@ -277,6 +278,16 @@ def markdown(figs: dict) -> str:
     lines += distillation_markdown(figs["distillation"], figs["run_dir"])
     lines += placement_markdown(figs["run_dir"])
     return "\n".join(lines)
+
+
+def _time_line(shares: dict | None) -> list[str]:
+    """Where the student's training time went (``train.loop.TrainedModel.time_shares``)."""
+    if not shares:
+        return []
+    return [
+        f"Distillation time: {shares['teacher']:.0%} running the teacher (on each augmented "
+        f"batch; 0% with its outputs cached), {shares['wait']:.0%} waiting for data."
+    ]
 
 
 def placement_markdown(run_dir: str | Path) -> list[str]:

@@ -18,6 +18,7 @@ from PIL import Image
 from kdexport.bundle import runner
 from kdexport.data import load_splits
 from kdexport.errors import KdxError
+from kdexport.losses import CELoss, MixedLabels
 from kdexport.modalities.image.augment import View, augmentation
 from kdexport.modalities.image.example import write_folder
 from kdexport.modalities.inputs import StreamedInputs, read_all
@@ -145,8 +146,23 @@ def test_augmentations_keep_shapes_and_stay_in_range():
             assert streamed is None  # the view was drawn by the reader: nothing left to do
         else:
             assert streamed(x, gen).shape == x.shape
+    for mix in ({"mixup": 0.2}, {"cutmix": 1.0}, {"mixup": 0.2, "cutmix": 1.0}):
+        y = torch.tensor([0, 1, 2, -1])
+        mixed, labels = augmentation("crop-flip", mix).mix(x, y, gen)
+        assert mixed.shape == x.shape and isinstance(labels, MixedLabels)
+        assert torch.equal(labels.b, y.flip(0)) and ((labels.lam >= 0) & (labels.lam <= 1)).all()
     grey = torch.rand(4, 1, 16, 16)
     assert augmentation("crop-flip-jitter", {}).on_batch(False)(grey, gen).shape == grey.shape
+
+
+def test_a_mixed_batch_mixes_the_label_terms():
+    s = torch.randn(3, 4)
+    a, b, lam = torch.tensor([0, 1, -1]), torch.tensor([2, 3, 0]), torch.tensor([0.7, 0.2, 0.5])
+    got = CELoss()(s, None, MixedLabels(a, b, lam))
+    ce = torch.nn.functional.cross_entropy
+    want = (0.7 * ce(s[:1], a[:1]) + 0.3 * ce(s[:1], b[:1]) + 0.2 * ce(s[1:2], a[1:2])) / 2
+    want = want + 0.8 * ce(s[1:2], b[1:2]) / 2
+    torch.testing.assert_close(got, want)
 
 
 def test_streamed_training_end_to_end_records_and_resumes(photos, tmp_path):
@@ -163,7 +179,9 @@ def test_streamed_training_end_to_end_records_and_resumes(photos, tmp_path):
         "data.crop_fraction=0.875",
         "teacher.epochs=1",
         "distill.epochs=1",
-        "distill.augment='crop-flip'",
+        "distill.augment='crop-flip-jitter'",
+        "data.mixup=0.2",
+        "data.cutmix=1.0",
         "compile.targets=['ort-cpu']",
         "benchmark.batch_sizes=[1]",
         *QUICK_TIMING,
@@ -173,7 +191,9 @@ def test_streamed_training_end_to_end_records_and_resumes(photos, tmp_path):
     manifest = json.loads((out / "export" / "manifest.json").read_text())
     assert manifest["checks"]["preprocessing"]["crop_fraction"] == 0.875
     history = json.loads((out / "student" / "history.json").read_text())
-    assert history[0]["data"] == "streamed"
+    assert history[0]["data"] == "streamed" and history[0]["teacher_s"] > 0
+    shares = json.loads((out / "student" / "manifest.json").read_text())["checks"]["time_shares"]
+    assert 0 < shares["teacher"] < 1 and 0 <= shares["wait"] < 1
     # The bundle's run.py reads a folder of photos with the recorded evaluation transform and
     # the same decoder: its probabilities are the host pipeline's on the exported student.
     bundle = tmp_path / "bundle"

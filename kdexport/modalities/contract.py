@@ -44,6 +44,7 @@ class Augmentation:
     batch: Callable | None
     view: Any = None
     whole: Callable | None = None
+    mix: Callable | None = None  # (x, labels, generator) -> (x, labels): mixup, cutmix
 
     def on_batch(self, streamed: bool) -> Callable | None:
         """The batch function of inputs read ``streamed`` (the view drawn) or held in memory."""

@@ -285,20 +285,25 @@ def identity_of(**parts) -> dict:
     return json.loads(json.dumps(parts, sort_keys=True))
 
 
-def _teacher_outputs(job: Job, x: torch.Tensor, cached: tuple):
-    """The teacher's logits and feature for ``x``: the cached ones, else computed now."""
+def _teacher_outputs(job: Job, x: torch.Tensor, cached: tuple, clock: dict):
+    """The teacher's logits and feature for ``x``: the cached ones, else computed now (its time
+    added to ``clock["teacher_s"]``, the GPU waited for)."""
     if cached[0] is not None or job.teacher is None:
         return cached
+    start = time.perf_counter()
     with torch.no_grad():
         logits = job.teacher(x)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    clock["teacher_s"] += time.perf_counter() - start
     return logits, job.teacher_tap.value if job.teacher_tap else None
 
 
-def _step(net, job: Job, state: _State, batch: tuple, opts: dict, cluster: Cluster):
+def _step(net, job: Job, state: _State, batch: tuple, opts: dict, cluster: Cluster, clock: dict):
     x, y, *cached = batch
     with autocast(opts["precision"], cluster.device):
         logits = net(x)
-        t_logits, t_feature = _teacher_outputs(job, x, cached)
+        t_logits, t_feature = _teacher_outputs(job, x, cached, clock)
         s_feature = job.student_tap.value if job.student_tap else None
         loss, terms = job.objective(logits, t_logits, y, s_feature, t_feature)
     bad = first_non_finite(loss, terms)
@@ -313,7 +318,9 @@ def _step(net, job: Job, state: _State, batch: tuple, opts: dict, cluster: Clust
 
 
 def _train_epoch(net, job: Job, state: _State, epoch: int, opts: dict, session: Session):
-    """One epoch of ``job.steps`` steps; returns the mean of each loss term."""
+    """One epoch of ``job.steps`` steps; returns the mean of each loss term and where the time
+    went: ``teacher_s`` running the teacher (function matching; 0 with cached outputs),
+    ``wait_s`` waiting for the next batch from the data (decoding had not kept up)."""
     cluster, batch, seed = session.cluster, opts["batch_size"], opts["seed"]
     torch.manual_seed(_seed(seed, epoch, cluster.rank, 0))  # dropout
     order = _epoch_order(len(job.pool.y), job.steps, batch, _generator(seed, epoch, 1))
@@ -324,13 +331,20 @@ def _train_epoch(net, job: Job, state: _State, epoch: int, opts: dict, session: 
     streamed = job.pool.placement == "streamed"
     view = job.augment.view if job.augment and streamed else None
     on_batch = job.augment.on_batch(streamed) if job.augment else None
+    mix = job.augment.mix if job.augment else None
     net.train()
     sums: dict[str, float] = {}
+    clock = {"teacher_s": 0.0, "wait_s": 0.0}
     batches = job.pool.batches(steps, cluster.device, view, _seed(seed, epoch, cluster.rank, 3))
-    for step, (x, *rest) in enumerate(batches):
+    for step in range(job.steps):
+        start = time.perf_counter()
+        x, y, *cached = next(batches)
+        clock["wait_s"] += time.perf_counter() - start
         if on_batch is not None:  # the teacher then sees the same view (function matching)
             x = on_batch(x, augment)
-        bad, terms = _step(net, job, state, (x, *rest), opts, cluster)
+        if mix is not None:
+            x, y = mix(x, y, augment)
+        bad, terms = _step(net, job, state, (x, y, *cached), opts, cluster, clock)
         if bad:
             raise KdxError(
                 f"{session.label}: the loss is not finite (term '{bad}') at epoch {epoch + 1}, "
@@ -338,7 +352,7 @@ def _train_epoch(net, job: Job, state: _State, epoch: int, opts: dict, session: 
             )
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v / job.steps
-    return sums
+    return sums, clock
 
 
 @torch.no_grad()
@@ -380,12 +394,13 @@ def fit(job: Job, val: tuple[Inputs, np.ndarray], opts: dict, session: Session) 
         if 0 < opts["patience"] <= state.stale:
             break
         start = time.perf_counter()
-        terms = _train_epoch(net, job, state, epoch, opts, session)
+        terms, clock = _train_epoch(net, job, state, epoch, opts, session)
         train_s = time.perf_counter() - start
         with _paused(job.student_tap):
             val_acc, val_nll = (cluster.from_main(v) for v in _validate(job.model, *val))
         record = {"epoch": epoch + 1, "val_accuracy": val_acc, "val_nll": val_nll, **terms}
-        state.history.append({**record, "train_s": train_s, "data": job.pool.placement})
+        timing = {"train_s": train_s, **{k: round(v, 3) for k, v in clock.items()}}
+        state.history.append({**record, **timing, "data": job.pool.placement})
         improved = val_acc > state.best_acc
         state.stale = 0 if improved else state.stale + 1
         if improved:
@@ -411,6 +426,18 @@ class TrainedModel(TypedDict):
     # how the model was initialised, where its builder says (``model.init_record``): a head
     # replaced for the data's classes, weights loaded, a student's layers taken from its teacher
     init: NotRequired[dict[str, Any] | None]
+    # the share of the training time (all epochs) spent running the teacher (function matching:
+    # it runs on every augmented batch) and waiting for the data; None before any epoch
+    time_shares: NotRequired[dict[str, float] | None]
+
+
+def _time_shares(history: list) -> dict[str, float] | None:
+    total = sum(e["train_s"] for e in history)
+    if not total:
+        return None
+    return {
+        k: round(sum(e.get(f"{k}_s", 0.0) for e in history) / total, 3) for k in ("teacher", "wait")
+    }
 
 
 def save_model(writer, net: nn.Module, splits, history: list) -> None:
@@ -423,6 +450,7 @@ def save_model(writer, net: nn.Module, splits, history: list) -> None:
         "test_accuracy": accuracy(predict(net, splits.x_test), splits.y_test),
         "epochs_run": len(history),
         "data_placement": history[-1]["data"] if history else None,
+        "time_shares": _time_shares(history),
     }
     if getattr(net, "init_record", None):
         trained["init"] = net.init_record

@@ -31,13 +31,16 @@ def image_data(
     std: list[float] = [],  # noqa: B006 (never mutated)
     crop_fraction: Annotated[float, Range(0.0, 1.0)] = 0.0,
     crop_scale: Annotated[list[float], Range(0.0, 1.0, lo_open=True)] = [0.08, 1.0],  # noqa: B006
+    mixup: Annotated[float, Range(0.0, 10.0)] = 0.0,
+    cutmix: Annotated[float, Range(0.0, 10.0)] = 0.0,
 ) -> None:
     """The image keys of [data]: ``image_size`` [H, W] to resize file images to (``[]``: as
     they are), ``image_mode`` ``L`` (grey) or ``RGB``, per-channel ``mean``/``std``. The
     evaluation transform: ``crop_fraction`` 0 resizes the whole image to ``image_size``; a
     fraction resizes it to cover image_size / crop_fraction (aspect kept) and crops the centre
     (timm's crop_pct: 0.875). ``crop_scale``: the area share range of the training crops
-    (``augment = "crop-flip"``, ``augment``)."""
+    (``augment = "crop-flip"``, ``augment``); ``mixup``/``cutmix``: their Beta alphas (0: off)
+    with those augmentations."""
 
 
 class Image(Modality):

@@ -11,6 +11,9 @@ The names ``teacher.augment`` / ``distill.augment`` may give (``Image.augmentati
   for colour images; brightness and contrast for grey ones) with probability 0.8;
 - ``randaugment``: crop and flip, then RandAugment (2 operations, magnitude 9 of 30 at most).
 
+With any of the last three, ``data.mixup`` / ``data.cutmix`` (Beta alphas, 0: off; 0.2 and 1.0
+are timm's habits) mix the batch last (``mixing``).
+
 A streamed image source draws the crop and flip per file in the DataLoader worker, on the full
 decoded image, seeded by the image's place in the epoch (``View.draw``); in-memory arrays get the same
 crop and flip on the batch (kornia). The photometric part sees pixels in 0..1 (the batch's
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kdexport.losses import MixedLabels
 from kdexport.modalities.contract import Augmentation
 
 RATIO = (3 / 4, 4 / 3)
@@ -120,13 +124,51 @@ def _crop_flip(view: View):
     return apply
 
 
+def mixing(mixup: float, cutmix: float):
+    """Mixup (Zhang et al. 2018) and cutmix (Yun et al. 2019) as timm's ``Mixup`` applies them:
+    per batch, one of the two (half the batches each when both are on), lam ~ Beta(alpha,
+    alpha), each sample mixed with the batch in reverse order; cutmix pastes a box of area
+    share 1 - lam (lam then corrected to the pasted area). Written here (20 lines) rather than
+    taken from kornia because the labels must reach kdexport's CE term as ``MixedLabels``; the
+    teacher sees the mixed batch (function matching). None when both are 0."""
+    if not (mixup or cutmix):
+        return None
+
+    def apply(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
+        use_cutmix = cutmix > 0 and (not mixup or torch.rand((), generator=gen) < 0.5)
+        alpha = cutmix if use_cutmix else mixup
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        other = x.flip(0)
+        if use_cutmix:
+            h, w = x.shape[2:]
+            cut_h, cut_w = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+            cy = int(torch.randint(h, (), generator=gen))
+            cx = int(torch.randint(w, (), generator=gen))
+            top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+            left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+            x = x.clone()
+            x[:, :, top:bottom, left:right] = other[:, :, top:bottom, left:right]
+            lam = 1 - (bottom - top) * (right - left) / (h * w)
+        else:
+            x = lam * x + (1 - lam) * other
+        share = torch.full((len(y),), lam, device=x.device)
+        return x, MixedLabels(y, y.flip(0), share)
+
+    return apply
+
+
 def augmentation(name: str, data: dict) -> Augmentation:
     """The augmentation ``name`` for a run whose [data] section is ``data``."""
     if name == "shift":
         return Augmentation(shift)
     view = View(tuple(data.get("crop_scale") or View.scale))
     geometry = _crop_flip(view)
+    mix = mixing(data.get("mixup", 0.0), data.get("cutmix", 0.0))
     if name == "crop-flip":
-        return Augmentation(None, view, geometry)
+        return Augmentation(None, view, geometry, mix)
     photometric = _in_unit_range(name, data.get("mean") or [], data.get("std") or [])
-    return Augmentation(photometric, view, lambda x, gen: photometric(geometry(x, gen), gen))
+
+    def whole(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return photometric(geometry(x, gen), gen)
+
+    return Augmentation(photometric, view, whole, mix)
