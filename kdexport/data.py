@@ -162,6 +162,16 @@ def load_splits(
     )
 
 
+# [data] keys that change how fast the data is read, never what is read: left out of what a
+# trained model's parameters record, so that its cache and checkpoint keys do not change with them.
+SPEED_ONLY = ("workers",)
+
+
+def what_is_read(data: dict) -> dict:
+    """The [data] section without its ``SPEED_ONLY`` keys."""
+    return {k: v for k, v in data.items() if k not in SPEED_ONLY}
+
+
 def labeled_subset(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """A stratified boolean mask keeping ``fraction`` of each class's labels (at least one)."""
     rng = np.random.default_rng(seed)

@@ -25,7 +25,7 @@ from torch import nn
 
 from kdexport.artifact import Artifact
 from kdexport.context import Run
-from kdexport.data import Splits, labeled_subset
+from kdexport.data import Splits, labeled_subset, what_is_read
 from kdexport.errors import KdxError
 from kdexport.losses import (
     FEATURE_LOSSES,
@@ -189,7 +189,7 @@ def _cache_teacher_outputs(job: Job, art: Artifact, cache_dir, splits: Splits, d
 
 def student_params(opts: dict, data: dict, splits: Splits) -> dict:
     """What a student artifact (and a baseline of it) records as its parameters."""
-    return {**opts, "data": data, "data_fingerprint": splits.fingerprint()}
+    return {**opts, "data": what_is_read(data), "data_fingerprint": splits.fingerprint()}
 
 
 def distill(

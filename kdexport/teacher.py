@@ -18,7 +18,7 @@ from torch import nn
 
 from kdexport.artifact import Artifact, sha256
 from kdexport.context import Run
-from kdexport.data import Splits
+from kdexport.data import Splits, what_is_read
 from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy
 from kdexport.losses import Objective
@@ -164,7 +164,7 @@ def train_teacher(
     splits, progress = run.splits(), run.progress
     torch.manual_seed(seed)  # seeds the initial weights
     net = build_teacher(opts, splits)
-    params = {**opts, "data": run.data, "data_fingerprint": splits.fingerprint()}
+    params = {**opts, "data": what_is_read(run.data), "data_fingerprint": splits.fingerprint()}
     if is_model_file(model):
         params["model_sha256"] = sha256(Path(model))
     out = run.folder("teacher")

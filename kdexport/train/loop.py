@@ -33,7 +33,7 @@ from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy
 from kdexport.losses import LayerTap, Objective, first_non_finite
 from kdexport.modalities.contract import Augmentation
-from kdexport.modalities.inputs import ArrayInputs, Inputs
+from kdexport.modalities.inputs import ArrayInputs, Inputs, in_order
 from kdexport.options import OneOf, Range
 from kdexport.progress import Progress
 from kdexport.train.parallel import DEVICES, PRECISIONS, Cluster, autocast, check_precision
@@ -170,14 +170,13 @@ class Session:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Inputs | np.ndarray, batch_size: int = 512) -> np.ndarray:
+def predict(model: nn.Module, x: Inputs | np.ndarray) -> np.ndarray:
     """Logits of ``model`` (eval mode, on its own device) for ``x`` (streamed inputs read in
     their workers), in float32 numpy."""
     eval_mode(model)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     inputs = x if isinstance(x, Inputs) else ArrayInputs(x)
-    n = len(inputs)
-    order = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    order = in_order(inputs)
     out = [
         model(inputs.finish(batch.to(device))).float().cpu() for _, batch in inputs.batches(order)
     ]

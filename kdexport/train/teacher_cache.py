@@ -24,10 +24,8 @@ import torch
 from torch import nn
 
 from kdexport.losses import LayerTap
-from kdexport.modalities.inputs import Inputs
+from kdexport.modalities.inputs import Inputs, in_order
 from kdexport.zoo import eval_mode
-
-BATCH = 512
 
 
 def cache_key(teacher_sha256: str, inputs_identity: str, preprocessing: dict, layer: str) -> str:
@@ -67,10 +65,8 @@ class _Writer:
 def _run(teacher: nn.Module, x: Inputs, tap: LayerTap | None, device: torch.device, paths):
     eval_mode(teacher)
     writers = [_Writer(p, len(x)) for p in paths[: 2 if tap else 1]]
-    n = len(x)
-    order = [np.arange(i, min(i + BATCH, n)) for i in range(0, n, BATCH)]
     try:
-        for _, batch in x.batches(order):
+        for _, batch in x.batches(in_order(x)):
             writers[0].add(teacher(x.finish(batch.to(device))).float().cpu().numpy())
             if tap:
                 writers[1].add(tap.value.float().cpu().numpy())
