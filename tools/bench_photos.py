@@ -1,11 +1,11 @@
 """The natural-image recipe end to end (issue 21): a torchvision ResNet-18 teacher distilled into
-MobileNetV3-Small on real photographs, with and without function-matching augmentation.
+timm's MobileNetV3-Small on real photographs, with and without function-matching augmentation.
 
     .venv-vision/bin/python tools/bench_photos.py [--out DIR] [--seeds 3] [--set K=V ...]
 
 Needs the vision extra (run it in .venv-vision: ``bash tools/test-vision.sh`` makes it). Writes
 the offline example (``python -m kdexport.modalities.image.example``: crops of the photographs
-scikit-learn and matplotlib ship, 12 classes, 112 px), runs ``kdexport distill-and-export
+scikit-learn and matplotlib ship, 12 classes, 100 each, 112 px), runs ``kdexport distill-and-export
 --recipe photos --baseline --seeds N`` (KD with ``crop-flip-jitter``, the teacher on every
 augmented batch, against the student trained from scratch with the same augmentation), then
 the same student distilled and trained from scratch without augmentation (``kdexport distill
@@ -37,7 +37,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "photos-example").is_dir():
         example = [sys.executable, "-m", "kdexport.modalities.image.example", "photos-example"]
-        subprocess.run([*example, "--per-class", "200", "--size", "112"], check=True, cwd=work)
+        subprocess.run([*example, "--per-class", "100", "--size", "112"], check=True, cwd=work)
     sets = [a for s in args.set for a in ("--set", s)]
     run, plain = work / "run", work / "run-no-augment"
     seeds = ["--baseline", "--seeds", str(args.seeds)]
