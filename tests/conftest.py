@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -122,3 +125,29 @@ def run_copy(fast_cli_run, tmp_path) -> Path:
     dest = tmp_path / "run"
     shutil.copytree(fast_cli_run[0], dest)
     return dest
+
+
+def predict_folder(bundle: Path, files: list[Path], folder: Path) -> list:
+    """``run.py predict FOLDER --json`` on a folder holding copies of ``files``: the bundle's
+    predictions, after checking that it read the files in their order."""
+    folder.mkdir()
+    for f in files:
+        shutil.copy(f, folder / f.name)
+    out = subprocess.run(
+        [sys.executable, str(bundle / "run.py"), "predict", str(folder), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out.stdout)
+    assert result["files"] == [f.name for f in files]
+    return result["predictions"]
+
+
+def assert_top_class_matches(logits: np.ndarray, predictions: list) -> None:
+    """Each prediction's top class and probability are those of the host's ``logits``."""
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = z / z.sum(axis=1, keepdims=True)
+    for row, top in zip(probs, predictions, strict=True):
+        assert top[0]["class"] == int(row.argmax())
+        assert abs(top[0]["p"] - float(row.max())) <= 1e-5

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import QUICK_TIMING, fails, kdx
+from conftest import QUICK_TIMING, assert_top_class_matches, fails, kdx, predict_folder
 
 from kdexport.bundle import runner
 from kdexport.modalities.speech.audio import read_clip
@@ -113,25 +113,10 @@ def test_run_py_reads_wav_files_as_the_host_does(speech_bundle, clips, tmp_path)
     for f in files:
         host = read_clip(f, RATE, SAMPLES)
         np.testing.assert_array_equal(runner.read_wav(f, RATE, SAMPLES), host)
-    folder = tmp_path / "clips"
-    folder.mkdir()
-    for f in files:
-        shutil.copy(f, folder / f.name)
-    out = subprocess.run(
-        [sys.executable, str(speech_bundle / "run.py"), "predict", str(folder), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result = json.loads(out.stdout)
-    assert result["files"] == [f.name for f in files]
+    predictions = predict_folder(speech_bundle, files, tmp_path / "clips")
     waves = np.stack([read_clip(f, RATE, SAMPLES) for f in files])
     logits = run_reference(speech_bundle / "student.onnx", {"audio": waves})
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs = z / z.sum(axis=1, keepdims=True)
-    for row, top in zip(probs, result["predictions"], strict=True):
-        assert top[0]["class"] == int(row.argmax())
-        assert abs(top[0]["p"] - float(row.max())) <= 1e-5
+    assert_top_class_matches(logits, predictions)
 
 
 @pytest.mark.parametrize(

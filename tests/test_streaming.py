@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -168,7 +165,7 @@ def test_a_mixed_batch_mixes_the_label_terms():
 def test_streamed_training_end_to_end_records_and_resumes(photos, tmp_path):
     """distill-and-export on a streamed folder with crop-flip: the teacher runs on the student's
     view (no cache); without augmentation the cache is a memory-mapped .npy."""
-    from conftest import QUICK_TIMING, kdx
+    from conftest import QUICK_TIMING, assert_top_class_matches, kdx, predict_folder
 
     out = tmp_path / "run"
     sets = [
@@ -201,18 +198,7 @@ def test_streamed_training_end_to_end_records_and_resumes(photos, tmp_path):
     pre = json.loads((bundle / "manifest.json").read_text())["preprocessing"]
     assert pre["crop_fraction"] == 0.875 and pre["resize"] == [24, 24]
     files = sorted((photos / "hopper-top-right").glob("*.jpg"))[:4]
-    folder = tmp_path / "some photos"
-    folder.mkdir()
-    for f in files:
-        shutil.copy(f, folder / f.name)
-    got = subprocess.run(
-        [sys.executable, str(bundle / "run.py"), "predict", str(folder), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result = json.loads(got.stdout)
-    assert result["files"] == [f.name for f in files]
+    predictions = predict_folder(bundle, files, tmp_path / "some photos")
     splits = load_splits(
         source=str(photos), image_size=[24, 24], image_mode="RGB", crop_fraction=0.875, workers=0
     )
@@ -223,11 +209,7 @@ def test_streamed_training_end_to_end_records_and_resumes(photos, tmp_path):
     }
     host = np.concatenate([inputs[str(f)][0].take([inputs[str(f)][1]]) for f in files])
     logits = run_reference(out / "export" / "student.onnx", {"input": host})
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs = z / z.sum(axis=1, keepdims=True)
-    for row, top in zip(probs, result["predictions"], strict=True):
-        assert top[0]["class"] == int(row.argmax())
-        assert abs(top[0]["p"] - float(row.max())) <= 1e-5
+    assert_top_class_matches(logits, predictions)
 
 
 def test_a_manifest_row_naming_a_missing_file_and_a_shard_without_label(photos, tmp_path):
