@@ -69,12 +69,13 @@ def plan_chart(plan: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     devices = plan["devices"]
-    fig, axes = plt.subplots(1, len(devices), figsize=(5 * len(devices), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(devices), figsize=(7.5 * len(devices), 4.5), squeeze=False)
     for ax, (name, d) in zip(axes[0], devices.items(), strict=True):
         variants = [v for v in [d["choice"], *d["rejected"]] if v and v["accuracy"] is not None]
-        for v in variants:
-            ax.scatter(v["p90_ms"], v["accuracy"], color="C0" if v["model"] == "student" else "C1")
-            ax.annotate(f"{v['model'][0]}:{v['target']}", (v["p90_ms"], v["accuracy"]), fontsize=7)
+        variants.sort(key=lambda v: (v["p90_ms"], -v["accuracy"]))
+        for i, v in enumerate(variants):  # numbered markers keyed in the legend: no overlaps
+            ax.scatter(v["p90_ms"], v["accuracy"], marker=f"${i}$", s=90, color=f"C{i % 10}",
+                       label=f"{i}: {v.get('member') or v['model']} on {v['target']}")  # fmt: skip
         front = _pareto([(v["p90_ms"], v["accuracy"]) for v in variants])
         if front:
             ax.step(*zip(*front, strict=True), where="post", color="grey", label="Pareto front")
@@ -87,7 +88,71 @@ def plan_chart(plan: dict, path: Path) -> None:
         ax.set_xlabel(f"p90 latency, {batch_label(plan['batch'])} (ms)")
         ax.set_ylabel("test accuracy")
         ax.set_title(name)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def prune_trace_chart(trace: list[dict], budget_ms: float, target: str, point: str, path: Path):
+    """Write a PNG of a budget search's steps: p50 and p90 on ``target`` at ``point`` against
+    the step, the budget as a line; the MACs kept and the validation accuracy beside it."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to a file
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in trace]
+    fig, (lat, kept) = plt.subplots(1, 2, figsize=(10, 4))
+    lat.plot(steps, [r["p50_ms"] for r in trace], "o-", label="p50")
+    lat.plot(steps, [r["p90_ms"] for r in trace], "s-", label="p90")
+    lat.axhline(budget_ms, color="red", linestyle="--", label=f"budget {budget_ms:g} ms")
+    lat.set_xlabel("step (0: the teacher)")
+    lat.set_ylabel(f"latency on {target}, {batch_label(point)} (ms)")
+    lat.legend(fontsize=8)
+    macs = [r["macs"] / trace[0]["macs"] for r in trace]
+    kept.plot(steps, macs, "o-", color="C2", label="MACs kept")
+    acc = [(s, r["val_accuracy"]) for s, r in zip(steps, trace, strict=True) if r["val_accuracy"]]
+    if acc:
+        kept.plot(*zip(*acc, strict=True), "s-", color="C3", label="validation accuracy")
+    kept.set_xlabel("step (0: the teacher)")
+    kept.set_ylim(0, 1.05)
+    kept.legend(fontsize=8)
+    fig.suptitle("Cut to a latency budget: each step cut, recovered with KD, timed")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def family_chart(points: dict[str, list[dict]], point: str, path: Path) -> None:
+    """Write a PNG of a family of students: one panel per target, accuracy against p50 at
+    ``point``; each model a numbered marker keyed in the legend (no labels over each other),
+    the Pareto front as a step line."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to a file
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(points), figsize=(8 * len(points), 4.2), squeeze=False)
+    for ax, (target, pts) in zip(axes[0], points.items(), strict=True):
+        for i, p in enumerate(pts):
+            ax.scatter(p["p50_ms"], p["accuracy"], marker=f"${i}$", s=90, color=f"C{i % 10}",
+                       label=f"{i}: {p['name']}")  # fmt: skip
+        front = _pareto([(p["p50_ms"], p["accuracy"]) for p in pts])
+        ax.step(*zip(*front, strict=True), where="post", color="grey", alpha=0.6,
+                label="Pareto front")  # fmt: skip
+        ax.set_xlabel(f"p50 latency, {batch_label(point)} (ms)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(target)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})

@@ -17,6 +17,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, NotRequired
 
 import numpy as np
@@ -63,7 +64,7 @@ from kdexport.train.parallel import Cluster, cluster, publish
 from kdexport.train.preflight import check_models, check_weighting
 from kdexport.train.qat import fake_quantized
 from kdexport.train.teacher_cache import cache_key, teacher_outputs
-from kdexport.zoo import create_model, load_checkpoint, scheme_of
+from kdexport.zoo import Parent, create_model, load_checkpoint, scheme_of
 
 
 class StudentChecks(TrainedModel):
@@ -84,13 +85,20 @@ def load_student(run: Run) -> Loaded:
     return Loaded(load_checkpoint(model, art.file("model.pt"), art.parameters["student"]), art)
 
 
+def parent(model: nn.Module, spec: str, splits: Splits, searched: Path | None = None) -> Parent:
+    """The teacher as a student's builder sees it: with its spec, two inputs to trace it and
+    the folder of the run's cut search (``searched``)."""
+    x = splits.x_val if len(splits.x_val) else splits.x_train
+    return Parent(model, spec, torch.from_numpy(x.head(2)), searched)
+
+
 def build_student(
-    opts: dict, splits: Splits, teacher: nn.Module | None = None, scratch: bool = False
+    opts: dict, splits: Splits, teacher: Parent | None = None, scratch: bool = False
 ) -> nn.Module:
     """The student of the [distill] options, before training: seeded, from its checkpoint if any.
-    A student whose scheme builds it from the teacher (text's ``hf-student:``, ``hf-config:``)
-    starts from the teacher where shapes allow, unless it is the ``scratch`` baseline; the rule
-    applied is in ``net.init_record``."""
+    A student whose scheme builds it from the teacher (text's ``hf-student:``, ``hf-config:``,
+    a ``prune:`` cut) starts from the teacher where shapes allow, unless it is the ``scratch``
+    baseline; the rule applied is in ``net.init_record``."""
     torch.manual_seed(opts["seed"])  # seeds the initial weights
     scheme = scheme_of(opts["student"])
     if scheme is not None and scheme.student is not None and teacher is not None:
@@ -128,12 +136,16 @@ def train_student(
     opts: dict,
     session: Session,
     scratch: bool = False,
+    net: nn.Module | None = None,
 ) -> tuple[nn.Module, list]:
-    """Train the student of ``opts`` with KD from ``teacher`` (or from scratch, CE only, on the
-    labeled share with the same number of steps); returns it with its history."""
+    """Train the student of ``opts`` (or ``net``, a student already built) with KD from
+    ``teacher`` (or from scratch, CE only, on the labeled share with the same number of steps);
+    returns it with its history."""
     splits = run.splits()
     model, art = teacher
-    net = build_student(opts, splits, model, scratch)
+    if net is None:
+        cut_from = parent(model, art.parameters["model"], splits, run.folder("prune"))
+        net = build_student(opts, splits, cut_from, scratch)
     shapes = check_models(model, net, splits, opts)
     steps = math.ceil((len(splits.x_train) + len(splits.x_transfer)) / opts["batch_size"])
     pool = student_pool(splits, opts, run.data.get("seed", 0), scratch)

@@ -43,7 +43,7 @@ from kdexport.zoo import load_checkpoint
 
 OUTPUT = "logits"
 # the export options that ``export_onnx`` takes (the others: which samples, which checkpoint)
-_EXPORT_OPTIONS = (
+EXPORT_OPTIONS = (
     "opset",
     "example_batch",
     "tolerance",
@@ -212,7 +212,7 @@ def export(
             }
         ),
     }
-    opts = {k: options[k] for k in _EXPORT_OPTIONS}
+    opts = {k: options[k] for k in EXPORT_OPTIONS}
     params = {**options, "data": run.data}
     with Artifact.create(run.folder("export"), "export", params, [teacher_art, student_art]) as w:
         reference, inputs, names = {}, {}, {}

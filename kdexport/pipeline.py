@@ -3,10 +3,13 @@ whose keyword-only parameters are the recipe's sections."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import time
 from pathlib import Path
 
-from kdexport import modalities
+from kdexport import family, modalities
 from kdexport import recipe as recipes
 from kdexport.artifact import MANIFEST, write_text
 from kdexport.baseline import kd_vs_scratch
@@ -14,22 +17,76 @@ from kdexport.benchmark import benchmark
 from kdexport.compile import compile_targets, select_targets
 from kdexport.context import Run
 from kdexport.data import load_splits
-from kdexport.distill import build_student, distill
+from kdexport.distill import build_student, distill, parent
 from kdexport.errors import KdxError
 from kdexport.export import export
 from kdexport.progress import Progress, quiet
+from kdexport.prune import prune
 from kdexport.report import report
 from kdexport.teacher import build_teacher, train_teacher
 from kdexport.train.parallel import in_torchrun
 from kdexport.train.preflight import check_models, check_weighting
 
+
+def distill_family(
+    out: Path,
+    progress: Progress = quiet,
+    *,
+    students: list[str] = [],  # noqa: B006 (read-only)
+) -> dict[str, Path]:
+    """[family]: every member of ``students`` (model specs) as a run of its own in
+    OUT/family/NAME, sharing OUT's trained teacher; a member whose run is complete with the same
+    recipe is kept (an interrupted family resumes at the member it stopped in)."""
+    named = family.check_students(students)
+    done = {}
+    for i, (name, spec) in enumerate(named.items()):
+        folder = out / family.FOLDER / name
+        overrides = [f"distill.student={json.dumps(spec)}", "family.students=[]"]
+        progress("family", i, len(named), name)
+        if not _member_current(out, folder, overrides):
+            _share_teacher(out, folder)
+            distill_and_export(folder, out / "recipe.toml", overrides, progress)
+        done[name] = folder
+    return done
+
+
+def _member_current(out: Path, folder: Path, overrides: list[str]) -> bool:
+    """Whether a member's run is complete and was made with the recipe it would get now."""
+    if not (folder / MANIFEST).is_file() or not (folder / "recipe.toml").is_file():
+        return False
+    wanted = recipes.dumps(recorded(load_recipe(out / "recipe.toml", overrides)))
+    return (folder / "recipe.toml").read_text() == wanted
+
+
+def _share_teacher(out: Path, folder: Path) -> None:
+    """The run's trained teacher in a member's run, its files linked (the member's
+    ``train-teacher`` finds it current and reuses it)."""
+    mine, theirs = out / "teacher", folder / "teacher"
+    if (theirs / MANIFEST).is_file() and (theirs / MANIFEST).read_bytes() == (
+        mine / MANIFEST
+    ).read_bytes():
+        return
+    shutil.rmtree(theirs, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(mine, theirs, copy_function=_link_or_copy)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
+
+
 STAGES = {  # recipe section -> the function whose keyword options it holds
     "data": load_splits,
     "teacher": train_teacher,
+    "prune": prune,
     "distill": distill,
     "export": export,
     "compile": compile_targets,
     "benchmark": benchmark,
+    "family": distill_family,
 }
 # ... and the keys each modality adds to a section (text: data.text_column, ...)
 SECTIONS: recipes.Sections = {
@@ -108,8 +165,12 @@ def preflight(run: Run, r: dict) -> None:
     check_weighting(student["weighting"], student["kd_weight"])
     splits = run.splits()
     teacher = build_teacher(r["teacher"], splits)
-    check_models(teacher, build_student(student, splits, teacher), splits, student)
+    cut_from = parent(teacher, r["teacher"]["model"], splits)
+    check_models(teacher, build_student(student, splits, cut_from), splits, student)
     select_targets(r["compile"]["targets"], r["compile"]["skip_unavailable"])
+    for spec in family.check_students(r["family"]["students"]).values():
+        member = {**student, "student": spec, "checkpoint": ""}
+        check_models(teacher, build_student(member, splits, cut_from), splits, member)
 
 
 def distill_and_export(
@@ -135,10 +196,13 @@ def distill_and_export(
     run = Run(out, r["data"], progress)  # the data is loaded once, for every stage
     preflight(run, r)
     train_teacher(run, **r["teacher"])
+    prune(run, r["distill"], r["export"], r["benchmark"], **r["prune"])
     distill(run, **r["distill"])
     if baseline_seeds:
         kd_vs_scratch(run, r["distill"], baseline_seeds)
     export(run, **r["export"])
     compile_targets(run, **r["compile"])
     benchmark(run, **r["benchmark"])
+    report(run)
+    distill_family(run.path, progress, **r["family"])
     return report(run, wall_s=time.perf_counter() - start)

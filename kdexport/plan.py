@@ -18,6 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kdexport import family
 from kdexport.artifact import write_json, write_text
 from kdexport.bundle import fleet
 from kdexport.bundle import runner as bundle_runner
@@ -320,21 +321,24 @@ def pick(fits: list[dict]) -> dict | None:
     return choice
 
 
+def who(v: dict) -> str:
+    """A variant's model: "teacher", "student", or the family member it is."""
+    return v.get("member") or v["model"]
+
+
 def _why_not(v: dict, choice: dict) -> str:
+    c = f"{who(choice)} on {choice['target']}"
     if v["accuracy"] < choice["accuracy"]:
-        return f"fits, but {choice['model']} on {choice['target']} is more accurate"
+        return f"fits, but {c} is more accurate"
     if faster(choice, v):
-        return f"fits, but {choice['model']} on {choice['target']} is as accurate and faster"
-    return (
-        f"fits, but {choice['model']} on {choice['target']} is as accurate, simpler and not "
-        f"slower beyond noise ({NOISE:.0%})"
-    )
+        return f"fits, but {c} is as accurate and faster"
+    return f"fits, but {c} is as accurate, simpler and not slower beyond noise ({NOISE:.0%})"
 
 
-def plan_device(name: str, dev: dict, facts: dict, limits: dict, ctx: dict) -> dict:
-    """One device's choice, its rejected alternatives and its unmeasured variants."""
-    budget, max_mb = limits["budget_ms"], limits.get("max_mb")
-    variants, rejected = [], []
+def measured_variants(dev: dict, facts: dict, budget: float, member: str = "") -> list[dict]:
+    """Every measured variant of one run on one device, with its accuracy and its p90 raised
+    by its spread; ``member``: the family member the run is ("" for the run itself)."""
+    variants = []
     for (model, target), m in sorted(dev["measured"].items()):
         acc, acc_from = accuracy(facts, model, target)
         known = facts["targets"].get(target, {})
@@ -342,12 +346,34 @@ def plan_device(name: str, dev: dict, facts: dict, limits: dict, ctx: dict) -> d
         v = {"model": model, "target": target, "precision": precision, "accuracy": acc}
         v.update(accuracy_from=acc_from, backend=known.get("backend", "onnxruntime"), **m)
         v["variant"] = bundle_runner.variant_name(model, target)
+        v["member"] = member
         v["p90_bound_ms"] = m["p90_ms"] * (1 + m["spread"])
         v["margin_ms"] = budget - v["p90_bound_ms"]
         v["memory"] = "measured" if m["peak_mb"] is not None else "not measured"
         variants.append(v)
+    return variants
+
+
+def unmeasured(name: str, dev: dict, facts: dict, ctx: dict, run_dir: Path) -> list[dict]:
+    """The variants of one run a device has no measurement of, with the command that measures."""
+    missing = []
+    for model, target in _variants(facts):
+        if (model, target) in dev["measured"] or (
+            dev["kind"] == "benchmark" and target == PORTABLE
+        ):
+            continue
+        cmd = _fill_command(run_dir, name, dev["kind"], model, target, ctx["batch"])
+        missing.append({"model": model, "target": target, "command": cmd})
+    return missing
+
+
+def decide(env: dict, variants: list[dict], missing: list[dict], limits: dict, ctx: dict) -> dict:
+    """One device's choice among ``variants``, its rejected alternatives, the closest when none
+    fits, and the ``missing`` (unmeasured) variants."""
+    budget, max_mb = limits["budget_ms"], limits.get("max_mb")
     fits = [v for v in variants if not _judge(v, budget, max_mb, ctx["min_accuracy"])]
     choice = pick(fits)
+    rejected = []
     for v in variants:
         if v is not choice:
             why = _judge(v, budget, max_mb, ctx["min_accuracy"])
@@ -360,17 +386,9 @@ def plan_device(name: str, dev: dict, facts: dict, limits: dict, ctx: dict) -> d
             "misses_by_ms": c["p90_bound_ms"] - budget,
             "reason": "; ".join(_judge(c, budget, max_mb, ctx["min_accuracy"])),
         }
-    missing = []
-    for model, target in _variants(facts):
-        if (model, target) in dev["measured"] or (
-            dev["kind"] == "benchmark" and target == PORTABLE
-        ):
-            continue
-        cmd = _fill_command(ctx["run"], name, dev["kind"], model, target, ctx["batch"])
-        missing.append({"model": model, "target": target, "command": cmd})
     return {
-        "fingerprint": device_key(dev["environment"]),
-        "cpu": dev["environment"].get("cpu"),
+        "fingerprint": device_key(env),
+        "cpu": env.get("cpu"),
         "budget_ms": budget,
         "max_mb": max_mb,
         "min_accuracy": ctx["min_accuracy"],
@@ -385,6 +403,16 @@ def plan_device(name: str, dev: dict, facts: dict, limits: dict, ctx: dict) -> d
     }
 
 
+def _route(results: list, facts: dict[str, dict]) -> dict[str, list[Path]]:
+    """Device results by the run (or family member) whose bundle measured them."""
+    by_bundle = {f["student"]: name for name, f in facts.items()}
+    routed: dict[str, list[Path]] = {name: [] for name in facts}
+    for path in map(Path, results):
+        name = fleet.read_result(path).get("bundle", {}).get("name")
+        routed[by_bundle.get(name, "")].append(path)  # another run's: refused by _devices
+    return routed
+
+
 def plan(
     run_dir: str | Path,
     results: list | tuple = (),
@@ -396,31 +424,47 @@ def plan(
     budgets: str | Path | None = None,
     out: str | Path | None = None,
 ) -> dict:
-    """Plan every measured device at ``batch`` (``plan_batch``); write ``out`` (Markdown),
-    ``.json`` and ``.png`` beside it (with ``out`` None, nothing is written)."""
+    """Plan every measured device at ``batch`` (``plan_batch``) among the run's variants and,
+    for a run with a family of students (``kdexport.family``), every member's; write ``out``
+    (Markdown), ``.json`` and ``.png`` beside it (with ``out`` None, nothing is written)."""
     run_dir = Path(run_dir)
     _positive(budget_ms, "--budget-ms")
     _positive(max_mb, "--max-mb")
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
         raise KdxError(f"--min-accuracy {min_accuracy}: give a share of the test set, 0 to 1")
-    facts = run_facts(run_dir)
-    batch = plan_batch(facts["benchmark"], batch)
-    devices = _devices(run_dir, list(results), facts, batch)
-    per_device = read_budgets(budgets, devices)
+    runs = {"": run_dir, **family.members(run_dir)}
+    facts = {name: run_facts(path) for name, path in runs.items()}
+    batch = plan_batch(facts[""]["benchmark"], batch)
+    routed = _route(list(results), facts)
+    devices = {n: _devices(runs[n], routed[n], facts[n], batch) for n in runs}
+    per_device = read_budgets(budgets, {k: v for d in devices.values() for k, v in d.items()})
     ctx = {"run": run_dir, "batch": batch, "min_accuracy": min_accuracy}
     planned = {}
-    for name, dev in sorted(devices.items()):
+    for name in sorted({k for d in devices.values() for k in d}):
         limits = {"budget_ms": budget_ms, "max_mb": max_mb, **per_device.get(name, {})}
         if limits["budget_ms"] is None:
             raise KdxError(f"no budget for device '{name}': give --budget-ms or [{name}] budget_ms")
         _positive(limits["budget_ms"], f"budget_ms of '{name}'")
         _positive(limits.get("max_mb"), f"max_mb of '{name}'")
-        planned[name] = plan_device(name, dev, facts, limits, ctx)
+        variants, missing, env = [], [], None
+        for member, dev in ((m, devices[m][name]) for m in runs if name in devices[m]):
+            env = env or dev["environment"]
+            found = measured_variants(dev, facts[member], limits["budget_ms"], member)
+            variants += [v for v in found if not (member and v["model"] == "teacher")]
+            missing += [
+                {**u, "member": member}
+                for u in unmeasured(name, dev, facts[member], ctx, runs[member])
+                if not (member and u["model"] == "teacher")
+            ]
+        planned[name] = decide(env, variants, missing, limits, ctx)
     result = {
         "kind": PLAN_KIND,
         "format_version": PLAN_FORMAT,
         "run": str(run_dir),
-        "student": facts["student"],
+        "student": facts[""]["student"],
+        "family": {
+            m: {"run": str(p), "student": facts[m]["student"]} for m, p in runs.items() if m
+        },
         "batch": batch,
         "latency": "p90 at the batch size (a text run: the shape), raised by its spread between rounds; never estimated",
         "devices": planned,
@@ -450,7 +494,7 @@ def plan_cells(result: dict) -> list[list[str]]:
         rows.append(
             [
                 name,
-                f"{v.get('model', '-')} on {v.get('target', '-')}" if v else "-",
+                f"{who(v)} on {v.get('target', '-')}" if v else "-",
                 v.get("precision", "-"),
                 v.get("runtime", "-"),
                 f(v.get("accuracy"), "{:.4f}"),
@@ -477,10 +521,17 @@ def plan_markdown(result: dict) -> str:
         *markdown_table(HEADER, plan_cells(result)),
         "",
     ]
+    served = {d["choice"].get("member", "") for d in result["devices"].values() if d["choice"]}
+    for member in sorted(m for m in served if m):
+        run = result["family"][member]["run"]
+        lines.append(f"- family member {member} serves devices "
+                     + ", ".join(n for n, d in result["devices"].items()
+                                 if d["choice"] and d["choice"].get("member") == member)
+                     + f": bundle it with `kdexport package {run} --plan PLAN.json --dir DEST`")  # fmt: skip
     for name, d in result["devices"].items():
         for r in d["rejected"]:
-            lines.append(f"- {name}: {r['model']} on {r['target']}: {r['reason']}")
+            lines.append(f"- {name}: {who(r)} on {r['target']}: {r['reason']}")
         for u in d["unmeasured"]:
             how = u["command"] or "not measurable by run.py (ONNX Runtime only)"
-            lines.append(f"- {name}: {u['model']} on {u['target']} not measured: `{how}`")
+            lines.append(f"- {name}: {who(u)} on {u['target']} not measured: `{how}`")
     return "\n".join(lines) + "\n"

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kdexport import __version__, modalities
+from kdexport import __version__, family, modalities
 from kdexport.artifact import FORMAT_VERSION, MANIFEST, Artifact, file_table, write_json, write_text
 from kdexport.bundle.runner import parse_point
 from kdexport.bundle.runner import point_order as shape_order
-from kdexport.chart import chart
+from kdexport.chart import chart, family_chart
 from kdexport.context import Run
 from kdexport.errors import KdxError
 from kdexport.markdown import markdown_table
@@ -268,6 +268,7 @@ def markdown(figs: dict) -> str:
         "",
         f"PyTorch test accuracy: teacher {t:.2%}, student {s:.2%} ({(s - t) * 100:+.1f} points).",
         *_time_line(figs["training"]["student"].get("time_shares")),
+        *cut_line(figs),
         f"Machine: {env['cpu']}, {env['logical_cores']} logical cores; "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
         + ".",
@@ -276,6 +277,7 @@ def markdown(figs: dict) -> str:
         "",
     ]
     lines += distillation_markdown(figs["distillation"], figs["run_dir"])
+    lines += family_markdown(figs)
     lines += placement_markdown(figs["run_dir"])
     return "\n".join(lines)
 
@@ -287,6 +289,86 @@ def _time_line(shares: dict | None) -> list[str]:
     return [
         f"Distillation time: {shares['teacher']:.0%} running the teacher (on each augmented "
         f"batch; 0% with its outputs cached), {shares['wait']:.0%} waiting for data."
+    ]
+
+
+FAMILY_HEADER = [
+    "#",
+    "model",
+    "spec",
+    "accuracy",
+    "params",
+    "MACs / teacher's",
+    "p50 ms",
+    "speed-up",
+]
+
+
+def family_points(figs: dict) -> dict[str, list[dict]]:
+    """Per target, every model of the run and its family (``kdexport.family``): the teacher,
+    the run's student, each member's student; accuracy of the compiled model, its p50 at the
+    report's measuring point, its FLOPs against the teacher's (measured each in its own run)."""
+    runs = {"student": figs, **{m: figures(p) for m, p in family.members(figs["run_dir"]).items()}}
+    teacher_flops = figs["targets"] and next(iter(figs["targets"].values()))["teacher"]["flops"]
+    out: dict[str, list[dict]] = {}
+    for target, entry in figs["targets"].items():
+        spec = open_stage(figs["run_dir"], "teacher").parameters["model"]
+        points = [{"name": "teacher", "spec": spec, **_point(entry["teacher"], teacher_flops)}]
+        points[0]["speedup"] = 1.0
+        for name, f in runs.items():
+            e = f["targets"].get(target)
+            if e is None or "p50_ms" not in e["student"]:
+                continue
+            spec = open_stage(f["run_dir"], "student").parameters["student"]
+            p = {"name": name, "spec": spec, **_point(e["student"], teacher_flops)}
+            p["speedup"] = e["speedup"]  # against the teacher timed beside it, in its run
+            points.append(p)
+        out[target] = points
+    return out
+
+
+def _point(f: dict, teacher_flops) -> dict:
+    flops = f.get("flops")
+    ratio = flops / teacher_flops if flops and teacher_flops else None
+    return {"accuracy": f["accuracy"], "p50_ms": f["p50_ms"], "params": f["params"],
+            "flops_ratio": ratio}  # fmt: skip
+
+
+def family_markdown(figs: dict) -> list[str]:
+    """The family's section: per target a table (numbered as the chart's points) and the
+    accuracy-latency chart with its Pareto front."""
+    if not family.members(figs["run_dir"]):
+        return []
+    points = family_points(figs)
+    lines = ["## The family of students", "",
+             f"Each member is a run of its own in `{family.FOLDER}/NAME`, sharing this run's "
+             "teacher; accuracy of each compiled model on the test split; p50 at "
+             f"{shown(figs)} and the speed-up against the teacher timed beside it, rounds "
+             "interleaved, in each member's own benchmark stage.", ""]  # fmt: skip
+    for target, pts in points.items():
+        rows = [[str(i), p["name"], p["spec"], f"{p['accuracy']:.2%}", f"{p['params']:,}",
+                 "-" if p["flops_ratio"] is None else f"{p['flops_ratio']:.3f}",
+                 f"{p['p50_ms']:.3f}", f"{p['speedup']:.2f}x" if p["speedup"] else "-"]
+                for i, p in enumerate(pts)]  # fmt: skip
+        lines += [f"### {target}", "", *markdown_table(FAMILY_HEADER, rows), ""]
+    family_chart(points, shown(figs), Path(figs["run_dir"]) / "family.png")
+    return [*lines, "![accuracy vs latency of the family per target](family.png)", ""]
+
+
+def cut_line(figs: dict) -> list[str]:
+    """For a student cut from the teacher (``prune:``): what was cut, its MACs and parameters
+    beside the speed-up measured per target (MACs are not latency)."""
+    init = figs["training"]["student"].get("init") or {}
+    if "macs_ratio" not in init:
+        return []
+    speedups = ", ".join(
+        f"{t} {e['speedup']:.2f}x" for t, e in figs["targets"].items() if e.get("speedup")
+    )
+    return [
+        f"Student cut from the teacher ({init['ratio']:.3f} of each layer's channels removed; "
+        f"{init['criterion']}): MACs {init['macs_ratio']:.3f} of the teacher's "
+        f"({1 / init['macs_ratio']:.2f}x fewer), parameters {init['params_ratio']:.3f}; "
+        f"measured speed-up {speedups or 'not measured'}."
     ]
 
 

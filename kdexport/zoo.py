@@ -94,10 +94,22 @@ def load_factory(spec: str, what: str = "model spec"):
 
 
 @dataclass(frozen=True)
+class Parent:
+    """The teacher a student is built from: the model, the spec it was built from (rebuilds its
+    architecture; "" where unknown), a few inputs (to trace it) and the folder where the run's
+    search for a cut of it (``kdexport.prune``) left its result (None: before the search)."""
+
+    model: nn.Module
+    spec: str = ""
+    example: torch.Tensor | None = None
+    searched: Path | None = None
+
+
+@dataclass(frozen=True)
 class Scheme:
     """A model-spec scheme: how ``SCHEME:REST`` builds a model, and where it can, a student of a
-    teacher (``student(teacher, spec, seed, from_teacher) -> (model, init record)``) and the
-    files a trained one is rebuilt from (``save(model, folder) -> spec``)."""
+    teacher (``student(parent: Parent, spec, seed, from_teacher) -> (model, init record)``) and
+    the files a trained one is rebuilt from (``save(model, folder) -> spec``)."""
 
     build: Callable[[str, int, int], nn.Module]  # (spec, num_classes, in_channels)
     student: Callable | None = None
@@ -111,11 +123,46 @@ def _zoo(spec: str, num_classes: int, in_channels: int) -> nn.Module:
     return _from_factory(ZOO[name], spec, num_classes, in_channels)
 
 
-def schemes() -> dict[str, Scheme]:
-    """Every model-spec scheme: ``zoo`` and those the modalities register."""
-    from kdexport import modalities
+def _pruned(spec: str, num_classes: int = 0, in_channels: int = 0) -> nn.Module:
+    """``pruned:PATH/structure.json``: the architecture a cut was made from (built for the
+    classes and channels it records), cut to its channels; fresh weights."""
+    from kdexport import pruning
+    from kdexport.pruning import cut
 
-    found = {"zoo": Scheme(_zoo)}
+    saved = pruning.read_structure(spec)
+    model = create_model(saved["base"], saved["num_classes"], saved["in_channels"])
+    model.structure = saved
+    return cut.shrink(model, saved["channels"]).eval()
+
+
+def _cut_student(parent: Parent, spec: str, seed: int, from_teacher: bool = True):
+    """``prune:...``: a cut of the teacher (``kdexport.pruning.student``)."""
+    from kdexport import pruning
+
+    if parent.spec and is_model_file(parent.spec):
+        raise KdxError(
+            f"distill.student '{spec}' cuts the teacher's weights, and the teacher "
+            f"'{parent.spec}' is a model file with no architecture to rebuild (ONNX, "
+            "TorchScript, .pt2); name the teacher as zoo:, file.py:factory, torchvision: or "
+            "timm:, or give a student architecture"
+        )
+    return pruning.student(parent, spec, seed, from_teacher, _pruned)
+
+
+def _refused_cut(spec: str, num_classes: int, in_channels: int) -> nn.Module:
+    raise KdxError(f"'{spec}' is a cut of the teacher: give it as distill.student")
+
+
+def schemes() -> dict[str, Scheme]:
+    """Every model-spec scheme: ``zoo``, pruning's (``prune:``, ``pruned:``) and those the
+    modalities register."""
+    from kdexport import modalities, pruning
+
+    found = {
+        "zoo": Scheme(_zoo),
+        "prune": Scheme(_refused_cut, _cut_student, pruning.save_structure),
+        "pruned": Scheme(_pruned),
+    }
     for modality in modalities.every():
         found.update(modality.schemes)
     return found

@@ -21,6 +21,7 @@ from kdexport.modalities.text.features import TappedText, TextTap, attention_dro
 from kdexport.modalities.text.synthetic import CLASSES, generate, write_reviews
 from kdexport.modalities.text.tiny import tiny_teacher
 from kdexport.pipeline import load_recipe
+from kdexport.zoo import Parent
 
 STUDENT = "distill.student=hf-student:num_hidden_layers=1"
 
@@ -71,7 +72,7 @@ def test_a_text_feature_loss_trains(run, loss, extra):
     spec = r["distill"]["student"]
     teacher = text_model(r["teacher"]["model"], len(CLASSES))
     torch.manual_seed(r["distill"]["seed"])
-    start = student(teacher, spec, r["distill"]["seed"])[0].state_dict()
+    start = student(Parent(teacher), spec, r["distill"]["seed"])[0].state_dict()
     saved = torch.load(run / "student" / "model.pt", weights_only=True)
     assert set(saved) == set(start)  # TinyBERT's W is not part of the student
     moved = [k for k in saved if not torch.equal(saved[k], start[k])]
@@ -185,8 +186,8 @@ def test_the_scratch_baseline_starts_from_random_weights(text_run):
     teacher_spec = next(s for s in text_run[1] if s.startswith("teacher.model="))
     teacher = text_model(teacher_spec.partition("=")[2], len(CLASSES))
     opts = {"student": STUDENT.partition("=")[2], "seed": 0, "checkpoint": ""}
-    kd = build_student(opts, None, teacher)
-    scratch = build_student(opts, None, teacher, scratch=True)
+    kd = build_student(opts, None, Parent(teacher))
+    scratch = build_student(opts, None, Parent(teacher), scratch=True)
     assert kd.init_record["init"] == "every-k-th-layer"
     assert scratch.init_record["init"] == "random"
     assert "from scratch" in scratch.init_record["reason"]

@@ -44,7 +44,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # Both builds own the same files: remove both, so that the one wanted is installed whole.
     "$venv/bin/python" -m pip uninstall -y -q onnxruntime onnxruntime-gpu
   fi
-  # text: transformers + tokenizers (tests/test_text_*); speech: soundfile (tests/test_speech_*)
-  "${pip[@]}" -e "$root[$ort,test,text,speech]"
+  # text: transformers + tokenizers (tests/test_text_*); speech: soundfile (tests/test_speech_*);
+  # prune: torch-pruning (tests/test_prune.py)
+  "${pip[@]}" -e "$root[$ort,test,text,speech,prune]"
   echo "$want" > "$stamp"
 fi

@@ -18,7 +18,7 @@ stamp="$venv/.kdexport-installed"
 want=$(cat "$root/pyproject.toml" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${pip[@]}" "${vision_pins[@]}"
-  "${pip[@]}" -e "$root[cpu,test,vision]" "${vision_pins[@]}"
+  "${pip[@]}" -e "$root[cpu,test,vision,prune]" "${vision_pins[@]}"
   echo "$want" > "$stamp"
 fi
 

@@ -37,17 +37,25 @@ def read_plan(path: Path) -> dict:
 def bundle_plan(path: Path, student: str) -> dict:
     """What a bundle carries of the plan at ``path``: per device its fingerprint, the chosen
     variant (or None and the closest), the budget, the planned p90 and the settings it was
-    measured with; and which compiled targets and models the bundle needs for the choices."""
+    measured with; and which compiled targets and models the bundle needs for the choices.
+    Of a family's plan, a member's bundle (``student``) carries the devices it serves; each
+    other device names the bundle that serves it."""
     result = read_plan(path)
-    if result["student"] != student:
+    family = {m["student"]: name for name, m in (result.get("family") or {}).items()}
+    bundles = {"": result["student"], **{name: s for s, name in family.items()}}
+    if student not in bundles.values():
         raise KdxError(
             f"{path}: a plan for {result['student']}, not this run's {student}; plan this run"
         )
+    member = family.get(student, "")
     devices, targets, teacher = {}, [], False
     for name, d in result["devices"].items():
         c = d["choice"]
         entry = {"fingerprint": d["fingerprint"], "budget_ms": d["budget_ms"], "variant": None}
-        if c is None:
+        if c is not None and c.get("member", "") != member:  # a family member's bundle runs it
+            entry["bundle"] = bundles[c["member"]]
+            entry["member"] = c["member"] or "the run's own student"
+        elif c is None:
             closest = d.get("closest")
             entry["closest"] = closest and f"closest {closest['variant']}: {closest['reason']}"
         else:

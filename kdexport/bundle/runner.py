@@ -1375,6 +1375,11 @@ def choose(bundle: Bundle, variant, target, device) -> dict:
         known = ", ".join(sorted(bundle.manifest["plan"]["devices"]))
         said = f"this device ({device or 'unnamed'}, fingerprint {key}) is not in the bundle's plan (planned: {known})"
         return {"role": "student", "target": None, "every": True, "said": said}
+    if entry.get("bundle"):
+        raise BundleError(
+            f"the plan gives device {name} to bundle {entry['bundle']} ({entry['member']} of "
+            "the family of students); run that bundle there"
+        )
     if not entry.get("variant"):
         said = f"the plan found no variant within budget for device {name} ({entry.get('closest') or 'none measured'})"
         return {"role": "student", "target": None, "every": True, "said": said}

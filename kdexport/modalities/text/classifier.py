@@ -27,7 +27,7 @@ from torch import nn
 from kdexport.errors import KdxError
 from kdexport.modalities.text.export import input_names
 from kdexport.modalities.text.tokens import PACKED
-from kdexport.zoo import Scheme
+from kdexport.zoo import Parent, Scheme
 
 
 class Captured(NamedTuple):
@@ -106,13 +106,14 @@ def text_model(spec: str, num_classes: int) -> TextClassifier:
 
 
 def student(
-    teacher: TextClassifier, spec: str, seed: int, from_teacher: bool = True
+    parent: Parent, spec: str, seed: int, from_teacher: bool = True
 ) -> tuple[TextClassifier, dict]:
-    """The student of ``spec`` (``hf-config:`` or ``hf-student:``) started from ``teacher``
-    where shapes allow (``from_teacher``), else from random weights; with the record of the
+    """The student of ``spec`` (``hf-config:`` or ``hf-student:``) started from the teacher
+    (``parent.model``) where shapes allow (``from_teacher``), else from random weights; with the record of the
     rule applied."""
     from kdexport.modalities.text import models
 
+    teacher = parent.model
     if not isinstance(teacher, TextClassifier):
         raise KdxError(f"distill.student '{spec}' is a text student; the teacher must be hf:")
     wanted = student_overrides(spec) if spec.startswith("hf-student:") else spec
