@@ -31,12 +31,14 @@ from kdexport.train.preflight import check_models, check_weighting
 def distill_family(
     out: Path,
     progress: Progress = quiet,
+    baseline_seeds: int = 0,
     *,
     students: list[str] = [],  # noqa: B006 (read-only)
 ) -> dict[str, Path]:
     """[family]: every member of ``students`` (model specs) as a run of its own in
-    OUT/family/NAME, sharing OUT's trained teacher; a member whose run is complete with the same
-    recipe is kept (an interrupted family resumes at the member it stopped in)."""
+    OUT/family/NAME, sharing OUT's trained teacher (each compared with its scratch baseline over
+    ``baseline_seeds`` when > 0); a member whose run is complete with the same recipe is kept
+    (an interrupted family resumes at the member it stopped in)."""
     named = family.check_students(students)
     done = {}
     for i, (name, spec) in enumerate(named.items()):
@@ -45,7 +47,7 @@ def distill_family(
         progress("family", i, len(named), name)
         if not _member_current(out, folder, overrides):
             _share_teacher(out, folder)
-            distill_and_export(folder, out / "recipe.toml", overrides, progress)
+            distill_and_export(folder, out / "recipe.toml", overrides, progress, baseline_seeds)
         done[name] = folder
     return done
 
@@ -204,5 +206,5 @@ def distill_and_export(
     compile_targets(run, **r["compile"])
     benchmark(run, **r["benchmark"])
     report(run)
-    distill_family(run.path, progress, **r["family"])
+    distill_family(run.path, progress, baseline_seeds, **r["family"])
     return report(run, wall_s=time.perf_counter() - start)

@@ -188,3 +188,32 @@ def test_weights_of_another_architecture_name_file_key_and_fix(imagenet_resnet):
     assert f"weights {path} do not fit 'torchvision:resnet34?weights={path}'" in text
     assert "layer1.2.conv1.weight is missing from the file" in text
     assert "give weights saved from this architecture" in text
+
+
+@pytest.mark.vision
+@pytest.mark.backends
+@pytest.mark.parametrize("spec", ["torchvision:resnet18", "torchvision:mobilenet_v3_small"])
+def test_a_cut_of_a_family_model_rebuilds_exports_and_matches(spec, tmp_path):
+    """prune:0.5 of a torchvision model (residual sums, squeeze-excite: the dependency graph
+    couples them), rebuilt from its structure, through export and parity on both CPU targets."""
+    from kdexport import pruning
+    from kdexport.zoo import Parent
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32)
+    teacher = _warm_batchnorm(create_model(spec, 5, 3), x)
+    cut, record = pruning.student(
+        Parent(teacher, spec, torch.from_numpy(x[:2])), "prune:0.5", 0, True, None
+    )
+    assert 0.15 < record["macs_ratio"] < 0.45, record["macs_ratio"]
+    rebuilt = create_model(pruning.save_structure(cut, tmp_path).format(artifact=tmp_path), 5, 3)
+    rebuilt.load_state_dict(cut.state_dict())
+    rebuilt.eval()
+    path = tmp_path / "cut.onnx"
+    export_onnx(rebuilt, path, torch.from_numpy(x[:2]), x, OPTS, {"role": "cut"})
+    sample = {"x": x, "y": np.zeros(len(x), np.int64), "cut": predict(cut.eval(), x)}
+    for target in ("ort-cpu", "openvino-cpu"):
+        out = tmp_path / target
+        out.mkdir()
+        result = compile_model(path, out, "cut", load_target(target), sample, None)
+        assert result["parity"]["max_abs_diff"] <= 1e-4, (target, result["parity"]["summary"])

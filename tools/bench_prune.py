@@ -1,0 +1,220 @@
+"""Students cut from the teacher, measured (issue 23): a family of pruned students on a recipe,
+cuts to three latency budgets, and a family plan for three devices.
+
+    .venv/bin/python tools/bench_prune.py [--recipe digits] [--out DIR] [--seeds 3]
+
+1. ``kdexport distill-and-export --recipe R --baseline --seeds N`` with ``[family] students``
+   (``prune:0.3``, ``prune:0.5``, ``prune:0.7``, ``prune:macs=0.05``): every member distilled
+   from the unpruned teacher, exported, compiled (ort-cpu, openvino-cpu), benchmarked, and
+   compared with the same architecture trained from scratch over N seeds. Per member: MAC and
+   parameter ratios (counted by Torch-Pruning) beside the speed-up measured in its run's
+   benchmark stage (teacher and member interleaved), test accuracy of the compiled member.
+2. Three budgets on ort-cpu between the teacher's p90 and the smallest member's, each a run
+   of ``prune:budget_ms=B@ort-cpu`` (the teacher's files linked in); each chosen cut is
+   bundled and re-measured by the bundle's ``run.py bench``; the step trace must fall in MACs.
+3. The family planned for three devices (``local``: the benchmark stages; two stand-ins timed
+   by every member bundle's ``run.py bench``: one pinned CPU and one thread, both CPUs and two
+   threads), each device given a budget that admits one more member of its Pareto front; each
+   choice checked by brute force over the measured variants.
+
+Prints one JSON object last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's kdexport
+
+from bench_plan import BENCH, DEVICES, runpy
+
+from kdexport.plan import LOCAL, NOISE, plan
+
+MEMBERS = ["prune:0.3", "prune:0.5", "prune:0.7", "prune:macs=0.05"]
+TARGETS = ["ort-cpu", "openvino-cpu"]
+
+
+def kdx(*args) -> None:
+    cmd = [sys.executable, "-m", "kdexport.cli", *map(str, args)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def checks(run: Path, stage: str) -> dict:
+    return json.loads((run / stage / "manifest.json").read_text())["checks"]
+
+
+def member_figures(run: Path) -> dict:
+    """A member run's figures: its cut, speed-ups, compiled accuracy, scratch baseline."""
+    student, bench = checks(run, "student"), checks(run, "benchmark")["targets"]
+    compiled = checks(run, "compile")["targets"]
+    init = student.get("init", {})
+    return {
+        "spec": json.loads((run / "student" / "manifest.json").read_text())["parameters"][
+            "student"
+        ],
+        "macs_ratio": init.get("macs_ratio"),
+        "params_ratio": init.get("params_ratio"),
+        "speedup": {t: bench[t]["speedup"]["1"] for t in TARGETS if t in bench},
+        "accuracy": compiled["ort-cpu"]["student"]["accuracy"],
+        "scratch_accuracy": checks(run, "baseline")["scratch"]["values"],
+        "kd_accuracy_seeds": checks(run, "baseline")["kd"]["values"],
+        "p90_ms_ort_cpu": bench["ort-cpu"]["student"]["latency"]["1"]["p90_ms"],
+    }
+
+
+def budget_cut(run: Path, work: Path, budget: float) -> dict:
+    """A run cutting the teacher to ``budget`` on ort-cpu; its cut re-measured by its bundle."""
+    out = work / f"budget-{budget}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    shutil.copytree(run / "teacher", out / "teacher", copy_function=shutil.copy2)
+    sets = [f"distill.student=prune:budget_ms={budget}@ort-cpu", "family.students=[]",
+            'compile.targets=["ort-cpu"]']  # fmt: skip
+    kdx("distill-and-export", "--out", out, "--recipe", run / "recipe.toml",
+        *(a for s in sets for a in ("--set", s)))  # fmt: skip
+    pruned = checks(out, "prune")
+    bundle = work / f"bundle-budget-{budget}"
+    shutil.rmtree(bundle, ignore_errors=True)
+    kdx("package", out, "--dir", bundle, "--target", "ort-cpu")
+    result = work / f"remeasured-{budget}.json"
+    runpy(bundle, "bench", "--target", "ort-cpu", "--out", result, *BENCH)
+    lat = json.loads(result.read_text())["results"]["student"]["latency"]["1"]
+    macs = [r["macs"] for r in pruned["trace"]]
+    return {
+        "target": "ort-cpu",
+        "budget_ms": budget,
+        "p90_ms_search": pruned["chosen"]["p90_ms"],
+        "p90_ms_remeasured": lat["p90_ms"],
+        "met": lat["p90_ms"] <= budget,
+        "steps": pruned["steps"],
+        "macs_monotone": all(a > b for a, b in zip(macs, macs[1:], strict=False)),
+        "macs_ratio": macs[-1] / macs[0],
+    }
+
+
+def device_results(run: Path, work: Path) -> list[Path]:
+    """``run.py bench --all-variants`` of every member's bundle (and the run's) per stand-in."""
+    out = []
+    runs = {"run": run, **{p.name: p for p in sorted((run / "family").iterdir())}}
+    for name, path in runs.items():
+        bundle = work / f"bundle-{name}"
+        shutil.rmtree(bundle, ignore_errors=True)
+        kdx("package", path, "--dir", bundle, "--target", "ort-cpu",
+            *(["--with-teacher"] if name == "run" else []))  # fmt: skip
+        for device, flags in DEVICES.items():
+            res = work / f"{device}-{name}.json"
+            runpy(
+                bundle, "bench", "--all-variants", "--device", device, "--out", res, *flags, *BENCH
+            )
+            out += sorted(work.glob(f"{device}-{name}*.json"))
+    return out
+
+
+def variants(p: dict, device: str) -> list[dict]:
+    d = p["devices"][device]
+    return [v for v in [d["choice"], *d["rejected"]] if v]
+
+
+def budgets_per_device(p: dict) -> dict[str, float]:
+    """Per device a budget just above the p90 bound of its k-th fastest Pareto-front student
+    (k = 1, 2, 3 for the three devices, by name), so that each admits a different member."""
+    out = {}
+    for k, device in enumerate(sorted(p["devices"])):
+        front, best = [], -1.0
+        for v in sorted(variants(p, device), key=lambda v: v["p90_bound_ms"]):
+            if v["model"] == "student" and v["accuracy"] is not None and v["accuracy"] > best:
+                front.append(v)
+                best = v["accuracy"]
+        pick = front[min(k, len(front) - 1)]
+        nxt = [v["p90_bound_ms"] for v in front if v["p90_bound_ms"] > pick["p90_bound_ms"]]
+        out[device] = round(
+            min(
+                [pick["p90_bound_ms"] * 1.05, *(0.5 * (pick["p90_bound_ms"] + n) for n in nxt[:1])]
+            ),
+            5,
+        )
+    return out
+
+
+def brute_force(p: dict, device: str) -> bool:
+    """The choice is among the most accurate variants that fit, and no equally accurate one
+    is faster beyond noise."""
+    d = p["devices"][device]
+    fits = [v for v in variants(p, device) if v["accuracy"] is not None
+            and v["p90_bound_ms"] <= d["budget_ms"]]  # fmt: skip
+    if not fits:
+        return d["choice"] is None
+    best = max(v["accuracy"] for v in fits)
+    c = d["choice"]
+    if c is None or c["accuracy"] != best:
+        return False
+    top = [v for v in fits if v["accuracy"] == best]
+    return all(
+        v["p50_ms"] * (1 + max(NOISE, v["spread"] + c["spread"])) >= c["p50_ms"] for v in top
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="digits")
+    ap.add_argument("--out", type=Path, help="work folder (default: a temporary folder)")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--set", action="append", default=[], help="a recipe override KEY=VALUE")
+    args = ap.parse_args()
+    work = (args.out or Path(tempfile.mkdtemp(prefix="bench_prune-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    run = work / "run"
+    sets = [f"family.students={json.dumps(MEMBERS)}", f"compile.targets={json.dumps(TARGETS)}",
+            "benchmark.batch_sizes=[1]", *args.set]  # fmt: skip
+    kdx("distill-and-export", "--recipe", args.recipe, "--out", run, "--baseline", "--seeds",
+        args.seeds, *(a for s in sets for a in ("--set", s)))  # fmt: skip
+    bench = checks(run, "benchmark")["targets"]
+    teacher = {
+        "accuracy": checks(run, "compile")["targets"]["ort-cpu"]["teacher"]["accuracy"],
+        "p50_ms": {t: bench[t]["teacher"]["latency"]["1"]["p50_ms"] for t in TARGETS},
+        "p90_ms_ort_cpu": bench["ort-cpu"]["teacher"]["latency"]["1"]["p90_ms"],
+    }
+    members = [member_figures(p) for p in sorted((run / "family").iterdir())]
+    lo = min(m["p90_ms_ort_cpu"] for m in members)
+    hi = teacher["p90_ms_ort_cpu"]
+    budgets = [round(lo + (hi - lo) * f, 4) for f in (0.25, 0.5, 0.75)]
+    cuts = [budget_cut(run, work, b) for b in budgets]
+
+    results = device_results(run, work)
+    first = plan(run, results, budget_ms=1e9)
+    limits = budgets_per_device(first)
+    budgets_file = work / "budgets.toml"
+    budgets_file.write_text("".join(f'["{d}"]\nbudget_ms = {b}\n' for d, b in limits.items()))
+    final = plan(run, results, budgets=budgets_file, out=work / "plan" / "plan.md")
+    picks = {d: (v["choice"] or {}).get("member") for d, v in final["devices"].items()}
+    figures = {
+        "recipe": args.recipe,
+        "teacher": teacher,
+        "members": members,
+        "budget_cuts": cuts,
+        "family_plan": {
+            "devices": len(final["devices"]),
+            "budgets_ms": limits,
+            "choices": {
+                d: v["choice"]
+                and f"{v['choice']['member'] or v['choice']['model']} on {v['choice']['target']}"
+                for d, v in final["devices"].items()
+            },  # fmt: skip
+            "distinct_members": len(set(picks.values())),
+            "plan_valid": all(brute_force(final, d) for d in final["devices"]),
+        },
+        "local_device": LOCAL,
+        "run": str(run),
+    }
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
