@@ -9,15 +9,35 @@ from kdexport.artifact import write_bytes
 from kdexport.bundle.runner import point_label as batch_label
 
 
-def chart(figs: dict, path: Path) -> None:
-    """Write a PNG bar chart: p50 per target and model; bars from p50 to p90 as error bars."""
-    import io
-
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display: render to a file
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(plt, fig, path: Path, dpi: int) -> None:
+    """The figure as a PNG at ``path`` (written atomically, without a timestamp)."""
+    import io
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def _numbered(ax, points: list[tuple[float, float, str]]) -> None:
+    """Each point a numbered marker keyed in a legend beside the axes: labels never overlap."""
+    for i, (x, y, label) in enumerate(points):
+        ax.scatter(x, y, marker=f"${i}$", s=90, color=f"C{i % 10}", label=f"{i}: {label}")
+
+
+def chart(figs: dict, path: Path) -> None:
+    """Write a PNG bar chart: p50 per target and model; bars from p50 to p90 as error bars."""
+    plt = _pyplot()
     targets = [
         t
         for t, e in figs["targets"].items()
@@ -41,11 +61,7 @@ def chart(figs: dict, path: Path) -> None:
     ax.set_ylabel("latency, batch 1 (ms): p50, bar to p90")
     ax.set_title("Teacher vs student per target")
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    _save(plt, fig, path, 110)
 
 
 def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -61,21 +77,14 @@ def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 def plan_chart(plan: dict, path: Path) -> None:
     """Write a PNG per plan: one panel per device, p90 latency vs accuracy of each measured
     variant, the budget as a vertical line, the Pareto front as a step line, the choice ringed."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: render to a file
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     devices = plan["devices"]
     fig, axes = plt.subplots(1, len(devices), figsize=(7.5 * len(devices), 4.5), squeeze=False)
     for ax, (name, d) in zip(axes[0], devices.items(), strict=True):
         variants = [v for v in [d["choice"], *d["rejected"]] if v and v["accuracy"] is not None]
         variants.sort(key=lambda v: (v["p90_ms"], -v["accuracy"]))
-        for i, v in enumerate(variants):  # numbered markers keyed in the legend: no overlaps
-            ax.scatter(v["p90_ms"], v["accuracy"], marker=f"${i}$", s=90, color=f"C{i % 10}",
-                       label=f"{i}: {v.get('member') or v['model']} on {v['target']}")  # fmt: skip
+        _numbered(ax, [(v["p90_ms"], v["accuracy"],
+                        f"{v.get('member') or v['model']} on {v['target']}") for v in variants])  # fmt: skip
         front = _pareto([(v["p90_ms"], v["accuracy"]) for v in variants])
         if front:
             ax.step(*zip(*front, strict=True), where="post", color="grey", label="Pareto front")
@@ -89,23 +98,13 @@ def plan_chart(plan: dict, path: Path) -> None:
         ax.set_ylabel("test accuracy")
         ax.set_title(name)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    _save(plt, fig, path, 100)
 
 
 def prune_trace_chart(trace: list[dict], budget_ms: float, target: str, point: str, path: Path):
     """Write a PNG of a budget search's steps: p50 and p90 on ``target`` at ``point`` against
     the step, the budget as a line; the MACs kept and the validation accuracy beside it."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: render to a file
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     steps = [r["step"] for r in trace]
     fig, (lat, kept) = plt.subplots(1, 2, figsize=(10, 4))
     lat.plot(steps, [r["p50_ms"] for r in trace], "o-", label="p50")
@@ -123,29 +122,17 @@ def prune_trace_chart(trace: list[dict], budget_ms: float, target: str, point: s
     kept.set_ylim(0, 1.05)
     kept.legend(fontsize=8)
     fig.suptitle("Cut to a latency budget: each step cut, recovered with KD, timed")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    _save(plt, fig, path, 100)
 
 
 def family_chart(points: dict[str, list[dict]], point: str, path: Path) -> None:
     """Write a PNG of a family of students: one panel per target, accuracy against p50 at
     ``point``; each model a numbered marker keyed in the legend (no labels over each other),
     the Pareto front as a step line."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: render to a file
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(points), figsize=(8 * len(points), 4.2), squeeze=False)
     for ax, (target, pts) in zip(axes[0], points.items(), strict=True):
-        for i, p in enumerate(pts):
-            ax.scatter(p["p50_ms"], p["accuracy"], marker=f"${i}$", s=90, color=f"C{i % 10}",
-                       label=f"{i}: {p['name']}")  # fmt: skip
+        _numbered(ax, [(p["p50_ms"], p["accuracy"], p["name"]) for p in pts])
         front = _pareto([(p["p50_ms"], p["accuracy"]) for p in pts])
         ax.step(*zip(*front, strict=True), where="post", color="grey", alpha=0.6,
                 label="Pareto front")  # fmt: skip
@@ -153,8 +140,4 @@ def family_chart(points: dict[str, list[dict]], point: str, path: Path) -> None:
         ax.set_ylabel("test accuracy")
         ax.set_title(target)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    _save(plt, fig, path, 100)
