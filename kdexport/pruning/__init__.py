@@ -3,7 +3,7 @@
     prune:0.5                  half the channels of every prunable layer removed
     prune:macs=0.3             the least cut that keeps at most 30% of the teacher's MACs
     prune:budget_ms=0.5@ort-cpu  cut in steps until the p90 on that target meets 0.5 ms
-                               (kdexport.pruning.budget: NetAdapt's loop, KD between steps)
+                               (the prune stage, kdexport.prune: NetAdapt's loop)
 
 The distill stage derives the student from the trained teacher (``kdexport.pruning.cut``:
 Torch-Pruning's dependency graph, the classifier kept) and distills it from the unpruned
@@ -34,7 +34,7 @@ def parse(spec: str) -> dict:
     """``prune:0.5`` -> {"ratio": 0.5}; ``prune:macs=0.3`` -> {"macs": 0.3};
     ``prune:budget_ms=0.5@ort-cpu`` -> {"budget_ms": 0.5, "target": "ort-cpu"}."""
     body = spec.partition(":")[2].strip()
-    key, eq, value = body.partition("=") if "=" in body else ("ratio", "=", body)
+    key, _, value = body.partition("=") if "=" in body else ("ratio", "=", body)
     value, _, target = value.partition("@")
     forms = "prune:RATIO, prune:macs=SHARE or prune:budget_ms=MS@TARGET"
     if key not in ("ratio", "macs", "budget_ms") or (key == "budget_ms") != bool(target):
@@ -54,9 +54,10 @@ def parse(spec: str) -> dict:
 
 
 def student(parent, spec: str, seed: int, from_teacher: bool, rebuild: Rebuild):
-    """The cut ``spec`` names of ``parent`` (a ``kdexport.zoo.Parent``: the teacher), with its record; fresh weights of the same
-    shapes unless ``from_teacher`` (the baseline trained from scratch). A budget spec's cut is
-    the one the prune stage found (``kdexport.prune``), ``rebuild`` from its structure file."""
+    """The cut ``spec`` names of ``parent`` (a ``kdexport.zoo.Parent``: the teacher), with its
+    record; fresh weights of the same shapes unless ``from_teacher`` (the baseline trained from
+    scratch; ``build_student`` seeded them). A budget spec's cut is the one the prune stage
+    found (``kdexport.prune``), ``rebuild`` from its structure file."""
     from kdexport.pruning import cut
 
     want = parse(spec)
