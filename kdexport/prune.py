@@ -67,7 +67,10 @@ class Timer:
                 {"cut": lambda: module.load(main, self.target)}, feed, self.bench_opts
             )
         latency = timed["cut"]["latency"][self.point]
-        return {"p50_ms": latency["p50_ms"], "p90_ms": latency["p90_ms"]}
+        # The budget is met by the p90 raised by its spread between rounds, as the plan reads it
+        # (kdexport.plan): a cut at the edge of the budget would miss it when timed again.
+        bound = latency["p90_ms"] * (1 + latency.get("round_spread", 0.0))
+        return {"p50_ms": latency["p50_ms"], "p90_ms": latency["p90_ms"], "p90_bound_ms": bound}
 
 
 def _target(name: str) -> Target:
@@ -107,19 +110,20 @@ def search(run: Run, teacher, spec: str, opts: dict, timer: Timer, options: dict
     net, ratio = copy.deepcopy(teacher.model).eval(), 0.0
     trace = [_row(0, 0.0, net, example, timer(net), teacher.artifact.checks["val_accuracy"])]
     for step in range(1, options["max_steps"] + 1):
-        if trace[-1]["p90_ms"] <= budget:
+        if trace[-1]["p90_bound_ms"] <= budget:
             break
         run.progress("prune", step, options["max_steps"], f"p90 {trace[-1]['p90_ms']:.3f} ms")
         net = cut.cut(net, example, options["step"])
         ratio = 1 - (1 - ratio) * (1 - options["step"])
         acc = _recover(run, teacher, net, opts, options["recovery_epochs"], step)
         trace.append(_row(step, ratio, net, example, timer(net), acc))
-    closest = min(trace, key=lambda r: r["p90_ms"])
-    if closest["p90_ms"] > budget:
+    closest = min(trace, key=lambda r: r["p90_bound_ms"])
+    if closest["p90_bound_ms"] > budget:
         raise KdxError(
             f"'{spec}': no cut met {budget} ms; the closest, step {closest['step']} "
             f"({closest['macs'] / trace[0]['macs']:.3f} of the teacher's MACs), runs at p90 "
-            f"{closest['p90_ms']:.3f} ms on {timer.target.name}: raise the budget to at least "
+            f"{closest['p90_ms']:.3f} ms (with its spread between rounds "
+            f"{closest['p90_bound_ms']:.3f}) on {timer.target.name}: raise the budget to at least "
             f"that, or allow more steps (prune.max_steps)"
         )
     return {"trace": trace, "net": net, "met": trace[-1]}

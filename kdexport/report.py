@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from kdexport import __version__, family, modalities
 from kdexport.artifact import FORMAT_VERSION, MANIFEST, Artifact, file_table, write_json, write_text
-from kdexport.bundle.runner import parse_point
+from kdexport.bundle.runner import parse_point, point_label
 from kdexport.bundle.runner import point_order as shape_order
 from kdexport.chart import chart, family_chart
 from kdexport.context import Run
@@ -343,8 +343,10 @@ def family_markdown(figs: dict) -> list[str]:
     lines = ["## The family of students", "",
              f"Each member is a run of its own in `{family.FOLDER}/NAME`, sharing this run's "
              "teacher; accuracy of each compiled model on the test split; p50 at "
-             f"{shown(figs)} and the speed-up against the teacher timed beside it, rounds "
-             "interleaved, in each member's own benchmark stage.", ""]  # fmt: skip
+             f"{point_label(shown(figs))}, each in its own run's benchmark stage, and the "
+             "speed-up against the teacher timed beside it there, rounds interleaved (the "
+             "teacher's p50 is this run's: runs timed apart differ by the machine's load, the "
+             "paired speed-up does not).", ""]  # fmt: skip
     for target, pts in points.items():
         rows = [[str(i), p["name"], p["spec"], f"{p['accuracy']:.2%}", f"{p['params']:,}",
                  "-" if p["flops_ratio"] is None else f"{p['flops_ratio']:.3f}",
