@@ -44,17 +44,23 @@ def distill_family(
     for i, (name, spec) in enumerate(named.items()):
         folder = out / family.FOLDER / name
         overrides = [f"distill.student={json.dumps(spec)}", "family.students=[]"]
-        progress("family", i, len(named), name)
         if not _member_current(out, folder, overrides):
             _share_teacher(out, folder)
             distill_and_export(folder, out / "recipe.toml", overrides, progress, baseline_seeds)
+        progress("family", i + 1, len(named), name)
         done[name] = folder
     return done
 
 
+def _same_teacher(out: Path, folder: Path) -> bool:
+    theirs = folder / "teacher" / MANIFEST
+    return theirs.is_file() and theirs.read_bytes() == (out / "teacher" / MANIFEST).read_bytes()
+
+
 def _member_current(out: Path, folder: Path, overrides: list[str]) -> bool:
-    """Whether a member's run is complete and was made with the recipe it would get now."""
-    if not (folder / MANIFEST).is_file() or not (folder / "recipe.toml").is_file():
+    """Whether a member's run is complete and was made with the run's teacher and the recipe
+    it would get now."""
+    if not (folder / MANIFEST).is_file() or not _same_teacher(out, folder):
         return False
     wanted = recipes.dumps(recorded(load_recipe(out / "recipe.toml", overrides)))
     return (folder / "recipe.toml").read_text() == wanted
@@ -63,14 +69,12 @@ def _member_current(out: Path, folder: Path, overrides: list[str]) -> bool:
 def _share_teacher(out: Path, folder: Path) -> None:
     """The run's trained teacher in a member's run, its files linked (the member's
     ``train-teacher`` finds it current and reuses it)."""
-    mine, theirs = out / "teacher", folder / "teacher"
-    if (theirs / MANIFEST).is_file() and (theirs / MANIFEST).read_bytes() == (
-        mine / MANIFEST
-    ).read_bytes():
+    if _same_teacher(out, folder):
         return
+    theirs = folder / "teacher"
     shutil.rmtree(theirs, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(mine, theirs, copy_function=_link_or_copy)
+    shutil.copytree(out / "teacher", theirs, copy_function=_link_or_copy)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
