@@ -298,7 +298,7 @@ FAMILY_HEADER = [
     "spec",
     "accuracy",
     "params",
-    "MACs / teacher's",
+    "FLOPs / teacher's",
     "p50 ms",
     "speed-up",
 ]
@@ -307,13 +307,14 @@ FAMILY_HEADER = [
 def family_points(figs: dict) -> dict[str, list[dict]]:
     """Per target, every model of the run and its family (``kdexport.family``): the teacher,
     the run's student, each member's student; accuracy of the compiled model, its p50 at the
-    report's measuring point, its FLOPs against the teacher's (measured each in its own run)."""
+    report's measuring point, its FLOPs (torch's counter, as the export records them) against
+    the teacher's (measured each in its own run)."""
     runs = {"student": figs, **{m: figures(p) for m, p in family.members(figs["run_dir"]).items()}}
     teacher_flops = figs["targets"] and next(iter(figs["targets"].values()))["teacher"]["flops"]
+    teacher = open_stage(figs["run_dir"], "teacher").parameters["model"]
     out: dict[str, list[dict]] = {}
     for target, entry in figs["targets"].items():
-        spec = open_stage(figs["run_dir"], "teacher").parameters["model"]
-        points = [{"name": "teacher", "spec": spec, **_point(entry["teacher"], teacher_flops)}]
+        points = [{"name": "teacher", "spec": teacher, **_point(entry["teacher"], teacher_flops)}]
         points[0]["speedup"] = 1.0
         for name, f in runs.items():
             e = f["targets"].get(target)
