@@ -91,13 +91,16 @@ def _row(step: int, ratio: float, net, example, timed: dict, val_accuracy: float
             "val_accuracy": val_accuracy}  # fmt: skip
 
 
-def _recover(run: Run, teacher, net, opts: dict, epochs: int, step: int) -> float | None:
-    """KD from the unpruned teacher for ``epochs``; the best validation accuracy."""
-    if not epochs:
+def _recover(run: Run, teacher, net, opts: dict, options: dict, step: int) -> float | None:
+    """KD from the unpruned teacher for ``recovery_epochs`` at ``recovery_lr`` (a fine-tune of
+    trained weights: a learning rate for training from scratch wipes them out); the best
+    validation accuracy."""
+    if not options["recovery_epochs"]:
         return None
+    recovery = {**opts, "epochs": options["recovery_epochs"], "lr": options["recovery_lr"]}
     with cluster(opts["device"]) as c:
         session = Session(f"prune step {step}", quiet, c)
-        _, history = train_student(run, teacher, {**opts, "epochs": epochs}, session, net=net)
+        _, history = train_student(run, teacher, recovery, session, net=net)
     return max(h["val_accuracy"] for h in history)
 
 
@@ -115,7 +118,7 @@ def search(run: Run, teacher, spec: str, opts: dict, timer: Timer, options: dict
         run.progress("prune", step, options["max_steps"], f"p90 {trace[-1]['p90_ms']:.3f} ms")
         net = cut.cut(net, example, options["step"])
         ratio = 1 - (1 - ratio) * (1 - options["step"])
-        acc = _recover(run, teacher, net, opts, options["recovery_epochs"], step)
+        acc = _recover(run, teacher, net, opts, options, step)
         trace.append(_row(step, ratio, net, example, timer(net), acc))
     closest = min(trace, key=lambda r: r["p90_bound_ms"])
     if closest["p90_bound_ms"] > budget:
@@ -137,13 +140,14 @@ def prune(
     *,
     step: Annotated[float, Range(0.0, 0.9, lo_open=True)] = 0.15,
     recovery_epochs: Annotated[int, Range(0)] = 1,
+    recovery_lr: Annotated[float, Range(0.0, lo_open=True)] = 1e-3,
     max_steps: Annotated[int, Range(1, 100)] = 20,
 ) -> Artifact | None:
     """Cut the teacher to the budget of ``distill_opts["student"]`` (a ``prune:budget_ms=``
     spec; any other student: nothing to do, None); writes RUN/prune.
 
     ``step``: the share of each layer's channels every step removes; ``recovery_epochs``: KD
-    epochs after each cut (NetAdapt's short-term fine-tune); ``max_steps``: steps before the
+    epochs after each cut (NetAdapt's short-term fine-tune) at ``recovery_lr``; ``max_steps``: steps before the
     budget is declared out of reach (one line with the closest cut)."""
     spec = distill_opts["student"]
     if not pruning.is_budget(spec):

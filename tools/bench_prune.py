@@ -99,6 +99,7 @@ def budget_cut(run: Path, work: Path, budget: float) -> dict:
         "steps": pruned["steps"],
         "macs_monotone": all(a > b for a, b in zip(macs, macs[1:], strict=False)),
         "macs_ratio": macs[-1] / macs[0],
+        "accuracy": checks(out, "compile")["targets"]["ort-cpu"]["student"]["accuracy"],
     }
 
 
@@ -174,7 +175,10 @@ def main() -> int:
     work = (args.out or Path(tempfile.mkdtemp(prefix="bench_prune-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     run = work / "run"
+    # A cut starts from the teacher's trained weights: it is fine-tuned at the teacher's
+    # learning rate (the recipe's 0.01 is for a student from scratch and wipes them out).
     sets = [f"distill.student={STUDENT}", f"family.students={json.dumps(MEMBERS)}",
+            "distill.lr=0.001",
             f"compile.targets={json.dumps(TARGETS)}",
             "benchmark.batch_sizes=[1]", *args.set]  # fmt: skip
     kdx("distill-and-export", "--recipe", args.recipe, "--out", run, "--baseline", "--seeds",
