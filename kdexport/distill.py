@@ -86,10 +86,11 @@ def load_student(run: Run) -> Loaded:
 
 
 def parent(model: nn.Module, spec: str, splits: Splits, searched: Path | None = None) -> Parent:
-    """The teacher as a student's builder sees it: with its spec, two inputs to trace it and
-    the folder of the run's cut search (``searched``)."""
+    """The teacher as a student's builder sees it: with its spec, a few inputs to trace it (and
+    rank a transformer's layers), the folder of the run's cut search (``searched``) and the
+    run's modality."""
     x = splits.x_val if len(splits.x_val) else splits.x_train
-    return Parent(model, spec, torch.from_numpy(x.head(2)), searched)
+    return Parent(model, spec, torch.from_numpy(x.head(16)), searched, splits.modality)
 
 
 def build_student(

@@ -34,22 +34,42 @@ def distill_family(
     baseline_seeds: int = 0,
     *,
     students: list[str] = [],  # noqa: B006 (read-only)
+    budgets: str = "",
 ) -> dict[str, Path]:
-    """[family]: every member of ``students`` (model specs) as a run of its own in
-    OUT/family/NAME, sharing OUT's trained teacher (each compared with its scratch baseline over
-    ``baseline_seeds`` when > 0); a member whose run is complete with the same recipe is kept
-    (an interrupted family resumes at the member it stopped in)."""
-    named = family.check_students(students)
+    """[family]: every member of ``students`` (model specs) and a cut of the teacher to each
+    budget of the budgets file ``budgets`` (``kdexport.family.budget_students``) as a run of its
+    own in OUT/family/NAME, sharing OUT's trained teacher (each compared with its scratch
+    baseline over ``baseline_seeds`` when > 0); a member whose run is complete with the same
+    recipe is kept (an interrupted family resumes at the member it stopped in)."""
+    named = family.check_students(students, budgets)
     done = {}
     for i, (name, spec) in enumerate(named.items()):
         folder = out / family.FOLDER / name
-        overrides = [f"distill.student={json.dumps(spec)}", "family.students=[]"]
-        if not _member_current(out, folder, overrides):
+        if not _member_current(out, folder, _member_overrides(spec)):
             _share_teacher(out, folder)
-            distill_and_export(folder, out / "recipe.toml", overrides, progress, baseline_seeds)
+            distill_and_export(
+                folder, out / "recipe.toml", _member_overrides(spec), progress, baseline_seeds
+            )
         progress("family", i + 1, len(named), name)
         done[name] = folder
     return done
+
+
+def _member_overrides(spec: str) -> list[str]:
+    """A member's recipe: the run's, with ``spec`` as the student and no family of its own."""
+    return [f"distill.student={json.dumps(spec)}", "family.students=[]", 'family.budgets=""']
+
+
+def retire_outdated_members(out: Path, students: list[str], budgets: str = "") -> None:
+    """Every member run in OUT/family that is not a current member (no longer in the recipe,
+    or made with another teacher or recipe) loses its run-level report and manifest, as
+    ``prepare_run`` does for a run: the run's report and plan list only current members, and a
+    member of the recipe is made again."""
+    named = family.check_students(students, budgets)
+    for name, folder in family.members(out).items():
+        if name not in named or not _member_current(out, folder, _member_overrides(named[name])):
+            for stale in (MANIFEST, "report.md"):
+                (folder / stale).unlink(missing_ok=True)
 
 
 def _same_teacher(out: Path, folder: Path) -> bool:
@@ -174,7 +194,7 @@ def preflight(run: Run, r: dict) -> None:
     cut_from = parent(teacher, r["teacher"]["model"], splits)
     check_models(teacher, build_student(student, splits, cut_from), splits, student)
     select_targets(r["compile"]["targets"], r["compile"]["skip_unavailable"])
-    for spec in family.check_students(r["family"]["students"]).values():
+    for spec in family.check_students(**r["family"]).values():
         member = {**student, "student": spec, "checkpoint": ""}
         check_models(teacher, build_student(member, splits, cut_from), splits, member)
 
@@ -209,6 +229,7 @@ def distill_and_export(
     export(run, **r["export"])
     compile_targets(run, **r["compile"])
     benchmark(run, **r["benchmark"])
-    report(run)
+    retire_outdated_members(run.path, **r["family"])
+    report(run)  # complete before the family: an interrupted family leaves a complete run
     distill_family(run.path, progress, baseline_seeds, **r["family"])
     return report(run, wall_s=time.perf_counter() - start)

@@ -14,7 +14,6 @@ that would measure it.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -221,27 +220,18 @@ def _devices(run_dir: Path, results: list, facts: dict, batch: int | str) -> dic
 
 
 def read_budgets(path: str | Path | None, devices: dict) -> dict:
-    """``budgets.toml``: one table per device name or fingerprint, with ``budget_ms`` and
-    optionally ``max_mb``; returns device -> {budget_ms, max_mb}."""
+    """``budgets.toml`` (``kdexport.family.budget_tables``): device -> {budget_ms, max_mb}."""
     if path is None:
         return {}
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KdxError(f"{path}: no such budgets file") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise KdxError(f"{path}: unreadable budgets TOML ({e})") from None
     prints = {n: device_key(d["environment"]) for n, d in devices.items()}
     out: dict[str, dict] = {}
-    for key, table in raw.items():
+    for key, table in family.budget_tables(path).items():
         names = [n for n in devices if key in (n, prints[n])]
         if not names:
             raise KdxError(
                 f"{path}: device '{key}' has no results; use one of {', '.join(sorted(devices))} "
                 "(or their fingerprints)"
             )
-        if not isinstance(table, dict) or set(table) - {"budget_ms", "max_mb"}:
-            raise KdxError(f"{path}: [{key}] takes budget_ms and max_mb only")
         for n in names:
             out[n] = {**out.get(n, {}), **table}
     return out

@@ -6,8 +6,8 @@ MACs are not latency, so every step is timed where the model will run.
 Each step removes ``step`` of the channels of every prunable layer of the previous cut
 (``kdexport.pruning.cut``), recovers with ``recovery_epochs`` of KD from the unpruned teacher,
 exports the cut to ONNX, compiles it for the target and times it with the benchmark's own
-method at the run's first measuring point. The first cut whose p90 meets the budget is the
-student the distill stage then trains in full. RUN/prune holds it (``structure.json``,
+method at the run's first measuring point. The first cut whose p90 meets the budget, and meets
+it again when timed a second time, is the student the distill stage then trains in full. RUN/prune holds it (``structure.json``,
 ``model.pt``) and the trace of steps (``trace.json``, ``trace.png``: MACs, p50/p90 and
 validation accuracy per step).
 """
@@ -104,30 +104,50 @@ def _recover(run: Run, teacher, net, opts: dict, options: dict, step: int) -> fl
     return max(h["val_accuracy"] for h in history)
 
 
+def _confirmed(row: dict, net, timer: Timer, budget: float) -> bool:
+    """Whether the cut of ``row`` meets ``budget`` when timed a second time (its
+    ``confirm_p90_ms``, ``confirm_p90_bound_ms``): stopping at the first measurement under the
+    budget picks the luckiest, and the cut then missed it by a fifth when its bundle timed it
+    again."""
+    if row["p90_bound_ms"] > budget:
+        return False
+    again = timer(net)
+    row["confirm_p90_ms"], row["confirm_p90_bound_ms"] = again["p90_ms"], again["p90_bound_ms"]
+    return again["p90_bound_ms"] <= budget
+
+
+def _slowest_bound(row: dict) -> float:
+    return max(row["p90_bound_ms"], row.get("confirm_p90_bound_ms", 0.0))
+
+
 def search(run: Run, teacher, spec: str, opts: dict, timer: Timer, options: dict) -> dict:
     """NetAdapt's loop: cut, recover, time, until the p90 meets the budget. Returns the trace
     and the chosen cut (``net``)."""
     budget = pruning.parse(spec)["budget_ms"]
     splits = run.splits()
     example = parent(teacher.model, "", splits).example
+    cutter = pruning.cutter_of(run.modality.name)
     net, ratio = copy.deepcopy(teacher.model).eval(), 0.0
     trace = [_row(0, 0.0, net, example, timer(net), teacher.artifact.checks["val_accuracy"])]
     for step in range(1, options["max_steps"] + 1):
-        if trace[-1]["p90_bound_ms"] <= budget:
+        if _confirmed(trace[-1], net, timer, budget):
             break
         run.progress("prune", step, options["max_steps"], f"p90 {trace[-1]['p90_ms']:.3f} ms")
-        net = cut.cut(net, example, options["step"])
-        ratio = 1 - (1 - ratio) * (1 - options["step"])
+        share = cutter.snap(net, options["step"])
+        net = cut.cut(net, example, share, cutter)
+        ratio = 1 - (1 - ratio) * (1 - share)
         acc = _recover(run, teacher, net, opts, options, step)
         trace.append(_row(step, ratio, net, example, timer(net), acc))
-    closest = min(trace, key=lambda r: r["p90_bound_ms"])
-    if closest["p90_bound_ms"] > budget:
+    else:
+        _confirmed(trace[-1], net, timer, budget)
+    closest = min(trace, key=_slowest_bound)
+    if _slowest_bound(closest) > budget:
         raise KdxError(
             f"'{spec}': no cut met {budget} ms; the closest, step {closest['step']} "
             f"({closest['macs'] / trace[0]['macs']:.3f} of the teacher's MACs), runs at p90 "
-            f"{closest['p90_ms']:.3f} ms (with its spread between rounds "
-            f"{closest['p90_bound_ms']:.3f}) on {timer.target.name}: raise the budget to at least "
-            f"that, or allow more steps (prune.max_steps)"
+            f"{closest['p90_ms']:.3f} ms ({_slowest_bound(closest):.3f} with its spread between "
+            f"rounds, and timed again where it met the budget once) on {timer.target.name}: raise "
+            f"the budget to at least that, or allow more steps (prune.max_steps)"
         )
     return {"trace": trace, "net": net, "met": trace[-1]}
 
@@ -166,7 +186,9 @@ def prune(
     with Artifact.create(run.folder("prune"), "prune", params, [teacher.artifact]) as w:
         net = found["net"].cpu()
         example = parent(net, "", run.splits()).example
-        net.structure = pruning.structure(net, teacher.artifact.parameters["model"], example)
+        net.structure = pruning.structure(
+            net, teacher.artifact.parameters["model"], example, run.modality.name
+        )
         pruning.save_structure(net, w.path)
         torch.save(net.state_dict(), w.path / "model.pt")
         (w.path / "trace.json").write_text(json.dumps(found["trace"], indent=1))

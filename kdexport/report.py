@@ -354,7 +354,6 @@ def family_markdown(figs: dict) -> list[str]:
                  f"{p['p50_ms']:.3f}", f"{p['speedup']:.2f}x" if p["speedup"] else "-"]
                 for i, p in enumerate(pts)]  # fmt: skip
         lines += [f"### {target}", "", *markdown_table(FAMILY_HEADER, rows), ""]
-    family_chart(points, shown(figs), Path(figs["run_dir"]) / "family.png")
     return [*lines, "![accuracy vs latency of the family per target](family.png)", ""]
 
 
@@ -368,7 +367,7 @@ def cut_line(figs: dict) -> list[str]:
         f"{t} {e['speedup']:.2f}x" for t, e in figs["targets"].items() if e.get("speedup")
     )
     return [
-        f"Student cut from the teacher ({init['ratio']:.3f} of each layer's channels removed; "
+        f"Student cut from the teacher ({init['removed']} removed; "
         f"{init['criterion']}): MACs {init['macs_ratio']:.3f} of the teacher's "
         f"({1 / init['macs_ratio']:.2f}x fewer), parameters {init['params_ratio']:.3f}; "
         f"measured speed-up {speedups or 'not measured'}."
@@ -410,6 +409,10 @@ def report(run: Run, wall_s: float | None = None) -> dict:
     if wall_s is not None:
         figs["wall_s"] = wall_s
     chart(figs, run_dir / "report.png")
+    if family.members(run_dir):
+        family_chart(family_points(figs), shown(figs), run_dir / "family.png")
+    else:
+        (run_dir / "family.png").unlink(missing_ok=True)
     write_text(run_dir / "report.md", markdown(figs))
     write_json(
         run_dir / MANIFEST,

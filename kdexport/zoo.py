@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from kdexport.errors import KdxError
+from kdexport.modalities import DEFAULT
 from kdexport.onnx_teacher import OnnxModel
 
 
@@ -96,13 +97,15 @@ def load_factory(spec: str, what: str = "model spec"):
 @dataclass(frozen=True)
 class Parent:
     """The teacher a student is built from: the model, the spec it was built from (rebuilds its
-    architecture; "" where unknown), a few inputs (to trace it) and the folder where the run's
-    search for a cut of it (``kdexport.prune``) left its result (None: before the search)."""
+    architecture; "" where unknown), a few inputs (to trace it), the folder where the run's
+    search for a cut of it (``kdexport.prune``) left its result (None: before the search) and
+    the run's modality (how a cut of it is made)."""
 
     model: nn.Module
     spec: str = ""
     example: torch.Tensor | None = None
     searched: Path | None = None
+    modality: str = DEFAULT
 
 
 @dataclass(frozen=True)
@@ -124,15 +127,11 @@ def _zoo(spec: str, num_classes: int, in_channels: int) -> nn.Module:
 
 
 def _pruned(spec: str, num_classes: int = 0, in_channels: int = 0) -> nn.Module:
-    """``pruned:PATH/structure.json``: the architecture a cut was made from (built for the
-    classes and channels it records), cut to its channels; fresh weights."""
+    """``pruned:PATH/structure.json``: a cut as its structure records it (a network's base
+    built and cut to its channels, a transformer's config); fresh weights."""
     from kdexport import pruning
-    from kdexport.pruning import cut
 
-    saved = pruning.read_structure(spec)
-    model = create_model(saved["base"], saved["num_classes"], saved["in_channels"])
-    model.structure = saved
-    return cut.shrink(model, saved["channels"]).eval()
+    return pruning.rebuild(pruning.read_structure(spec), create_model)
 
 
 def _cut_student(parent: Parent, spec: str, seed: int, from_teacher: bool = True):

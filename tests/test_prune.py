@@ -25,6 +25,7 @@ def _teacher():
     [
         ("prune:0.5", {"ratio": 0.5}),
         ("prune:macs=0.3", {"macs": 0.3}),
+        ("prune:depth=0.5", {"depth": 0.5}),
         ("prune:budget_ms=0.5@ort-cpu", {"budget_ms": 0.5, "target": "ort-cpu"}),
     ],
 )
@@ -38,6 +39,7 @@ def test_specs_parse(spec, want):
         ("prune:0", "outside (0, 1)"),
         ("prune:1.5", "outside (0, 1)"),
         ("prune:macs=1", "outside (0, 1)"),
+        ("prune:depth=1", "share of layers to remove"),
         ("prune:half", "not a number"),
         ("prune:budget_ms=0.5", "prune:budget_ms=MS@TARGET"),
         ("prune:budget_ms=-1@ort-cpu", "above 0 ms"),
@@ -84,6 +86,70 @@ def test_the_scratch_baseline_has_the_cut_shape_and_fresh_weights():
     assert not torch.equal(kd[0].weight, scratch[0].weight)
 
 
+def test_a_network_has_no_layers_to_remove():
+    with pytest.raises(KdxError, match="prune:depth= removes a transformer's layers"):
+        pruning.student(Parent(_teacher(), "zoo:digits-cnn-large", EXAMPLE), "prune:depth=0.5",
+                        0, True, None)  # fmt: skip
+
+
+def _bert(layers=3, heads=4, hidden=64):
+    """A BERT classifier (random weights) and token inputs, the last rows padded."""
+    transformers = pytest.importorskip("transformers")
+    from kdexport.modalities.text.classifier import TextClassifier
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=200, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=2 * hidden, num_labels=3, max_position_embeddings=64,
+    )  # fmt: skip
+    model = TextClassifier(transformers.BertForSequenceClassification(config).eval())
+    x = torch.zeros(6, 3, 12, dtype=torch.long)
+    x[:, 0], x[:, 1] = torch.randint(5, 200, (6, 12)), 1
+    x[3:, :2, 8:] = 0
+    return Parent(model, "hf:teacher", x, None, "text")
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape"),
+    [  # (hidden size, heads, intermediate size, layers) of the cut
+        ("prune:0.5", (32, 2, 64, 3)),
+        ("prune:0.3", (48, 3, 96, 3)),  # snapped to whole heads: 1 of 4
+        ("prune:macs=0.3", (32, 2, 64, 3)),
+        ("prune:depth=0.4", (64, 4, 128, 2)),
+    ],
+)
+def test_a_transformer_loses_whole_heads_or_layers_and_is_its_config_again(tmp_path, spec, shape):
+    parent = _bert()
+    net, record = pruning.student(parent, spec, 0, True, None)
+    c = net.hf.config
+    assert (c.hidden_size, c.num_attention_heads, c.intermediate_size, c.num_hidden_layers) == shape
+    assert c.hidden_size // c.num_attention_heads == 16  # the head size is kept
+    assert record["macs_ratio"] < 1 and net(parent.example).shape == (6, 3)
+    if "depth" in spec:
+        importance = record["block_importance"]
+        assert record["layers_removed"] == [importance.index(min(importance))]
+    rebuilt = create_model(pruning.save_structure(net, tmp_path).format(artifact=tmp_path), 3, 3)
+    rebuilt.load_state_dict(net.state_dict())
+    assert torch.equal(rebuilt(parent.example), net(parent.example))
+
+
+def test_the_kept_heads_are_the_strongest():
+    parent = _bert(layers=1, heads=2, hidden=32)
+    attention = parent.model.hf.bert.encoder.layer[0].attention.self
+    with torch.no_grad():  # head 0 of query, key and value made negligible
+        for layer in (attention.query, attention.key, attention.value):
+            layer.weight[:16] *= 1e-3
+            layer.bias.copy_(torch.arange(32.0))
+    net, _ = pruning.student(parent, "prune:0.5", 0, True, None)
+    kept = net.hf.bert.encoder.layer[0].attention.self.value.bias
+    assert torch.equal(kept, torch.arange(16.0, 32.0))  # head 1's 16 channels
+
+
+def test_a_one_head_transformer_has_no_smaller_cut():
+    with pytest.raises(KdxError, match="one attention head left"):
+        pruning.student(_bert(heads=1, hidden=16), "prune:0.5", 0, True, None)
+
+
 def test_prune_student_through_the_pipeline(tmp_path):
     run = tmp_path / "run"
     kdx("distill-and-export", "--out", run, *FAST_ARGS, "--set", "distill.student=prune:0.5",
@@ -98,14 +164,38 @@ def test_prune_student_through_the_pipeline(tmp_path):
     assert "cut from the teacher" in report and "MACs" in report
 
 
-def test_a_budget_the_teacher_meets_needs_no_cut(tmp_path):
+def test_a_budgets_file_gives_the_family_a_cut_per_device(tmp_path):
+    """``family.budgets``: a member ``prune:budget_ms=B@TARGET`` per distinct budget (two devices
+    of one budget share it); a budget the teacher meets needs no cut; the same file plans."""
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text('[local]\nbudget_ms = 1000\n[other]\nbudget_ms = 1000\ntarget = "ort-cpu"\n')
     run = tmp_path / "run"
-    kdx("distill-and-export", "--out", run, *FAST_ARGS,
-        "--set", "distill.student=prune:budget_ms=1000@ort-cpu",
+    kdx("distill-and-export", "--out", run, *FAST_ARGS, "--set", f"family.budgets={budgets}",
         "--set", 'compile.targets=["ort-cpu"]')  # fmt: skip
-    checks = json.loads((run / "prune" / "manifest.json").read_text())["checks"]
+    assert [p.name for p in (run / "family").iterdir()] == ["prune-budget-ms-1000-ort-cpu"]
+    member = run / "family" / "prune-budget-ms-1000-ort-cpu"
+    checks = json.loads((member / "prune" / "manifest.json").read_text())["checks"]
     assert checks["met"] and checks["steps"] == 0 and len(checks["trace"]) == 1
-    assert (run / "prune" / "trace.png").is_file()
+    assert (member / "prune" / "trace.png").is_file()
+    budgets.write_text("[local]\nbudget_ms = 1000\n")  # the devices with results
+    kdx("plan", run, "--budgets", budgets)
+    plan_json = json.loads((run / "plan" / "plan.json").read_text())
+    assert set(plan_json["family"]) == {"prune-budget-ms-1000-ort-cpu"}
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("[edge]\nmax_mb = 10\n", "[edge] of {} has no budget_ms to cut the teacher to"),
+        ("[edge]\nbudget_ms = 1\nthreads = 2\n", "[edge] takes budget_ms, max_mb, target only"),
+    ],
+)
+def test_a_budgets_file_the_family_cannot_use_is_one_line(tmp_path, table, message):
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text(table)
+    fails("distill-and-export", "--out", tmp_path / "run", *FAST_ARGS,
+          "--set", f"family.budgets={budgets}", message=message.format(budgets))  # fmt: skip
+    assert not (tmp_path / "run" / "teacher").exists()
 
 
 def test_a_budget_no_cut_meets_names_the_closest(tmp_path):
@@ -193,6 +283,13 @@ def test_a_family_of_students_shares_the_teacher_and_resumes(tmp_path):
         carried = bundle_plan(run / "plan" / "plan.json", result["family"][m]["student"])
         entry = carried["devices"]["local"]
         assert (entry["variant"] is not None) == (m == chosen), entry
+
+    # a member taken out of the recipe is no longer reported or planned (its files are kept)
+    kdx("distill-and-export", "--out", run, *FAST_ARGS, "--set", 'family.students=["zoo:mlp-tiny"]',
+        "--set", 'compile.targets=["ort-cpu"]')  # fmt: skip
+    assert "| prune-0.5 |" not in (run / "report.md").read_text()
+    assert not (run / "family" / "prune-0.5" / "manifest.json").exists()
+    assert (run / "family" / "prune-0.5" / "student" / "model.pt").is_file()
 
 
 def test_a_family_member_given_twice_is_one_line(tmp_path):

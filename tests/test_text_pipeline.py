@@ -91,6 +91,35 @@ def test_a_text_run_exports_compiles_and_times_per_shape(text_run):
     assert "| p50 ms (1x16) | p90 ms (1x16) |" in report
 
 
+def test_transformer_cuts_of_the_teacher_export_with_parity(text_folder, text_run, tmp_path):
+    """The conformance case of cut transformers: ``prune:0.5`` (one of the teacher's two heads,
+    half its hidden and intermediate width) as the run's student and ``prune:depth=0.5`` (one of
+    its two layers) as a family member, distilled from the unpruned teacher, rebuilt from their
+    configs, exported and compiled with parity on both CPU targets."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(text_run[0] / "teacher", run / "teacher")
+    more = ["distill.student=prune:0.5", "family.students=['prune:depth=0.5']",
+            "benchmark.text_shapes=['1x16']"]  # fmt: skip
+    r = kdx("distill-and-export", "--out", run, *text_args(text_folder, *more), "--json")
+    figs = json.loads(r.stdout.strip().splitlines()[-1])
+    member = run / "family" / "prune-depth-0.5"
+    width, depth = _checks(run, "student")["init"], _checks(member, "student")["init"]
+    assert width["ratio"] == 0.5 and width["macs_ratio"] < 0.5
+    assert depth["layers_removed"] in ([0], [1]) and len(depth["block_importance"]) == 2
+    width_config = json.loads((run / "student" / "structure.json").read_text())["config"]
+    assert (width_config["hidden_size"], width_config["num_attention_heads"]) == (16, 1)
+    depth_config = json.loads((member / "student" / "structure.json").read_text())["config"]
+    assert (depth_config["hidden_size"], depth_config["num_hidden_layers"]) == (32, 1)
+    for folder in (run, member):
+        exported = _checks(folder, "export")["student"]
+        assert exported["parity"]["passed"] and exported["padding_drift"] <= 1e-4
+        for target in ("ort-cpu", "openvino-cpu"):
+            compiled = _checks(folder, "compile")["targets"][target]["student"]
+            assert compiled["parity"]["passed"], (folder.name, target)
+    assert figs["targets"]["ort-cpu"]["student"]["top1_agreement"] == 1
+
+
 def test_a_text_shape_longer_than_max_length_is_one_line(text_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(text_run[0], run)

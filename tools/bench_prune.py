@@ -94,6 +94,7 @@ def budget_cut(run: Path, work: Path, budget: float) -> dict:
         "budget_ms": budget,
         "p90_ms_search": pruned["chosen"]["p90_ms"],
         "p90_bound_ms_search": pruned["chosen"]["p90_bound_ms"],
+        "p90_ms_confirmed": pruned["chosen"].get("confirm_p90_ms"),
         "p90_ms_remeasured": lat["p90_ms"],
         "met": lat["p90_ms"] <= budget,
         "steps": pruned["steps"],

@@ -131,6 +131,12 @@ class Modality:
         section ``run.py`` reads raw input with; {} when it needs none."""
         return {}
 
+    def cutter(self):
+        """How a ``prune:`` student cuts this modality's teacher (a
+        ``kdexport.pruning.cut.Cutter``), or None: Torch-Pruning's cut of every prunable
+        layer's channels (convolutional networks)."""
+        return None
+
     def feature_sizes(self, teacher, student, opts: dict, x, outputs) -> tuple:
         """Pre-flight of a feature loss that reads this modality's taps: the models fit it;
         the loss's sizes (``outputs(model, role, x)`` runs a model as pre-flight does)."""

@@ -1,16 +1,19 @@
 """Students cut from the teacher (issue 23): the ``prune:`` model specs.
 
-    prune:0.5                  half the channels of every prunable layer removed
+    prune:0.5                  half the channels of every prunable layer removed (a
+                               transformer: half its heads, hidden and intermediate width)
     prune:macs=0.3             the least cut that keeps at most 30% of the teacher's MACs
+    prune:depth=0.5            half a transformer's layers removed, the least important first
     prune:budget_ms=0.5@ort-cpu  cut in steps until the p90 on that target meets 0.5 ms
                                (the prune stage, kdexport.prune: NetAdapt's loop)
 
 The distill stage derives the student from the trained teacher (``kdexport.pruning.cut``:
-Torch-Pruning's dependency graph, the classifier kept) and distills it from the unpruned
-teacher. The scratch baseline is the same architecture with fresh weights. The student's
-record (``init``) says what was removed, the criterion, and the MACs and parameters before and
-after; a trained cut is rebuilt from ``structure.json`` beside its weights (``pruned:`` spec).
-``kdexport.zoo`` registers the two schemes; this package holds what they do.
+Torch-Pruning's dependency graph, the classifier kept; the run's modality says how its models
+are cut, ``Modality.cutter``) and distills it from the unpruned teacher. The scratch baseline
+is the same architecture with fresh weights. The student's record (``init``) says what was
+removed, the criterion, and the MACs and parameters before and after; a trained cut is rebuilt
+from ``structure.json`` beside its weights (``pruned:`` spec). ``kdexport.zoo`` registers the
+two schemes; this package holds what they do.
 """
 
 from __future__ import annotations
@@ -23,21 +26,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdexport import modalities
 from kdexport.errors import KdxError
 
 Rebuild = Callable[[str], nn.Module]  # a ``pruned:PATH`` spec -> the cut, fresh weights
+Build = Callable[[str, int, int], nn.Module]  # (spec, num_classes, in_channels) -> a model
 
 STRUCTURE = "structure.json"  # a trained cut's architecture, beside its weights
 
 
 def parse(spec: str) -> dict:
     """``prune:0.5`` -> {"ratio": 0.5}; ``prune:macs=0.3`` -> {"macs": 0.3};
+    ``prune:depth=0.5`` -> {"depth": 0.5};
     ``prune:budget_ms=0.5@ort-cpu`` -> {"budget_ms": 0.5, "target": "ort-cpu"}."""
     body = spec.partition(":")[2].strip()
     key, _, value = body.partition("=") if "=" in body else ("ratio", "=", body)
     value, _, target = value.partition("@")
-    forms = "prune:RATIO, prune:macs=SHARE or prune:budget_ms=MS@TARGET"
-    if key not in ("ratio", "macs", "budget_ms") or (key == "budget_ms") != bool(target):
+    forms = "prune:RATIO, prune:macs=SHARE, prune:depth=SHARE or prune:budget_ms=MS@TARGET"
+    if key not in ("ratio", "macs", "depth", "budget_ms") or (key == "budget_ms") != bool(target):
         raise KdxError(f"student spec '{spec}': give {forms}")
     try:
         number = float(value)
@@ -48,7 +54,8 @@ def parse(spec: str) -> dict:
             raise KdxError(f"student spec '{spec}': a latency budget must be above 0 ms")
         return {"budget_ms": number, "target": target.strip()}
     if not 0 < number < 1:
-        what = "share of channels to remove" if key == "ratio" else "share of MACs to keep"
+        what = {"ratio": "share of channels to remove", "macs": "share of MACs to keep",
+                "depth": "share of layers to remove"}[key]  # fmt: skip
         raise KdxError(f"student spec '{spec}': {number} is outside (0, 1): give the {what}")
     return {key: number}
 
@@ -60,35 +67,53 @@ def student(parent, spec: str, seed: int, from_teacher: bool, rebuild: Rebuild):
     found (``kdexport.prune``), ``rebuild`` from its structure file."""
     from kdexport.pruning import cut
 
-    want = parse(spec)
+    want, cutter = parse(spec), cutter_of(parent.modality)
     before = cut.count(parent.model, parent.example)
     record = {"pruned_from": parent.spec, "criterion": cut.CRITERION, **want}
     if "budget_ms" in want:
         net, record["ratio"] = _searched(parent, spec, rebuild)
     elif "macs" in want:
-        net, record["ratio"] = cut.cut_to_macs(parent.model, parent.example, want["macs"])
+        net, record["ratio"] = cut.cut_to_macs(parent.model, parent.example, want["macs"], cutter)
+    elif "depth" in want:
+        if cutter.layers is None:
+            raise KdxError(
+                f"student spec '{spec}': prune:depth= removes a transformer's layers, and a "
+                f"{parent.modality} teacher is cut by its channels; give prune:RATIO or "
+                "prune:macs=SHARE"
+            )
+        net, layers = cutter.layers(parent.model, parent.example, want["depth"])
+        record.update(layers)
     else:
-        net = cut.cut(parent.model, parent.example, want["ratio"])
+        record["ratio"] = cutter.snap(parent.model, want["ratio"])
+        net = cut.cut(parent.model, parent.example, record["ratio"], cutter)
+    if "ratio" in record:
+        record["removed"] = f"{record['ratio']:.3f} {cutter.what}"
     record.update(describe(parent.model, net, parent.example, before))
     if not from_teacher:
         cut.reinitialise(net)
     record["weights"] = "the teacher's, cut" if from_teacher else "random (scratch baseline)"
-    net.structure = structure(net, parent.spec, parent.example)
+    net.structure = structure(net, parent.spec, parent.example, parent.modality)
     return net, record
 
 
-def structure(net: nn.Module, base: str, example: torch.Tensor) -> dict:
-    """What rebuilds a cut: the spec it was cut from, what that was built for, its channels."""
+def cutter_of(modality: str):
+    """How ``modality``'s models are cut (``kdexport.pruning.cut.Cutter``)."""
     from kdexport.pruning import cut
 
-    with torch.no_grad():
-        num_classes = int(net.eval()(example).shape[-1])
-    return {
-        "base": base,
-        "num_classes": num_classes,
-        "in_channels": int(example.shape[1]),
-        "channels": cut.channels(net),
-    }
+    return modalities.get(modality).cutter() or cut.CHANNELS
+
+
+def structure(net: nn.Module, base: str, example: torch.Tensor, modality: str) -> dict:
+    """What rebuilds a cut: the run's modality (how it was cut), the spec it was cut from and
+    what its cutter records (a network's channels, a transformer's config)."""
+    return {"modality": modality, "base": base, **cutter_of(modality).record(net, example)}
+
+
+def rebuild(saved: dict, build: Build) -> nn.Module:
+    """The cut ``saved`` (``read_structure``) describes, fresh weights, in eval mode."""
+    net = cutter_of(saved["modality"]).rebuild(saved, build)
+    net.structure = saved
+    return net.eval()
 
 
 def _searched(parent, spec: str, rebuild: Rebuild) -> tuple[nn.Module, float]:
@@ -140,12 +165,12 @@ def save_structure(net: nn.Module, folder: Path) -> str:
 
 
 def read_structure(spec: str) -> dict:
-    """The structure a ``pruned:PATH`` spec names: ``base``, ``num_classes``, ``in_channels``,
-    ``channels`` (``kdexport.zoo`` builds the base and ``cut.shrink`` cuts it)."""
+    """The structure a ``pruned:PATH`` spec names: ``modality``, ``base`` and what the
+    modality's cutter recorded (``rebuild`` makes the cut from it)."""
     path = Path(spec.partition(":")[2])
     try:
         saved = json.loads(path.read_text())
-        if not {"base", "num_classes", "in_channels", "channels"} <= set(saved):
+        if not {"modality", "base"} <= set(saved):
             raise KeyError("a key")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise KdxError(f"model spec '{spec}': {path} is not a pruned model's structure") from None

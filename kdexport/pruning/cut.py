@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -71,8 +73,58 @@ def channels(model: nn.Module) -> dict[str, list[int]]:
     return out
 
 
-def cut(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module:
-    """A copy of ``model`` with ``ratio`` of the channels of every prunable layer removed."""
+def _channel_record(model: nn.Module, example: torch.Tensor) -> dict:
+    """What rebuilds a channel cut: the classes and input channels its base was built for,
+    and the channels of every prunable layer."""
+    with torch.no_grad():
+        num_classes = int(model.eval()(example).shape[-1])
+    return {"num_classes": num_classes, "in_channels": int(example.shape[1]),
+            "channels": channels(model)}  # fmt: skip
+
+
+def _channel_rebuild(saved: dict, build: Callable) -> nn.Module:
+    """A channel cut with fresh weights: its base built (``build(spec, num_classes,
+    in_channels)``) and shrunk to the recorded channels."""
+    for key in ("num_classes", "in_channels", "channels"):
+        if key not in saved:
+            raise KdxError(f"a pruned model's structure lacks '{key}'; cut the teacher again")
+    model = build(saved["base"], saved["num_classes"], saved["in_channels"])
+    return shrink(model, saved["channels"])
+
+
+@dataclass(frozen=True)
+class Cutter:
+    """How one family of models is cut (a modality's ``cutter()``; the default is ``CHANNELS``):
+
+    - ``what``: what a ratio is a share of (the record's words);
+    - ``options(model, ratio)``: what Torch-Pruning is told (attention heads; the ratio it
+      gets, where the family rounds it);
+    - ``snap(model, ratio)``: the nearest ratio the family can take (heads come whole);
+    - ``settle(model)``: what follows the new shapes (attributes, the config);
+    - ``record(model, example)`` -> the structure that rebuilds a cut, and
+      ``rebuild(saved, build)`` -> it, fresh weights (``build(spec, num_classes, in_channels)``
+      makes the architecture it was cut from);
+    - ``layers(model, example, share)`` -> (model, record): whole layers removed
+      (``prune:depth=``; None: the family has no stack of like layers to remove)."""
+
+    name: str
+    what: str = "of each layer's channels"  # what a ratio is a share of, for the record
+    options: Callable[[nn.Module, float], dict] = lambda model, ratio: {}
+    snap: Callable[[nn.Module, float], float] = lambda model, ratio: ratio
+    settle: Callable[[nn.Module], None] = lambda model: None
+    record: Callable[[nn.Module, torch.Tensor], dict] = _channel_record
+    rebuild: Callable[[dict, Callable], nn.Module] = _channel_rebuild
+    layers: Callable | None = None
+
+
+CHANNELS = Cutter("channels")  # every prunable layer's channels: convolutional networks
+
+
+def cut(
+    model: nn.Module, example: torch.Tensor, ratio: float, cutter: Cutter = CHANNELS
+) -> nn.Module:
+    """A copy of ``model`` with ``ratio`` of the channels of every prunable layer removed (as
+    ``cutter`` cuts its family: a transformer loses whole heads)."""
     tp = torch_pruning()
     net = copy.deepcopy(model).eval()
     with torch.no_grad():
@@ -82,8 +134,8 @@ def cut(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module:
             net,
             example,
             importance=tp.importance.GroupMagnitudeImportance(p=2),
-            pruning_ratio=ratio,
             ignored_layers=_classifier(net, num_classes),
+            **{"pruning_ratio": ratio, **cutter.options(net, ratio)},
         )
         pruner.step()
     except KdxError:
@@ -93,6 +145,7 @@ def cut(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module:
             f"prune: Torch-Pruning cannot cut this model ({type(e).__name__}: {e}); give a "
             "student architecture instead"
         ) from None
+    cutter.settle(net)
     _check_runs(net, example)
     return net
 
@@ -110,20 +163,23 @@ def _check_runs(net: nn.Module, example: torch.Tensor) -> None:
         ) from None
 
 
-def cut_to_macs(model: nn.Module, example: torch.Tensor, share: float) -> tuple[nn.Module, float]:
+def cut_to_macs(
+    model: nn.Module, example: torch.Tensor, share: float, cutter: Cutter = CHANNELS
+) -> tuple[nn.Module, float]:
     """The least cut whose MACs are at most ``share`` of ``model``'s, and its ratio (bisection
     over the ratio: MACs fall as it rises)."""
     full = count(model, example)[0]
     lo, hi, best = 0.0, MAX_RATIO, None
     for _ in range(12):
         mid = (lo + hi) / 2
-        net = cut(model, example, mid)
+        ratio = cutter.snap(model, mid)
+        net = cut(model, example, ratio, cutter)
         if count(net, example)[0] <= share * full:
-            hi, best = mid, (net, mid)
+            hi, best = mid, (net, ratio)
         else:
             lo = mid
     if best is None:
-        smallest = cut(model, example, MAX_RATIO)
+        smallest = cut(model, example, cutter.snap(model, MAX_RATIO), cutter)
         reached = count(smallest, example)[0] / full
         raise KdxError(
             f"prune:macs={share}: the smallest cut ({MAX_RATIO:.0%} of the channels) keeps "

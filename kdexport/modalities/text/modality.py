@@ -198,5 +198,10 @@ class Text(Modality):
 
         return TextTap(model, kind, role)
 
+    def cutter(self):
+        from kdexport.modalities.text.pruning import CUTTER
+
+        return CUTTER
+
 
 TEXT = Text()
