@@ -19,6 +19,7 @@ DEPENDENCIES = {
     *("onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "torch", "numpy"),
     *("transformers", "tokenizers", "huggingface_hub"),  # kdexport.modalities.text
     "soundfile",  # kdexport.modalities.speech
+    "torch_pruning",  # kdexport.pruning
     *("torchvision", "timm", "safetensors"),  # kdexport.modalities.image.families
 }
 
@@ -85,7 +86,7 @@ def test_the_lowest_versions_tested_are_the_lower_bounds():
     pyproject.toml exactly, so that the bounds stated are the versions the tests passed with."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     extras = project["optional-dependencies"]
-    requirements = project["dependencies"] + extras["cpu"] + extras["text"] + extras["speech"]
+    requirements = project["dependencies"] + extras["cpu"] + extras["text"] + extras["speech"] + extras["prune"]
     bounds = {
         m["name"]: Version(m["low"])
         for r in requirements
