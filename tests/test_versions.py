@@ -86,7 +86,13 @@ def test_the_lowest_versions_tested_are_the_lower_bounds():
     pyproject.toml exactly, so that the bounds stated are the versions the tests passed with."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     extras = project["optional-dependencies"]
-    requirements = project["dependencies"] + extras["cpu"] + extras["text"] + extras["speech"] + extras["prune"]
+    requirements = (
+        project["dependencies"]
+        + extras["cpu"]
+        + extras["text"]
+        + extras["speech"]
+        + extras["prune"]
+    )
     bounds = {
         m["name"]: Version(m["low"])
         for r in requirements
