@@ -1,5 +1,6 @@
-"""Charts: the report's batch-1 latency per target (teacher vs student, with error bars) and
-the placement plan's latency vs accuracy per device."""
+"""Charts: the report's batch-1 latency per target (teacher vs student, with error bars), the
+requests each serves at a p99 bound (serve-bench), and the placement plan's latency vs accuracy
+per device."""
 
 from __future__ import annotations
 
@@ -141,3 +142,26 @@ def family_chart(points: dict[str, list[dict]], point: str, path: Path) -> None:
         ax.set_title(target)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(plt, fig, path, 100)
+
+
+def capacity_chart(checks: dict, path: Path) -> None:
+    """Write a PNG bar chart: requests per second each model serves at the p99 bound (LoadGen's
+    Server scenario), per target; Offline throughput as a marker above each bar."""
+    plt = _pyplot()
+    targets = [
+        t for t, e in checks["targets"].items() if any(m in e for m in ("teacher", "student"))
+    ]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(targets)), 4))
+    width = 0.38
+    for i, model in enumerate(("teacher", "student")):
+        xs = [j + (i - 0.5) * width for j in range(len(targets))]
+        served = [checks["targets"][t].get(model, {}) for t in targets]
+        ax.bar(xs, [m.get("qps_at_p99", 0) for m in served], width, label=f"{model}: at p99")
+        offline = [(x, m["offline_sps"]) for x, m in zip(xs, served, strict=True) if m]
+        ax.scatter([x for x, _ in offline], [y for _, y in offline], marker="_", s=200,
+                   color=f"C{i}", label=f"{model}: Offline")  # fmt: skip
+    ax.set_xticks(range(len(targets)), targets, rotation=20, ha="right")
+    ax.set_ylabel(f"requests per second at p99 <= {checks['p99_ms']:g} ms")
+    ax.set_title(f"Capacity per target ({checks['cores']} cores, LoadGen Server and Offline)")
+    ax.legend()
+    _save(plt, fig, path, 110)

@@ -456,6 +456,60 @@ def benchmark_cmd(
         click.echo(json.dumps(checks, sort_keys=True))
 
 
+@cli.command("serve-bench")
+@_run_arg
+@click.option(
+    "--p99-ms", type=float, help="The Server scenario's p99 latency bound (serve.p99_ms)."
+)
+@click.option(
+    "--scenario",
+    "scenarios",
+    multiple=True,
+    help="server (the highest rate meeting --p99-ms) and/or offline (default: both).",
+)
+@click.option("--target", "targets", multiple=True, help="A compiled target (default: every one).")
+@click.option("--qps", type=float, help="A goal in requests per second: servers needed for it.")
+@click.option("--duration-s", type=float, help="Each LoadGen run's minimum duration (seconds).")
+@click.option("--max-batch", type=int, help="Dynamic batching up to this many requests (1: none).")
+@click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe TOML (default: the run's).")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="serve.KEY=VALUE", help="A [serve] option."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON line last.")
+def serve_bench_cmd(
+    run_dir, p99_ms, scenarios, targets, qps, duration_s, max_batch, recipe, overrides, as_json
+):
+    """Requests per second each compiled model serves at a p99 latency bound, and its Offline
+    throughput, driven by MLCommons' LoadGen (MLPerf's Server and Offline scenarios)."""
+    from kdexport.context import Run
+    from kdexport.pipeline import load_recipe
+    from kdexport.report import report
+    from kdexport.serve import serve
+
+    given = {"p99_ms": p99_ms, "qps": qps, "duration_s": duration_s, "max_batch": max_batch}
+    extra = [f"serve.{k}={json.dumps(v)}" for k, v in given.items() if v is not None]
+    extra += [f"serve.scenarios={json.dumps(list(scenarios))}"] if scenarios else []
+    extra += [f"serve.targets={json.dumps(list(targets))}"] if targets else []
+    own = os.path.join(run_dir, "recipe.toml")
+    r = load_recipe(recipe or (own if os.path.isfile(own) else None), (*overrides, *extra))
+    run = Run(run_dir, r["data"])
+    with _progress() as progress:
+        run.progress = progress
+        checks = serve(run, **r["serve"]).checks
+    for line in _capacity_lines(checks):
+        click.echo(line)
+    report(Run(run_dir, r["data"]))
+    click.echo(f"report: {os.path.join(run_dir, 'report.md')} (section Capacity)")
+    if as_json:
+        click.echo(json.dumps(checks, sort_keys=True))
+
+
+def _capacity_lines(checks: dict) -> list[str]:
+    from kdexport.report import capacity_rows
+
+    return [", ".join(row) for row in capacity_rows(checks)]
+
+
 @cli.command("report")
 @_run_arg
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON line last.")

@@ -23,6 +23,7 @@ from kdexport.export import export
 from kdexport.progress import Progress, quiet
 from kdexport.prune import prune
 from kdexport.report import report
+from kdexport.serve import serve
 from kdexport.teacher import build_teacher, train_teacher
 from kdexport.train.parallel import in_torchrun
 from kdexport.train.preflight import check_models, check_weighting
@@ -113,6 +114,7 @@ STAGES = {  # recipe section -> the function whose keyword options it holds
     "compile": compile_targets,
     "benchmark": benchmark,
     "family": distill_family,
+    "serve": serve,  # kdexport serve-bench, on a complete run
 }
 # ... and the keys each modality adds to a section (text: data.text_column, ...)
 SECTIONS: recipes.Sections = {

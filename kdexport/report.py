@@ -279,6 +279,7 @@ def markdown(figs: dict) -> str:
     lines += distillation_markdown(figs["distillation"], figs["run_dir"])
     lines += family_markdown(figs)
     lines += placement_markdown(figs["run_dir"])
+    lines += capacity_markdown(figs["run_dir"])
     return "\n".join(lines)
 
 
@@ -393,6 +394,65 @@ def placement_markdown(run_dir: str | Path) -> list[str]:
     table = (folder / "plan.md").read_text(encoding="utf-8").splitlines()
     body = "\n".join(line for line in table if not line.startswith("# ")).strip().splitlines()
     return [*lines, *body, "", "![p90 latency vs accuracy per device](plan/plan.png)", ""]
+
+
+CAPACITY_HEADER = ["target", "model", "req/s at p99", "p50 ms", "p90 ms", "p99 ms",
+                   "Offline samples/s", "served by"]  # fmt: skip
+
+
+def capacity_rows(checks: dict) -> list[list[str]]:
+    """A row per target and model of ``kdexport serve-bench``'s figures (RUN/serve)."""
+    out = []
+    for name, t in checks["targets"].items():
+        for m in MODELS:
+            if f := t.get(m):
+                qps = f.get("qps_at_p99")
+                served = "-" if qps is None else f"{qps:,.0f}" if qps else "none"
+                ms = [f"{f[k]:.3g}" if k in f else "-" for k in ("p50_ms", "p90_ms", "p99_ms")]
+                out.append([name, m, served, *ms, f"{f['offline_sps']:,.0f}", f["setting"]])
+    return out
+
+
+def capacity_markdown(run_dir: str | Path) -> list[str]:
+    """The report's section on serving: RUN/serve as ``kdexport serve-bench`` wrote it, when it
+    measured this run's compiled models."""
+    if not (Path(run_dir) / "serve" / MANIFEST).is_file():
+        return []
+    lines = ["", "## Capacity", ""]
+    try:
+        checks = open_stage(run_dir, "serve").checks
+    except KdxError as e:
+        return [*lines, f"The figures in `serve/` are not this run's: {e}.", ""]
+    lines += [
+        f"Requests per second each model serves with its p99 latency at most "
+        f"{checks['p99_ms']:g} ms (LoadGen's Server scenario; one request: {checks['point']}; "
+        f"{checks['cores']} cores), the latency percentiles at that rate, and its Offline "
+        "throughput; each with the serving setting that did best.",
+        "",
+        *markdown_table(CAPACITY_HEADER, capacity_rows(checks)),
+        "",
+    ]
+    for name, t in checks["targets"].items():
+        if "offline_ratio" not in t:
+            continue
+        parts = [f"Offline {t['offline_ratio']:.2f}x"]
+        if t.get("capacity_ratio"):
+            parts.insert(0, f"capacity at the bound {t['capacity_ratio']:.2f}x")
+        if t.get("single_stream_speedup"):
+            parts.append(f"single-stream speed-up {t['single_stream_speedup']:.2f}x")
+        lines.append(f"- {name}, student over teacher: {', '.join(parts)}.")
+    if checks["qps"]:
+        needed = [
+            f"{name} {m} {t[m]['servers_for_qps']}"
+            for name, t in checks["targets"].items()
+            for m in MODELS
+            if "servers_for_qps" in t.get(m, {})
+        ]
+        lines.append(
+            f"- Servers like this one for {checks['qps']:,.0f} req/s: {', '.join(needed)}."
+        )
+    return [*lines, "", f"Method: {checks['method']}.", "",
+            "![requests per second at the p99 bound per target](serve/capacity.png)", ""]  # fmt: skip
 
 
 def _settings_line(st: dict | None) -> list[str]:

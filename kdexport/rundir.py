@@ -28,6 +28,9 @@ STAGES = {  # folder -> (artifact kind, the command that makes it)
     "compile": ("compile", "kdexport compile"),
     "benchmark": ("benchmark", "kdexport benchmark"),
 }
+AFTER_RUN = {  # ... and those a command adds to a complete run
+    "serve": ("serve", "kdexport serve-bench"),
+}
 
 
 def student_bundle(export: Artifact) -> str:
@@ -40,5 +43,5 @@ def student_bundle(export: Artifact) -> str:
 def open_stage(run_dir: str | Path, stage: str) -> Artifact:
     """The complete, current artifact of ``stage`` in ``run_dir``, or a KdxError with the command
     that makes it."""
-    kind, command = STAGES[stage]
+    kind, command = {**STAGES, **AFTER_RUN}[stage]
     return Artifact.open(Path(run_dir) / stage, kind, f"{command} {run_dir}")

@@ -20,6 +20,7 @@ DEPENDENCIES = {
     *("transformers", "tokenizers", "huggingface_hub"),  # kdexport.modalities.text
     "soundfile",  # kdexport.modalities.speech
     "torch_pruning",  # kdexport.pruning
+    "mlperf_loadgen",  # kdexport.serve
     *("torchvision", "timm", "safetensors"),  # kdexport.modalities.image.families
 }
 
@@ -92,6 +93,7 @@ def test_the_lowest_versions_tested_are_the_lower_bounds():
         + extras["text"]
         + extras["speech"]
         + extras["prune"]
+        + extras["serve"]
     )
     bounds = {
         m["name"]: Version(m["low"])

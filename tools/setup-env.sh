@@ -46,6 +46,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   fi
   # text: transformers + tokenizers (tests/test_text_*); speech: soundfile (tests/test_speech_*);
   # prune: torch-pruning (tests/test_prune.py)
-  "${pip[@]}" -e "$root[$ort,test,text,speech,prune]"
+  "${pip[@]}" -e "$root[$ort,test,text,speech,prune,serve]"
   echo "$want" > "$stamp"
 fi

@@ -18,7 +18,7 @@ fi
 stamp="$venv/.kdexport-installed"
 want=$(cat "$root/pyproject.toml" "$pins" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  "${pip[@]}" -c "$pins" -e "$root[cpu,test,text,speech,prune]"
+  "${pip[@]}" -c "$pins" -e "$root[cpu,test,text,speech,prune,serve]"
   echo "$want" > "$stamp"
 fi
 
@@ -27,6 +27,6 @@ echo "lowest versions: $("$venv/bin/python" -c '
 import importlib.metadata as m
 print(", ".join(f"{d} {m.version(d)}" for d in
       ("torch", "numpy", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf",
-       "transformers", "tokenizers", "soundfile", "torch-pruning")))')"
+       "transformers", "tokenizers", "soundfile", "torch-pruning", "mlcommons-loadgen")))')"
 # No test collected (pytest's exit 5) fails here: a lost `backends` marker must not pass.
 exec "$venv/bin/python" -m pytest -m backends "$@"

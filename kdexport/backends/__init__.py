@@ -6,6 +6,7 @@ Each backend module provides:
   load(compiled_path, target) -> Runner                   (see ``Runner`` below)
   RUNTIME, RUNTIME_ERRORS, explain(error) -> str          its name, what it raises for a model
                                                           it cannot run, and that as one line
+  throughput_settings(target, cores) -> list[Throughput]  how to serve many requests at once
 ONNX Runtime's CPU and CUDA targets are one backend with another execution provider.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from types import ModuleType
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -25,6 +26,16 @@ BACKENDS = {  # name -> (module, the package it needs, how to install that)
     "onnxruntime": ("kdexport.backends.ort", "onnxruntime", ORT_INSTALL),
     "openvino": ("kdexport.backends.openvino", "openvino", "pip install openvino"),
 }
+
+
+class Throughput(NamedTuple):
+    """One way to serve concurrent requests on ``cores`` CPUs: the profile's options changed to
+    ``options`` and ``workers`` requests in flight at once (0: as many as the runtime says it
+    serves best, OpenVINO's optimal number of infer requests)."""
+
+    label: str
+    options: dict
+    workers: int
 
 
 class Runner(Protocol):
@@ -38,6 +49,10 @@ class Runner(Protocol):
 
     def bind(self, x: np.ndarray | dict[str, np.ndarray]) -> Callable[[], None]:
         """Bind ``x`` once; the returned call runs one inference and waits for it."""
+
+    def workers(self, count: int) -> list[Callable[[np.ndarray | dict], np.ndarray]]:
+        """``count`` run functions (0: the runtime's optimal number) that may be called at the
+        same time, one per thread."""
 
 
 def backend(name: str, target_name: str = "") -> ModuleType:

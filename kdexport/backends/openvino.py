@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
+from kdexport.backends import Throughput
 from kdexport.errors import KdxError
 from kdexport.timing import available_cpus
 
@@ -152,6 +153,21 @@ class Runner:
                 name, ov.Tensor(np.ascontiguousarray(value), shared_memory=True)
             )
         return self.request.infer
+
+    def workers(self, count: int) -> list:
+        """An infer request per caller; 0: the number the compiled model serves best (its
+        streams under the THROUGHPUT hint)."""
+        count = count or self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        requests = [self.compiled.create_infer_request() for _ in range(count)]
+        return [
+            lambda x, r=r: r.infer(x if isinstance(x, dict) else {0: x})[0].copy() for r in requests
+        ]
+
+
+def throughput_settings(target, cores: int) -> list[Throughput]:
+    """OpenVINO's THROUGHPUT hint: it splits the CPUs into streams, one request each."""
+    options = {"performance_hint": "THROUGHPUT", "inference_num_threads": cores}
+    return [Throughput("THROUGHPUT hint", options, 0)]
 
 
 def _config(path: Path, target) -> dict:

@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
+from kdexport.backends import Throughput
 from kdexport.errors import KdxError
 from kdexport.onnxfile import external_data_files, make_model
 from kdexport.timing import available_cpus
@@ -553,6 +554,22 @@ class Runner:
             binding.synchronize_outputs()  # the GPU's work is done when the call returns
 
         return call
+
+    def workers(self, count: int) -> list:
+        """One session serves every caller at once (``InferenceSession.run`` is thread-safe);
+        a CUDA graph is replayed by one caller at a time."""
+        return [self.run] * (1 if self.graphs else count or 1)
+
+
+def throughput_settings(target, cores: int) -> list[Throughput]:
+    """One caller with every CPU's thread, or several callers sharing the CPUs' threads."""
+    out = []
+    for workers in sorted({1, 2, cores} & set(range(1, cores + 1))):
+        threads = max(1, cores // workers)
+        out.append(
+            Throughput(f"{workers}x{threads} threads", {"intra_op_threads": threads}, workers)
+        )
+    return out
 
 
 def load(path: Path, target) -> Runner:

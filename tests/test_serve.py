@@ -1,0 +1,111 @@
+"""Cloud capacity (issue 24): ``kdexport serve-bench`` drives the compiled models with MLCommons'
+LoadGen (MLPerf's Server and Offline scenarios) and writes RUN/serve; the report's Capacity
+section; bad input."""
+
+import json
+import math
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+from conftest import fails, kdx
+
+from kdexport import serve as serving
+
+pytest.importorskip("mlperf_loadgen")
+QUICK = ["--duration-s", "0.1", "--set", "serve.search_steps=2", "--max-batch", "2"]
+
+
+@pytest.mark.backends
+def test_serve_bench_finds_the_rate_at_the_bound_with_loadgen(run_copy):
+    result = kdx("serve-bench", run_copy, *QUICK, "--p99-ms", "1000", "--target", "ort-cpu",
+                 "--qps", "1000000", "--json")  # fmt: skip
+    checks = json.loads(result.stdout.strip().splitlines()[-1])
+    t = checks["targets"]["ort-cpu"]
+    assert list(checks["targets"]) == ["ort-cpu"] and checks["p99_ms"] == 1000
+    for m in ("teacher", "student"):
+        f = t[m]
+        # A bound of a second: every rate up to the Offline throughput meets it.
+        assert f["valid"] and f["qps_at_p99"] > 0 and f["p99_ms"] < 1000 and f["offline_sps"] > 0
+        assert f["servers_for_qps"] == math.ceil(1e6 / f["qps_at_p99"])
+        assert len(f["settings"]) == 2 * 2  # 1 and 2 callers of the session, batching off and on
+        assert {s["max_batch"] for s in f["settings"]} == {1, 2}
+        best = max(f["settings"], key=lambda s: s["qps_at_p99"])
+        assert f["setting"] == best["setting"] and f["qps_at_p99"] == best["qps_at_p99"]
+        summary = run_copy / "serve" / best["logs"] / "server" / "mlperf_log_summary.txt"
+        assert "Result is : VALID" in summary.read_text()
+        assert (
+            "Scenario : Offline" in (summary.parent.parent / "offline" / summary.name).read_text()
+        )
+    assert t["capacity_ratio"] == pytest.approx(
+        t["student"]["qps_at_p99"] / t["teacher"]["qps_at_p99"]
+    )
+    assert (run_copy / "serve" / "capacity.png").stat().st_size > 0
+    report = (run_copy / "report.md").read_text()
+    assert "## Capacity" in report and "serve/capacity.png" in report
+    assert "Servers like this one for 1,000,000 req/s" in report
+
+
+@pytest.mark.backends
+def test_openvino_is_served_with_its_throughput_hint(run_copy):
+    pytest.importorskip("openvino")
+    result = kdx("serve-bench", run_copy, *QUICK, "--target", "openvino-cpu",
+                 "--scenario", "offline", "--json")  # fmt: skip
+    f = json.loads(result.stdout.strip().splitlines()[-1])["targets"]["openvino-cpu"]["student"]
+    assert f["offline_sps"] > 0 and "qps_at_p99" not in f  # offline only: no Server search
+    hinted = f["settings"][0]
+    assert hinted["options"]["performance_hint"] == "THROUGHPUT" and hinted["workers"] >= 1
+
+
+@pytest.mark.backends
+def test_a_bound_no_rate_meets_is_one_line_and_writes_nothing(run_copy):
+    r = fails("serve-bench", run_copy, *QUICK, "--p99-ms", "0.001", "--target", "ort-cpu",
+              message="no model on any target meets it")  # fmt: skip
+    assert "the lowest p99 measured" in r.stderr
+    assert not (run_copy / "serve").exists()
+
+
+def test_bad_scenario_target_and_missing_loadgen_are_one_line(run_copy, monkeypatch):
+    fails("serve-bench", run_copy, "--scenario", "batch", message="give one or more of server")
+    fails("serve-bench", run_copy, "--target", "ort-cuda", message="not compiled in this run")
+    monkeypatch.setitem(sys.modules, "mlperf_loadgen", None)  # as if not installed
+    fails("serve-bench", run_copy, message="pip install 'kdexport[serve]'")
+    assert not (run_copy / "serve").exists()
+
+
+def test_the_bisection_keeps_the_highest_valid_rate(monkeypatch, tmp_path):
+    """Valid up to 700 requests/s below a ceiling of 1000: six halvings end within 1000/64."""
+
+    def run(lg, workers, scenario, qps, opts, out):
+        out.mkdir(parents=True)
+        ok = qps <= 700
+        return {"validity": "VALID" if ok else "INVALID", "scheduled_samples_per_sec": qps,
+                **{f"{p}.00_percentile_latency_ns": (5e6 if ok else 2e7) for p in (50, 90, 99)}}  # fmt: skip
+
+    monkeypatch.setattr(serving, "_loadgen_run", run)
+    found = serving._peak(None, None, 1000.0, {"search_steps": 6}, tmp_path / "server")
+    assert 700 - 1000 / 64 <= found["qps_at_p99"] <= 700 and found["valid"]
+    assert [t["valid"] for t in found["trials"]] == [True, False, True, True, False, False]
+    assert (tmp_path / "server").is_dir() and len(list(tmp_path.iterdir())) == 1
+
+
+def test_queued_requests_are_joined_up_to_the_batch_size():
+    done, sizes = [], []
+    lg = SimpleNamespace(
+        QuerySampleResponse=lambda i, *_: i, QuerySamplesComplete=lambda r: done.extend(r)
+    )
+    gate = threading.Event()
+
+    def run(x):
+        gate.wait()
+        sizes.append(x)
+
+    workers = serving._Workers(lg, [run], {k: k for k in range(1, 5)}, 4, wait_s=0.05)
+    workers.issue([SimpleNamespace(id=i) for i in range(1)])
+    time.sleep(0.1)  # the first request waits alone in the worker
+    workers.issue([SimpleNamespace(id=i) for i in range(1, 7)])  # queued meanwhile
+    gate.set()
+    workers.close()
+    assert sorted(done) == list(range(7)) and sizes == [1, 4, 2]
