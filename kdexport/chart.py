@@ -82,20 +82,27 @@ def plan_chart(plan: dict, path: Path) -> None:
     devices = plan["devices"]
     fig, axes = plt.subplots(1, len(devices), figsize=(7.5 * len(devices), 4.5), squeeze=False)
     for ax, (name, d) in zip(axes[0], devices.items(), strict=True):
+        goal = d.get("capacity")
+        x = "qps_at_p99" if goal else "p90_ms"  # a capacity goal: requests a server serves
         variants = [v for v in [d["choice"], *d["rejected"]] if v and v["accuracy"] is not None]
-        variants.sort(key=lambda v: (v["p90_ms"], -v["accuracy"]))
-        _numbered(ax, [(v["p90_ms"], v["accuracy"],
+        variants.sort(key=lambda v: (v[x], -v["accuracy"]))
+        _numbered(ax, [(v[x], v["accuracy"],
                         f"{v.get('member') or v['model']} on {v['target']}") for v in variants])  # fmt: skip
-        front = _pareto([(v["p90_ms"], v["accuracy"]) for v in variants])
+        front = _pareto([(v[x], v["accuracy"]) for v in variants] if not goal else [])
         if front:
             ax.step(*zip(*front, strict=True), where="post", color="grey", label="Pareto front")
         if d["choice"]:
             c = d["choice"]
-            ax.scatter(c["p90_ms"], c["accuracy"], s=200, facecolors="none", edgecolors="green")
-        ax.axvline(
-            d["budget_ms"], color="red", linestyle="--", label=f"budget {d['budget_ms']:g} ms"
-        )
-        ax.set_xlabel(f"p90 latency, {batch_label(plan['batch'])} (ms)")
+            ax.scatter(c[x], c["accuracy"], s=200, facecolors="none", edgecolors="green")
+        if goal:
+            per = goal["qps"] / goal["max_servers"]
+            ax.axvline(per, color="red", linestyle="--", label=f"goal {per:,.0f} req/s a server")
+            ax.set_xlabel(f"req/s a server at p99 <= {goal['p99_ms']:g} ms")
+        else:
+            ax.axvline(
+                d["budget_ms"], color="red", linestyle="--", label=f"budget {d['budget_ms']:g} ms"
+            )
+            ax.set_xlabel(f"p90 latency, {batch_label(plan['batch'])} (ms)")
         ax.set_ylabel("test accuracy")
         ax.set_title(name)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))

@@ -20,14 +20,15 @@ from kdexport.artifact import MANIFEST
 from kdexport.errors import KdxError
 
 FOLDER = "family"
-BUDGET_KEYS = {"budget_ms", "max_mb", "target"}
+BUDGET_KEYS = {"budget_ms", "max_mb", "target", "qps", "p99_ms", "max_servers"}
 CUT_TARGET = "ort-cpu"  # where a device's cut is timed here when its table names no target
 
 
 def budget_tables(path: str | Path) -> dict[str, dict]:
     """A budgets file: one table per device name or fingerprint, with ``budget_ms``, optionally
     ``max_mb`` and ``target`` (the target of this machine a cut for the device is timed on;
-    ``kdexport plan`` reads the first two, a family the first and the last)."""
+    ``kdexport plan`` reads the first two, a family the first and the last); or a capacity goal
+    for this machine's kind of server: ``qps`` at ``p99_ms``, on at most ``max_servers`` (1)."""
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -47,6 +48,8 @@ def budget_students(path: str | Path) -> list[str]:
         return []
     specs = []
     for key, table in budget_tables(path).items():
+        if "budget_ms" not in table and "qps" in table:
+            continue  # a capacity goal: served by a variant, never a cut of its own
         if "budget_ms" not in table:
             raise KdxError(
                 f"family.budgets: [{key}] of {path} has no budget_ms to cut the teacher to"

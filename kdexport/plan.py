@@ -14,6 +14,7 @@ that would measure it.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -220,7 +221,8 @@ def _devices(run_dir: Path, results: list, facts: dict, batch: int | str) -> dic
 
 
 def read_budgets(path: str | Path | None, devices: dict) -> dict:
-    """``budgets.toml`` (``kdexport.family.budget_tables``): device -> {budget_ms, max_mb}."""
+    """``budgets.toml`` (``kdexport.family.budget_tables``): device -> {budget_ms, max_mb} or
+    a capacity goal {qps, p99_ms, max_servers}."""
     if path is None:
         return {}
     prints = {n: device_key(d["environment"]) for n, d in devices.items()}
@@ -393,6 +395,94 @@ def decide(env: dict, variants: list[dict], missing: list[dict], limits: dict, c
     }
 
 
+def capacity_variants(runs: dict[str, Path], facts: dict, p99_ms: float) -> tuple[list, list]:
+    """Every variant ``kdexport serve-bench`` measured on this machine at the bound ``p99_ms``
+    (the run's and each family member's student), and the runs not measured at it."""
+    variants, missing = [], []
+    for member, path in runs.items():
+        serve_dir = path / "serve"
+        command = f"kdexport serve-bench {path} --p99-ms {p99_ms:g}"
+        try:
+            checks = open_stage(path, "serve").checks if serve_dir.is_dir() else None
+        except KdxError:
+            checks = None  # made from an older compile or benchmark: measure again
+        if checks is None or checks["p99_ms"] != p99_ms:
+            missing.append({"model": "student", "target": "every target", "member": member,
+                            "command": command})  # fmt: skip
+            continue
+        for target, t in checks["targets"].items():
+            for model in MODELS:
+                f = t.get(model, {})
+                if (member and model == "teacher") or "qps_at_p99" not in f:
+                    continue
+                acc, acc_from = accuracy(facts[member], model, target)
+                best = next(x for x in f["settings"] if x["setting"] == f["setting"])
+                threads = best["options"].get("intra_op_threads") or best["options"].get(
+                    "inference_num_threads"
+                )
+                known = facts[member]["targets"][target]
+                variants.append({
+                    "model": model, "target": target, "member": member,
+                    "precision": known["precision"], "backend": known["backend"],
+                    "accuracy": acc, "accuracy_from": acc_from,
+                    "variant": bundle_runner.variant_name(model, target),
+                    "runtime": f["setting"], "qps_at_p99": f["qps_at_p99"],
+                    "p50_ms": f.get("p50_ms"), "p90_ms": f.get("p90_ms"),
+                    "p99_ms": f.get("p99_ms"), "cores": checks["cores"], "peak_mb": None,
+                    "settings": _settings(threads, None), "source": f"{path}/serve",
+                })  # fmt: skip
+    return variants, missing
+
+
+def decide_capacity(env: dict, variants: list[dict], missing: list, limits: dict, ctx) -> dict:
+    """A capacity goal's choice: of the variants that serve ``qps`` requests a second with
+    their p99 under ``p99_ms`` on at most ``max_servers`` servers like this one, the one needing
+    the fewest servers; then the most accurate; then the simplest."""
+    goal, most = limits["qps"], limits.get("max_servers", 1)
+    for v in variants:
+        v["servers"] = math.ceil(goal / v["qps_at_p99"]) if v["qps_at_p99"] else None
+        v["cores_needed"] = v["servers"] and v["servers"] * v["cores"]
+
+    def why(v: dict) -> list[str]:
+        out = []
+        if v["accuracy"] is None:
+            out.append("no accuracy for it in the run")
+        elif ctx["min_accuracy"] is not None and v["accuracy"] < ctx["min_accuracy"]:
+            out.append(f"accuracy {v['accuracy']:.4f} < {ctx['min_accuracy']:g}")
+        if not v["servers"] or v["servers"] > most:
+            out.append(f"serves {v['qps_at_p99']:,.0f} req/s a server at p99 <= "
+                       f"{limits['p99_ms']:g} ms: {v['servers'] or 'no number of'} servers "
+                       f"for {goal:,.0f}, more than {most}")  # fmt: skip
+        return out
+
+    fits = [v for v in variants if not why(v)]
+    choice = min(fits, key=lambda v: (v["servers"], -v["accuracy"], simplicity(v)), default=None)
+    if choice is None and variants and not missing:
+        top = max(variants, key=lambda v: v["qps_at_p99"])
+        raise KdxError(
+            f"a goal of {goal:,.0f} req/s at p99 <= {limits['p99_ms']:g} ms on at most {most} "
+            f"server(s) is above what any variant reaches: the most is {top['qps_at_p99']:,.0f} "
+            f"req/s a server ({who(top)} on {top['target']}); raise max_servers or lower qps"
+        )
+    rejected = [{**v, "reason": "; ".join(why(v)) or f"fits, but {who(choice)} on "
+                 f"{choice['target']} needs fewer servers or is more accurate"}
+                for v in variants if v is not choice]  # fmt: skip
+    return {
+        "fingerprint": device_key(env),
+        "cpu": env.get("cpu"),
+        "budget_ms": None,
+        "capacity": {"qps": goal, "p99_ms": limits["p99_ms"], "max_servers": most},
+        "max_mb": None,
+        "min_accuracy": ctx["min_accuracy"],
+        "feasible": choice is not None,
+        "choice": choice,
+        "closest": None,
+        "rejected": rejected,
+        "unmeasured": missing,
+        "memory_note": None,
+    }
+
+
 def _route(results: list, facts: dict[str, dict]) -> dict[str, list[Path]]:
     """Device results by the run (or family member) whose bundle measured them."""
     by_bundle = {f["student"]: name for name, f in facts.items()}
@@ -401,6 +491,24 @@ def _route(results: list, facts: dict[str, dict]) -> dict[str, list[Path]]:
         name = fleet.read_result(path).get("bundle", {}).get("name")
         routed[by_bundle.get(name, "")].append(path)  # another run's: refused by _devices
     return routed
+
+
+def _plan_capacity(name: str, runs: dict, facts: dict, devices: dict, limits: dict, ctx) -> dict:
+    """A device with a capacity goal: this machine (serve-bench measures here), goal checked."""
+    if name != LOCAL:
+        raise KdxError(
+            f"[{name}] qps: capacity is measured by kdexport serve-bench on this machine, device "
+            f"'{LOCAL}'; give the goal as [{LOCAL}] (or its fingerprint)"
+        )
+    for key in ("qps", "p99_ms"):
+        _positive(limits.get(key), f"{key} of '{name}'")
+    if "p99_ms" not in limits:
+        raise KdxError(f"[{name}] qps needs p99_ms, the latency bound it is served at")
+    most = limits.get("max_servers", 1)
+    if not isinstance(most, int) or most < 1:
+        raise KdxError(f"max_servers of '{name}' {most}: give a whole number, 1 or more")
+    variants, missing = capacity_variants(runs, facts, limits["p99_ms"])
+    return decide_capacity(devices[""][name]["environment"], variants, missing, limits, ctx)
 
 
 def plan(
@@ -432,6 +540,9 @@ def plan(
     planned = {}
     for name in sorted({k for d in devices.values() for k in d}):
         limits = {"budget_ms": budget_ms, "max_mb": max_mb, **per_device.get(name, {})}
+        if "qps" in limits:
+            planned[name] = _plan_capacity(name, runs, facts, devices, limits, ctx)
+            continue
         if limits["budget_ms"] is None:
             raise KdxError(f"no budget for device '{name}': give --budget-ms or [{name}] budget_ms")
         _positive(limits["budget_ms"], f"budget_ms of '{name}'")
@@ -490,13 +601,20 @@ def plan_cells(result: dict) -> list[list[str]]:
                 f(v.get("accuracy"), "{:.4f}"),
                 f(v.get("p50_ms")),
                 f(v.get("p90_ms")),
-                f"{d['budget_ms']:g}",
-                f(v.get("margin_ms")),
+                _limit_cell(d),
+                f"{v['servers']} server(s)" if "servers" in v else f(v.get("margin_ms")),
                 f(v.get("peak_mb"), "{:.1f}"),
                 note,
             ]
         )
     return rows
+
+
+def _limit_cell(d: dict) -> str:
+    """A device's budget in ms, or its capacity goal."""
+    if c := d.get("capacity"):
+        return f"{c['qps']:,.0f} req/s at p99 <= {c['p99_ms']:g} ms"
+    return f"{d['budget_ms']:g}"
 
 
 def plan_markdown(result: dict) -> str:
@@ -511,6 +629,13 @@ def plan_markdown(result: dict) -> str:
         *markdown_table(HEADER, plan_cells(result)),
         "",
     ]
+    if any(d.get("capacity") for d in result["devices"].values()):
+        lines += [
+            "A device with a capacity goal (req/s at a p99 bound, kdexport serve-bench's "
+            "figures on this machine): the variant needing the fewest servers like it, then the "
+            "most accurate; p50 and p90 there are LoadGen's at the rate it serves.",
+            "",
+        ]
     served = {d["choice"].get("member", "") for d in result["devices"].values() if d["choice"]}
     for member in sorted(m for m in served if m):
         run = result["family"][member]["run"]

@@ -129,7 +129,7 @@ def check_scenarios(scenarios: list[str]) -> None:
         )
 
 
-class _Workers:
+class Workers:
     """Queued samples served by one thread per run function: a thread takes the first queued
     sample and the ones that arrive within the wait, up to the batch size, runs them as one
     inference and tells LoadGen they are complete."""
@@ -192,7 +192,7 @@ def _results(detail: Path) -> dict:
     return out
 
 
-def _loadgen_run(lg, workers: _Workers, scenario: str, qps: float, opts: dict, out: Path) -> dict:
+def _loadgen_run(lg, workers: Workers, scenario: str, qps: float, opts: dict, out: Path) -> dict:
     """One LoadGen test of ``scenario`` at ``qps`` (Offline: the expected rate); its results."""
     settings = lg.TestSettings()
     settings.mode = lg.TestMode.PerformanceOnly
@@ -228,7 +228,7 @@ def _ms(results: dict, percentile: str) -> float:
     return results[f"{percentile}_percentile_latency_ns"] / 1e6
 
 
-def _offline(lg, workers: _Workers, estimate: float, opts: dict, out: Path) -> dict:
+def _offline(lg, workers: Workers, estimate: float, opts: dict, out: Path) -> dict:
     """Offline samples per second; LoadGen queues the expected rate times the duration, so a
     run that ends early is run again at the rate it measured."""
     for _ in range(3):
@@ -239,7 +239,7 @@ def _offline(lg, workers: _Workers, estimate: float, opts: dict, out: Path) -> d
     return r
 
 
-def _peak(lg, workers: _Workers, ceiling: float, opts: dict, out: Path) -> dict:
+def _peak(lg, workers: Workers, ceiling: float, opts: dict, out: Path) -> dict:
     """The highest VALID Server rate by bisection in (0, ``ceiling``]: the trials, and the
     figures at the best rate (LoadGen's logs of that run kept in ``out``)."""
     lo, hi, best, trials = 0.0, ceiling, None, []
@@ -299,7 +299,7 @@ def _serve_setting(lg, module, path, target, way: Throughput, batch, at, opts, o
             f"target '{target.name}': {module.RUNTIME} cannot run {path.name} at batch {batch} "
             f"(serve.max_batch needs a model whose batch axis is free): {module.explain(e)}"
         ) from None
-    workers = _Workers(lg, runs, feeds, batch, opts["batch_wait_ms"] / 1000 if batch > 1 else 0)
+    workers = Workers(lg, runs, feeds, batch, opts["batch_wait_ms"] / 1000 if batch > 1 else 0)
     try:
         off = _offline(lg, workers, estimate, opts, out / "offline")
         result: SettingCapacity = {

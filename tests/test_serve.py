@@ -46,6 +46,35 @@ def test_serve_bench_finds_the_rate_at_the_bound_with_loadgen(run_copy):
     report = (run_copy / "report.md").read_text()
     assert "## Capacity" in report and "serve/capacity.png" in report
     assert "Servers like this one for 1,000,000 req/s" in report
+    _plan_for_a_capacity_goal(run_copy, t)
+
+
+def _plan_for_a_capacity_goal(run, t):
+    """``kdexport plan`` with ``qps``/``p99_ms`` for this machine: within one server the most
+    accurate variant that serves the goal; on two servers the one needing the fewest; a goal
+    no variant reaches is one line; a bound serve-bench did not measure at is unmeasured."""
+    budgets = run / "budgets.toml"
+    acc = json.loads((run / "compile" / "manifest.json").read_text())["checks"]["targets"]
+    acc = {m: acc["ort-cpu"][m]["accuracy"] for m in ("teacher", "student")}
+    rates = {m: t[m]["qps_at_p99"] for m in ("teacher", "student")}
+    low = min(rates.values()) / 2
+    budgets.write_text(f"[local]\nqps = {low}\np99_ms = 1000\n")
+    chosen = json.loads(kdx("plan", run, "--budgets", budgets, "--json").stdout.splitlines()[-1])
+    choice = chosen["devices"]["local"]["choice"]
+    best = max(acc, key=lambda m: (acc[m], rates[m]))  # fmt: skip
+    assert choice["servers"] == 1 and choice["accuracy"] == acc[best]
+    assert "req/s at p99 <= 1000 ms" in (run / "plan" / "plan.md").read_text()
+    goal = max(rates.values()) * 1.5  # two servers of the faster, more of the slower
+    budgets.write_text(f"[local]\nqps = {goal}\np99_ms = 1000\nmax_servers = 4\n")
+    chosen = json.loads(kdx("plan", run, "--budgets", budgets, "--json").stdout.splitlines()[-1])
+    fewest = min(math.ceil(goal / r) for r in rates.values())
+    assert chosen["devices"]["local"]["choice"]["servers"] == fewest
+    budgets.write_text(f"[local]\nqps = {goal}\np99_ms = 1000\n")
+    fails("plan", run, "--budgets", budgets, message="above what any variant reaches")
+    budgets.write_text(f"[local]\nqps = {low}\np99_ms = 50\n")
+    chosen = json.loads(kdx("plan", run, "--budgets", budgets, "--json").stdout.splitlines()[-1])
+    d = chosen["devices"]["local"]
+    assert d["choice"] is None and "--p99-ms 50" in d["unmeasured"][0]["command"]
 
 
 @pytest.mark.backends
@@ -102,7 +131,7 @@ def test_queued_requests_are_joined_up_to_the_batch_size():
         gate.wait()
         sizes.append(x)
 
-    workers = serving._Workers(lg, [run], {k: k for k in range(1, 5)}, 4, wait_s=0.05)
+    workers = serving.Workers(lg, [run], {k: k for k in range(1, 5)}, 4, wait_s=0.05)
     workers.issue([SimpleNamespace(id=i) for i in range(1)])
     time.sleep(0.1)  # the first request waits alone in the worker
     workers.issue([SimpleNamespace(id=i) for i in range(1, 7)])  # queued meanwhile

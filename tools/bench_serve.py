@@ -1,0 +1,177 @@
+"""Cloud capacity measured (issue 24): ``kdexport serve-bench`` on the digits recipe, and a
+closed-loop cross-check of LoadGen's figure.
+
+1. ``kdexport distill-and-export --recipe digits`` (ort-cpu and openvino-cpu, fp32), unless
+   ``--run`` names a complete run.
+2. ``kdexport serve-bench RUN --p99-ms B``: per target, teacher and student, LoadGen's Server
+   rate at the bound and its Offline throughput, the capacity ratio beside the single-stream
+   speed-up of the run's benchmark stage.
+3. The cross-check, on ort-cpu's student with the setting serve-bench found best: a plain
+   closed-loop driver (C clients, each sending its next request when the last is answered,
+   through the same serving workers) for C = 1, 2, 4, ...; its figure is the highest throughput
+   whose p99 meets the bound. LoadGen's and this one should agree within 15%.
+
+    .venv/bin/python tools/bench_serve.py [--run RUN] [--p99-ms 2] [--out DIR]
+
+Prints one JSON object last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's kdexport
+
+from kdexport import serve as serving
+from kdexport.backends import backend
+from kdexport.backends.profiles import Target
+from kdexport.bundle.runner import format_point, parse_point
+from kdexport.context import Run
+from kdexport.feeds import for_model, load_sample
+from kdexport.rundir import open_stage
+
+TARGETS = ["ort-cpu", "openvino-cpu"]
+CHECK = "ort-cpu"
+
+
+def kdx(*args) -> str:
+    cmd = [sys.executable, "-m", "kdexport.cli", *map(str, args)]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+class _Answers:
+    """What the serving workers call as LoadGen: each completed request sets its event."""
+
+    def __init__(self):
+        self.events: dict[int, threading.Event] = {}
+
+    @staticmethod
+    def QuerySampleResponse(i, *_):  # noqa: N802 (LoadGen's name)
+        return i
+
+    def QuerySamplesComplete(self, ids):  # noqa: N802
+        for i in ids:
+            self.events[i].set()
+
+
+def closed_loop(run_dir: Path, target: str, model: str, setting: dict, p99_ms, duration_s):
+    """Throughput and p99 of C clients in a closed loop, C doubling until the p99 passes the
+    bound; the highest throughput within it."""
+    compiled = open_stage(run_dir, "compile")
+    entry = compiled.checks["targets"][target]
+    profile = Target.from_dict(entry["profile"])
+    module = backend(profile.backend, target)
+    path = compiled.path / target / entry[model]["file"]
+    runner = module.load(path, replace(profile, options={**profile.options, **setting["options"]}))
+    runs = runner.workers(setting["workers"])
+    run = Run(run_dir)
+    exported, bench = open_stage(run_dir, "export"), open_stage(run_dir, "benchmark")
+    inputs, _ = load_sample(exported.file("io_sample.npz"))
+    sample = for_model(inputs, [i["name"] for i in exported.checks["student"]["inputs"]])
+    timing = run.modality.timing_inputs(sample)
+    dims = {**parse_point(run.modality.points(bench.parameters)[0]), "batch": 1}
+    feeds = {
+        k: timing(format_point({**dims, "batch": k})) for k in range(1, setting["max_batch"] + 1)
+    }
+    lg = _Answers()
+    wait = 0.001 if setting["max_batch"] > 1 else 0  # serve.batch_wait_ms's default
+    workers = serving.Workers(lg, runs, feeds, setting["max_batch"], wait)
+    counter = iter(range(1 << 62))
+    rows, best = [], None
+    try:
+        clients = 1
+        while clients <= 256:
+            latencies, stop = [], time.perf_counter() + duration_s
+
+            def client(stop=stop, latencies=latencies):
+                while time.perf_counter() < stop:
+                    i = next(counter)
+                    lg.events[i] = threading.Event()
+                    start = time.perf_counter()
+                    workers.issue([SimpleNamespace(id=i)])
+                    lg.events.pop(i).wait()
+                    latencies.append(time.perf_counter() - start)
+
+            threads = [threading.Thread(target=client) for _ in range(clients)]
+            began = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            qps = len(latencies) / (time.perf_counter() - began)
+            p99 = float(np.percentile(latencies, 99)) * 1000
+            rows.append({"clients": clients, "qps": qps, "p99_ms": p99})
+            if p99 > p99_ms:
+                break
+            best = qps if best is None else max(best, qps)
+            clients *= 2
+    finally:
+        workers.close()
+    return best or 0.0, rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, help="a complete run (default: make a digits run)")
+    ap.add_argument("--out", type=Path, help="work folder (default: a temporary folder)")
+    ap.add_argument("--p99-ms", type=float, default=2.0)
+    ap.add_argument("--duration-s", type=float, default=2.0)
+    args = ap.parse_args()
+    work = (args.out or Path(tempfile.mkdtemp(prefix="bench_serve-"))).resolve()
+    run = args.run
+    if run is None:
+        run = work / "run"
+        kdx("distill-and-export", "--out", run, "--set", f"compile.targets={json.dumps(TARGETS)}",
+            "--set", "benchmark.batch_sizes=[1, 64]")  # fmt: skip
+    out = kdx("serve-bench", run, "--p99-ms", args.p99_ms, "--duration-s", args.duration_s,
+              "--json")  # fmt: skip
+    checks = json.loads(out.strip().splitlines()[-1])
+    targets = {}
+    for name, t in checks["targets"].items():
+        targets[name] = {
+            m: {k: t[m].get(k) for k in ("qps_at_p99", "offline_sps", "valid", "p99_ms", "setting")}
+            for m in ("teacher", "student")
+        }
+        targets[name] |= {k: t.get(k) for k in ("capacity_ratio", "single_stream_speedup")}
+    student = checks["targets"][CHECK]["student"]
+    setting = next(s for s in student["settings"] if s["setting"] == student["setting"])
+    loop_qps, rows = closed_loop(run, CHECK, "student", setting, args.p99_ms, args.duration_s)
+    figures = {
+        "p99_ms": args.p99_ms,
+        "cores": checks["cores"],
+        "targets": targets,
+        "crosscheck": {
+            "target": CHECK,
+            "model": "student",
+            "setting": setting["setting"],
+            "loadgen_qps": student["qps_at_p99"],
+            "closed_loop_qps": loop_qps,
+            "closed_loop_rows": rows,
+            "ratio": loop_qps / student["qps_at_p99"] if student["qps_at_p99"] else None,
+        },
+        "goals": {
+            "capacity_ratio_at_least_single_stream_speedup": (targets[CHECK]["capacity_ratio"] or 0)
+            >= (targets[CHECK]["single_stream_speedup"] or float("inf")),
+            "every_result_valid": all(
+                t[m]["valid"] for t in targets.values() for m in ("teacher", "student")
+            ),
+        },
+        "run": str(run),
+    }
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
