@@ -157,6 +157,30 @@ def test_device_verify_predict_bench_without_kdexport_or_torch(unpacked, tmp_pat
     assert result["environment"]["versions"]["onnxruntime"]
 
 
+def test_device_serves_with_loadgen_and_its_result_is_not_a_latency(unpacked, tmp_path):
+    """``run.py bench --scenario server``: kdexport serve-bench's engine on the device (LoadGen
+    driving ONNX Runtime); without LoadGen, one line; fleet tables refuse its result."""
+    pytest.importorskip("mlperf_loadgen")
+    args = ["bench", "--scenario", "server", "--p99-ms", "1000", "--duration-s", "0.05"]
+    r = device(unpacked, *args, "--max-batch", "2", "--device", "srv", "--json")
+    written = unpacked.parent / f"{unpacked.name}.bench-srv.json"
+    result = json.loads(written.read_text())
+    assert json.loads(r.stdout.splitlines()[-1]) == result
+    f = result["serving"]["student"]
+    assert f["valid"] and f["qps_at_p99"] > 0 and f["offline_sps"] > 0 and f["p99_ms"] < 1000
+    assert len(f["settings"]) == 2 * len(bundle_runner.ort_callers(bundle_runner.available_cpus()))
+    best = next(s for s in f["settings"] if s["setting"] == f["setting"])
+    assert (
+        "Result is : VALID"
+        in (Path(best["logs"]) / "server" / "mlperf_log_summary.txt").read_text()
+    )
+    assert "req/s with p99 <= 1000 ms" in r.stdout
+    with pytest.raises(KdxError, match="a `run.py bench --scenario` result"):
+        import_results([written])
+    r = device(unpacked, *args, code=1, blocked=BLOCKED + ",mlperf_loadgen")
+    one_error(r.stderr, "needs MLCommons' LoadGen: pip install mlcommons-loadgen")
+
+
 def test_image_input_needs_pillow_and_matches_the_array(unpacked, tmp_path):
     from PIL import Image
 

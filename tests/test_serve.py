@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import fails, kdx
 
-from kdexport import serve as serving
+from kdexport.bundle import runner
 
 pytest.importorskip("mlperf_loadgen")
 QUICK = ["--duration-s", "0.1", "--set", "serve.search_steps=2", "--max-batch", "2"]
@@ -113,8 +113,8 @@ def test_the_bisection_keeps_the_highest_valid_rate(monkeypatch, tmp_path):
         return {"validity": "VALID" if ok else "INVALID", "scheduled_samples_per_sec": qps,
                 **{f"{p}.00_percentile_latency_ns": (5e6 if ok else 2e7) for p in (50, 90, 99)}}  # fmt: skip
 
-    monkeypatch.setattr(serving, "_loadgen_run", run)
-    found = serving._peak(None, None, 1000.0, {"search_steps": 6}, tmp_path / "server")
+    monkeypatch.setattr(runner, "loadgen_run", run)
+    found = runner.peak_rate(None, None, 1000.0, {"search_steps": 6}, tmp_path / "server")
     assert 700 - 1000 / 64 <= found["qps_at_p99"] <= 700 and found["valid"]
     assert [t["valid"] for t in found["trials"]] == [True, False, True, True, False, False]
     assert (tmp_path / "server").is_dir() and len(list(tmp_path.iterdir())) == 1
@@ -131,7 +131,7 @@ def test_queued_requests_are_joined_up_to_the_batch_size():
         gate.wait()
         sizes.append(x)
 
-    workers = serving.Workers(lg, [run], {k: k for k in range(1, 5)}, 4, wait_s=0.05)
+    workers = runner.ServeWorkers(lg, [run], {k: k for k in range(1, 5)}, 4, wait_s=0.05)
     workers.issue([SimpleNamespace(id=i) for i in range(1)])
     time.sleep(0.1)  # the first request waits alone in the worker
     workers.issue([SimpleNamespace(id=i) for i in range(1, 7)])  # queued meanwhile

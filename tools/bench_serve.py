@@ -33,10 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's kdexport
 
-from kdexport import serve as serving
 from kdexport.backends import backend
 from kdexport.backends.profiles import Target
-from kdexport.bundle.runner import format_point, parse_point
+from kdexport.bundle.runner import ServeWorkers, format_point, parse_point
 from kdexport.context import Run
 from kdexport.feeds import for_model, load_sample
 from kdexport.rundir import open_stage
@@ -86,7 +85,7 @@ def closed_loop(run_dir: Path, target: str, model: str, setting: dict, p99_ms, d
     }
     lg = _Answers()
     wait = 0.001 if setting["max_batch"] > 1 else 0  # serve.batch_wait_ms's default
-    workers = serving.Workers(lg, runs, feeds, setting["max_batch"], wait)
+    workers = ServeWorkers(lg, runs, feeds, setting["max_batch"], wait)
     counter = iter(range(1 << 62))
     rows, best = [], None
     try:

@@ -29,6 +29,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from kdexport.backends import Throughput
+from kdexport.bundle.runner import ort_callers
 from kdexport.errors import KdxError
 from kdexport.onnxfile import external_data_files, make_model
 from kdexport.timing import available_cpus
@@ -562,14 +563,12 @@ class Runner:
 
 
 def throughput_settings(target, cores: int) -> list[Throughput]:
-    """One caller with every CPU's thread, or several callers sharing the CPUs' threads."""
-    out = []
-    for workers in sorted({1, 2, cores} & set(range(1, cores + 1))):
-        threads = max(1, cores // workers)
-        out.append(
-            Throughput(f"{workers}x{threads} threads", {"intra_op_threads": threads}, workers)
-        )
-    return out
+    """One caller with every CPU's thread, or several callers sharing the CPUs' threads
+    (``ort_callers``: the same as a bundle's ``run.py bench --scenario server``)."""
+    return [
+        Throughput(f"{n}x{threads} threads", {"intra_op_threads": threads}, n)
+        for n, threads in ort_callers(cores)
+    ]
 
 
 def load(path: Path, target) -> Runner:

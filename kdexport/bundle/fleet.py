@@ -40,6 +40,11 @@ def read_result(path: Path) -> dict:
         raise KdxError(f"{path}: not a result of `python run.py bench`")
     if result.get("format_version", 0) > bundle_runner.RESULT_FORMAT:
         raise KdxError(f"{path}: written by a newer run.py; upgrade kdexport to import it")
+    if "serving" in result:
+        raise KdxError(
+            f"{path}: a `run.py bench --scenario` result (requests a second at a p99 bound): "
+            "fleet tables and plans take latency results (`python run.py bench`)"
+        )
     for key in ("device", "bundle.name", "environment.cpu", "options", "results"):
         value = result
         for part in key.split("."):

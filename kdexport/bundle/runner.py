@@ -10,6 +10,7 @@ onnxruntime, and nothing else (Pillow only to read images, tokenizers only to re
     python run.py predict --text "..." [--text ...]     or a "text" column; or literal texts
     python run.py predict clip.wav|folder/              a speech model's bundle: WAV clips
     python run.py bench [--json] [--device NAME]        latency, written to a result file
+    python run.py bench --scenario server --p99-ms 10   requests a second at a p99 bound (LoadGen)
 
 The sections below: verify, inputs (one reader per modality, ``INPUTS``, keyed by the bundle's
 recorded modality), predict, measure, points, bench, plan (variants), the command line.
@@ -1245,22 +1246,25 @@ def _load(bundle: Bundle, roles: list, opts: dict, first: dict) -> tuple:
 # --- bench: latency on this device -----------------------------------------------------------
 
 
+def _roles(bundle: Bundle, target) -> list:
+    """The models to time: teacher (when shipped) and student, portable or of ``target``."""
+    roles = [r for r in ("teacher", "student") if r in bundle.manifest["models"]]
+    if target:
+        # A compiled model is compared only with the other compiled for the same target; a
+        # target may hold the teacher alone (an INT8 student that failed its gate).
+        compiled = bundle.manifest.get("compiled", {}).get(target, {}).get("models", {})
+        roles = [r for r in roles if r in compiled]
+        bundle.model_path(roles[0] if roles else "student", target)  # unknown, non-ORT
+    return roles
+
+
 def bench(root: Path, opts: dict) -> dict:
     """Latency of the student (and the teacher, when shipped) on this device, on the portable
     models or on ``opts["target"]``'s compiled forms."""
     bundle = Bundle(root)
     feed, axes, reader = golden_feed(bundle), _batch_axes(bundle), inputs_of(bundle)
     sizes = reader.points(opts.get("batch_sizes"))
-    roles = [r for r in ("teacher", "student") if r in bundle.manifest["models"]]
-    if opts["target"]:
-        # A compiled model is compared only with the other compiled for the same target; a
-        # target may hold the teacher alone (an INT8 student that failed its gate).
-        roles = [
-            r
-            for r in roles
-            if r in bundle.manifest.get("compiled", {}).get(opts["target"], {}).get("models", {})
-        ]
-        bundle.model_path(roles[0] if roles else "student", opts["target"])  # unknown, non-ORT
+    roles = _roles(bundle, opts["target"])
     first = batch_feed(feed, axes, 1) if axes else feed
     baseline = rss_mb()[0]  # python, numpy and onnxruntime, before any model
     sessions, result = _load(bundle, roles, opts, first)
@@ -1304,6 +1308,301 @@ def bench(root: Path, opts: dict) -> dict:
         "options": {k: v for k, v in {**opts, "batch_sizes": sizes}.items() if k != "device"},
         "results": result,
     }
+
+
+# --- serve: requests per second at a p99 bound, driven by MLCommons' LoadGen -------------------
+# kdexport serve-bench runs the same engine on a run's compiled models (kdexport.serve).
+
+SERVE_SCENARIOS = ("server", "offline")
+NEEDS_LOADGEN = "needs MLCommons' LoadGen: pip install mlcommons-loadgen"
+# A LoadGen run lasts its duration and at least this many queries: LoadGen's default for Offline;
+# for Server, enough for its early-stopping estimate to confirm a 99th percentile (with none
+# over the bound it needs 459 queries; each query over the bound asks for more).
+MIN_QUERIES = {"offline": 100, "server": 1024}
+QSL_SAMPLES = 1024  # the query sample library's size: every sample is the same request
+KEPT_LOGS = ("mlperf_log_summary.txt", "mlperf_log_detail.txt")
+SERVE_METHOD = (
+    "MLCommons LoadGen in this process, PerformanceOnly: Offline (every sample queued) and "
+    "Server (Poisson arrivals; a rate is VALID when its p99 latency, queueing included, is under "
+    "the bound), the highest VALID rate found by bisection below the Offline throughput"
+)
+
+
+def import_loadgen():
+    """LoadGen's module (``mlperf_loadgen``), or None where it is not installed."""
+    try:
+        import mlperf_loadgen
+    except ImportError:
+        return None
+    return mlperf_loadgen
+
+
+class ServeWorkers:
+    """Queued samples served by one thread per run function: a thread takes the first queued
+    sample and the ones that arrive within ``wait_s``, up to ``max_batch``, runs them as one
+    inference (``feeds[count]``) and tells LoadGen (``lg``) they are complete."""
+
+    def __init__(self, lg, runs: list, feeds: dict, max_batch: int, wait_s: float):
+        import queue
+        import threading
+
+        self.lg, self.feeds, self.max_batch, self.wait_s = lg, feeds, max_batch, wait_s
+        self.queue, self.empty = queue.SimpleQueue(), queue.Empty
+        self.errors = []  # (batch size, exception): raised by serve_setting once LoadGen is done
+        self.threads = [threading.Thread(target=self._serve, args=(r,), daemon=True) for r in runs]
+        for t in self.threads:
+            t.start()
+
+    def issue(self, samples) -> None:
+        for s in samples:
+            self.queue.put(s)
+
+    def flush(self) -> None:
+        pass
+
+    def _take(self):
+        first = self.queue.get()
+        if first is None:
+            return None
+        batch, deadline = [first], time.perf_counter() + self.wait_s
+        while len(batch) < self.max_batch:
+            left = deadline - time.perf_counter()
+            try:
+                s = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
+            except self.empty:
+                break
+            if s is None:
+                self.queue.put(None)
+                break
+            batch.append(s)
+        return batch
+
+    def _serve(self, run) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                run(self.feeds[len(batch)])
+            except Exception as e:  # the runtime's own types; raised once LoadGen is done
+                self.errors.append((len(batch), e))
+            self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(s.id, 0, 0) for s in batch])
+
+    def close(self) -> None:
+        for _ in self.threads:
+            self.queue.put(None)
+        for t in self.threads:
+            t.join()
+
+
+def loadgen_results(detail: Path) -> dict:
+    """LoadGen's ``result_*`` entries of its detail log, without the prefix."""
+    out = {}
+    for line in detail.read_text(encoding="utf-8").splitlines():
+        if line.startswith(":::MLLOG"):
+            entry = json.loads(line[len(":::MLLOG") :])
+            if entry["key"].startswith("result_"):
+                out[entry["key"][len("result_") :]] = entry["value"]
+    return out
+
+
+def loadgen_run(lg, workers: ServeWorkers, scenario: str, qps: float, opts: dict, out: Path):
+    """One LoadGen test of ``scenario`` at ``qps`` (Offline: the expected rate); its results.
+    Only LoadGen's summary and detail logs stay in ``out``."""
+    settings = lg.TestSettings()
+    settings.mode = lg.TestMode.PerformanceOnly
+    settings.min_duration_ms = int(opts["duration_s"] * 1000)
+    settings.min_query_count = MIN_QUERIES[scenario]
+    if scenario == "server":
+        settings.scenario = lg.TestScenario.Server
+        settings.server_target_qps = qps
+        settings.server_target_latency_ns = int(opts["p99_ms"] * 1e6)
+        settings.server_target_latency_percentile = 0.99
+    else:
+        settings.scenario = lg.TestScenario.Offline
+        settings.offline_expected_qps = qps
+    log = lg.LogSettings()
+    out.mkdir(parents=True, exist_ok=True)
+    log.log_output.outdir = str(out)
+    log.log_output.copy_summary_to_stdout = False
+    log.enable_trace = False
+    sut = lg.ConstructSUT(workers.issue, workers.flush)
+    qsl = lg.ConstructQSL(QSL_SAMPLES, QSL_SAMPLES, lambda _: None, lambda _: None)
+    try:
+        lg.StartTestWithLogSettings(sut, qsl, settings, log)
+    finally:
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
+    for p in out.iterdir():
+        if p.name not in KEPT_LOGS:
+            p.unlink()
+    return loadgen_results(out / "mlperf_log_detail.txt")
+
+
+def _latency_ms(results: dict, percentile: str) -> float:
+    return results[percentile + "_percentile_latency_ns"] / 1e6
+
+
+def offline_rate(lg, workers: ServeWorkers, estimate: float, opts: dict, out: Path) -> dict:
+    """Offline samples per second. LoadGen queues the expected rate times the duration: a run
+    that ends before its duration is run again at the rate it measured."""
+    for _ in range(3):
+        r = loadgen_run(lg, workers, "offline", estimate, opts, out)
+        if r["validity"] == "VALID" or r["min_duration_met"]:
+            break
+        estimate = r["samples_per_second"] * 1.2
+    return r
+
+
+def peak_rate(lg, workers: ServeWorkers, ceiling: float, opts: dict, out: Path) -> dict:
+    """The highest VALID Server rate, by ``opts["search_steps"]`` bisections of (0, ceiling]:
+    the trials, and LoadGen's figures at the best rate (its logs of that run kept in ``out``)."""
+    import shutil
+
+    lo, hi, best, trials = 0.0, ceiling, None, []
+    qps = ceiling / 2
+    for i in range(opts["search_steps"]):
+        at = out.parent / f".{out.name}.trial{i}"
+        r = loadgen_run(lg, workers, "server", qps, opts, at)
+        valid = r["validity"] == "VALID"
+        trials.append({"target_qps": qps, "scheduled_qps": r["scheduled_samples_per_sec"],
+                       "p99_ms": _latency_ms(r, "99.00"), "valid": valid})  # fmt: skip
+        if valid and (best is None or qps > best[0]):
+            best = (qps, r)
+            shutil.rmtree(out, ignore_errors=True)
+            at.rename(out)
+        else:
+            shutil.rmtree(at)
+        lo, hi = (qps, hi) if valid else (lo, qps)
+        qps = (lo + hi) / 2
+    if best is None:
+        return {"qps_at_p99": 0.0, "valid": False, "trials": trials,
+                "lowest_p99_ms": min(t["p99_ms"] for t in trials)}  # fmt: skip
+    r = best[1]
+    return {
+        "qps_at_p99": r["scheduled_samples_per_sec"],
+        **{f"p{p}_ms": _latency_ms(r, f"{p}.00") for p in (50, 90, 99)},
+        "valid": True,
+        "trials": trials,
+    }
+
+
+def estimate_rate(runs: list, feeds: dict, max_batch: int) -> float:
+    """Samples per second of a few batches on one worker, times the workers (warms them up)."""
+    for run in runs:
+        run(feeds[1])
+        run(feeds[max_batch])
+    start = time.perf_counter()
+    for _ in range(5):
+        runs[0](feeds[max_batch])
+    return 5 * max_batch * len(runs) / (time.perf_counter() - start)
+
+
+def serve_setting(lg, runs: list, feeds: dict, max_batch: int, opts: dict, out: Path) -> dict:
+    """One model served by ``runs`` (callers at once), batching up to ``max_batch``: LoadGen's
+    Offline throughput, and with "server" in ``opts["scenarios"]`` the highest rate at the p99
+    bound. A runtime error of any inference is raised once LoadGen is done."""
+    estimate = estimate_rate(runs, feeds, max_batch)
+    wait = opts["batch_wait_ms"] / 1000 if max_batch > 1 else 0.0
+    workers = ServeWorkers(lg, runs, feeds, max_batch, wait)
+    try:
+        off = offline_rate(lg, workers, estimate, opts, out / "offline")
+        result = {"workers": len(runs), "max_batch": max_batch,
+                  "offline_sps": off["samples_per_second"],
+                  "offline_valid": off["validity"] == "VALID"}  # fmt: skip
+        if "server" in opts["scenarios"]:
+            result.update(peak_rate(lg, workers, off["samples_per_second"], opts, out / "server"))
+    finally:
+        workers.close()
+    if workers.errors:
+        raise workers.errors[0][1]
+    return result
+
+
+def model_capacity(settings: list, opts: dict) -> dict:
+    """A model's figures: those of the setting serving the most at the bound (Offline only:
+    the most samples per second), servers needed for ``opts["qps"]``, every setting tried."""
+    server = "server" in opts["scenarios"]
+    best = max(settings, key=lambda s: s["qps_at_p99"] if server else s["offline_sps"])
+    out = {"setting": best["setting"], "offline_sps": best["offline_sps"]}
+    if server:
+        for k in ("qps_at_p99", "valid", "p50_ms", "p90_ms", "p99_ms"):
+            if k in best:
+                out[k] = best[k]
+        if opts.get("qps") and best["qps_at_p99"]:
+            out["servers_for_qps"] = int(-(-opts["qps"] // best["qps_at_p99"]))
+    out["settings"] = settings
+    return out
+
+
+def ort_callers(cores: int) -> list:
+    """ONNX Runtime's ways to serve concurrent requests on ``cores`` CPUs: (callers of one
+    session, intra-op threads each): one caller with every thread, or the threads divided."""
+    return [(n, max(1, cores // n)) for n in sorted({1, 2, cores}) if n <= cores]
+
+
+def serve_bench(root: Path, opts: dict, logs: Path) -> dict:
+    """``bench --scenario server|offline``: the student (and the teacher, when shipped), portable
+    or of ``opts["target"]``, served as ``kdexport serve-bench`` serves it, LoadGen driving;
+    LoadGen's logs under ``logs``."""
+    lg = import_loadgen()
+    if lg is None:
+        raise BundleError("bench --scenario {} {}".format(opts["scenario"], NEEDS_LOADGEN))
+    bundle = Bundle(root)
+    feed, axes, reader = golden_feed(bundle), _batch_axes(bundle), inputs_of(bundle)
+    point = dict(parse_point(reader.points(opts.get("batch_sizes"))[0]), batch=1)
+    opts = dict(opts, scenarios=["offline"] + (["server"] if opts["scenario"] == "server" else []))
+    batches = sorted({1, opts["max_batch"]})
+    feeds = {
+        k: reader.at(feed, axes, format_point(dict(point, batch=k)))
+        for k in range(1, batches[-1] + 1)
+    }
+    result = {}
+    for role in _roles(bundle, opts["target"]):
+        path, settings = bundle.model_path(role, opts["target"]), []
+        for callers, threads in ort_callers(opts["threads"] or available_cpus()):
+            sess, _ = session(path, threads=threads)
+            runs = [lambda x, s=sess: s.run(None, x)] * callers
+            for batch in batches:
+                folder = logs / role / f"setting{len(settings)}"
+                try:
+                    served = serve_setting(lg, runs, {k: feeds[k] for k in range(1, batch + 1)},
+                                           batch, opts, folder)  # fmt: skip
+                except Exception as e:  # ONNX Runtime's own types
+                    raise BundleError(f"{path.name}: ONNX Runtime cannot serve it in batches of up to {batch} "
+                                      f"({_said(e)})") from None  # fmt: skip
+                label = f"{callers}x{threads} threads"
+                label += f", batches up to {batch}" if batch > 1 else ""
+                settings.append(dict(served, setting=label, logs=str(folder),
+                                     options={"intra_op_threads": threads}))  # fmt: skip
+        result[role] = model_capacity(settings, opts)
+    result.update(capacity_ratios(result, None))
+    return {
+        "kind": RESULT_KIND,
+        "format_version": RESULT_FORMAT,
+        "device": opts["device"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created_unix": time.time(),
+        "bundle": {"name": bundle.manifest["name"], "id": bundle.id},
+        "environment": fingerprint(),
+        "method": SERVE_METHOD,
+        "point": format_point(point),
+        "options": {k: v for k, v in opts.items() if k != "device"},
+        "serving": result,
+    }
+
+
+def capacity_ratios(result: dict, speedup) -> dict:
+    """Student over teacher: requests served at the bound and Offline throughput, beside the
+    single-stream speed-up (``speedup``, None where not measured)."""
+    if "teacher" not in result or "student" not in result:
+        return {}
+    t, s = result["teacher"], result["student"]
+    out = {"offline_ratio": s["offline_sps"] / t["offline_sps"]}
+    if "qps_at_p99" in t:
+        out["capacity_ratio"] = s["qps_at_p99"] / t["qps_at_p99"] if t["qps_at_p99"] else None
+    out["single_stream_speedup"] = speedup
+    return out
 
 
 # --- plan: which variant this device runs ----------------------------------------------------
@@ -1479,6 +1778,17 @@ def _parser() -> argparse.ArgumentParser:
             help="run this variant, [teacher@|student@]TARGET (TARGET: portable or a compiled "
             "target), instead of the plan's choice",
         )
+    b.add_argument(
+        "--scenario",
+        choices=("latency",) + SERVE_SCENARIOS,
+        default="latency",
+        help="latency (default: one request at a time), or LoadGen's server (the most requests "
+        "a second with the p99 under --p99-ms) or offline (everything queued); needs "
+        "mlcommons-loadgen",
+    )
+    b.add_argument("--p99-ms", type=float, default=10.0, help="server: the p99 bound (ms)")
+    b.add_argument("--max-batch", type=int, default=8, help="server, offline: dynamic batching")
+    b.add_argument("--duration-s", type=float, default=2.0, help="each LoadGen run's minimum")
     for flag, kind, default in (
         ("--warmup-iters", int, 20),
         ("--warmup-s", float, 0.2),
@@ -1574,6 +1884,24 @@ def _print_bench(result: dict, out: Path, role: str) -> None:
     print(f"result: {out}")
 
 
+def _print_serving(result: dict, out: Path) -> None:
+    where = result["options"].get("target") or PORTABLE
+    bound = result["options"]["p99_ms"]
+    for role in ("teacher", "student"):
+        f = result["serving"].get(role)
+        if f is None:
+            continue
+        served = ""
+        if "qps_at_p99" in f:
+            served = f"{f['qps_at_p99']:,.0f} req/s with p99 <= {bound:g} ms, "
+        print(
+            f"{where}, {role}: {served}Offline {f['offline_sps']:,.0f} samples/s ({f['setting']})"
+        )
+    if result["serving"].get("capacity_ratio"):
+        print(f"capacity ratio student / teacher: {result['serving']['capacity_ratio']:.2f}x")
+    print(f"result: {out} (LoadGen's logs: {out.with_suffix('.loadgen')})")
+
+
 def _bench_command(root: Path, args) -> dict:
     bundle = Bundle(root)
     if args.all_variants and (args.variant or args.target):
@@ -1602,17 +1930,29 @@ def _bench_command(root: Path, args) -> dict:
     if pick["role"] == "teacher" and "teacher" not in bundle.manifest["models"]:
         raise BundleError("this bundle has no teacher; package it with --with-teacher")
     role = "model" if bundle.manifest.get("source") == "onnx-file" else "student"
+    if args.scenario != "latency":
+        if args.p99_ms <= 0 or args.max_batch < 1 or args.duration_s <= 0:
+            raise BundleError("--p99-ms and --duration-s must be above 0, --max-batch 1 or more")
+        opts.update(scenario=args.scenario, p99_ms=args.p99_ms, max_batch=args.max_batch,
+                    duration_s=args.duration_s, search_steps=6, batch_wait_ms=1.0, qps=0)  # fmt: skip
     results = []
     for target in targets:
-        result = bench(root, {**opts, "target": target})
-        if pick.get("entry"):
-            result["plan"] = _plan_check(result, pick, plan_batch)
         out = _bench_out(root, args, opts["device"], target, every)
+        serving = args.scenario != "latency"
+        if serving:
+            result = serve_bench(root, {**opts, "target": target}, out.with_suffix(".loadgen"))
+        else:
+            result = bench(root, {**opts, "target": target})
+        if pick.get("entry") and not serving:
+            result["plan"] = _plan_check(result, pick, plan_batch)
         try:
             write_json(out, result)
         except OSError as e:
             raise BundleError(f"cannot write {out} ({e.strerror}); pass --out PATH") from None
-        _print_bench(result, out, role)
+        if serving:
+            _print_serving(result, out)
+        else:
+            _print_bench(result, out, role)
         results.append(result)
     return results[0] if len(results) == 1 else {"every_variant": True, "results": results}
 
