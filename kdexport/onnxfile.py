@@ -254,13 +254,14 @@ def torch_to_onnx(
     outputs: dict[str, dict[int, str]],
     external: bool = False,
     sizes: dict[str, tuple[int, int]] | None = None,
+    exporters: tuple[str, str] = ("dynamo", "torchscript"),
 ) -> str:
     """Write ``model`` called on ``args`` to ``path``; return the exporter that succeeded.
 
     ``inputs``/``outputs``: name -> {axis: dim name} of the dynamic axes ({} for none); a dim
     name shared by several inputs is one dimension, bounded by ``sizes`` (name -> (min, max),
-    default 1..2^20). The dynamo exporter runs first, then TorchScript; a failure of both is a
-    ``KdxError`` naming the unsupported op where it can be found.
+    default 1..2^20). The first of ``exporters`` runs first, then the other; a failure of both
+    is a ``KdxError`` naming the unsupported op where it can be found.
     """
     import torch
 
@@ -271,27 +272,21 @@ def torch_to_onnx(
     bounds = {n: (sizes or {}).get(n, (1, 1 << 20)) for ax in inputs.values() for n in ax.values()}
     dims = {n: torch.export.Dim(n, min=lo, max=hi) for n, (lo, hi) in bounds.items()}
     shapes = tuple({a: dims[n] for a, n in ax.items()} for ax in inputs.values())
-    try:
-        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                args,
-                path,
-                dynamo=True,
-                external_data=external,
-                dynamic_shapes=shapes if dynamic else None,
-                **names,
-            )
-        return "dynamo"
-    except Exception as dynamo_error:  # the exporter raises many types; fall back, then report
-        axes = {k: v for k, v in {**inputs, **outputs}.items() if v} if dynamic else None
+    axes = {k: v for k, v in {**inputs, **outputs}.items() if v} if dynamic else None
+    how = {
+        "dynamo": {"dynamo": True, "external_data": external,
+                   "dynamic_shapes": shapes if dynamic else None},
+        "torchscript": {"dynamo": False, "dynamic_axes": axes},
+    }  # fmt: skip
+    errors = {}
+    for exporter in exporters:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
-                torch.onnx.export(model, args, path, dynamo=False, dynamic_axes=axes, **names)
-            return "torchscript"
-        except Exception as e:
-            named = _unsupported_op(model, args, f"{dynamo_error}\n{e}")
-            detail = named or f"dynamo: {dynamo_error!s:.200}; torchscript: {e!s:.200}"
-            raise KdxError(f"cannot export to ONNX opset {opset}: {detail}") from None
+                torch.onnx.export(model, args, path, **how[exporter], **names)
+            return exporter
+        except Exception as e:  # the exporters raise many types; try the other, then report
+            errors[exporter] = e
+    named = _unsupported_op(model, args, "\n".join(map(str, errors.values())))
+    detail = named or "; ".join(f"{k}: {v!s:.200}" for k, v in errors.items())
+    raise KdxError(f"cannot export to ONNX opset {opset}: {detail}") from None
