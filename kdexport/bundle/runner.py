@@ -1296,6 +1296,12 @@ def bench(root: Path, opts: dict) -> dict:
             # A process that runs this model alone: the runtime's baseline plus the model.
             result[role]["memory"]["runtime_baseline_mb"] = baseline
             result[role]["memory"]["peak_rss_mb"] = baseline + result[role]["memory"]["model_mb"]
+    opts = {**opts, "batch_sizes": sizes}
+    return {**_result_head(bundle, opts, METHOD), "results": result}
+
+
+def _result_head(bundle: Bundle, opts: dict, method: str) -> dict:
+    """What every ``run.py bench`` result file begins with: kind, device, bundle, machine."""
     return {
         "kind": RESULT_KIND,
         "format_version": RESULT_FORMAT,
@@ -1304,9 +1310,8 @@ def bench(root: Path, opts: dict) -> dict:
         "created_unix": time.time(),
         "bundle": {"name": bundle.manifest["name"], "id": bundle.id},
         "environment": fingerprint(),
-        "method": METHOD,
-        "options": {k: v for k, v in {**opts, "batch_sizes": sizes}.items() if k != "device"},
-        "results": result,
+        "method": method,
+        "options": {k: v for k, v in opts.items() if k != "device"},
     }
 
 
@@ -1577,19 +1582,8 @@ def serve_bench(root: Path, opts: dict, logs: Path) -> dict:
                                      options={"intra_op_threads": threads}))  # fmt: skip
         result[role] = model_capacity(settings, opts)
     result.update(capacity_ratios(result, None))
-    return {
-        "kind": RESULT_KIND,
-        "format_version": RESULT_FORMAT,
-        "device": opts["device"],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "created_unix": time.time(),
-        "bundle": {"name": bundle.manifest["name"], "id": bundle.id},
-        "environment": fingerprint(),
-        "method": SERVE_METHOD,
-        "point": format_point(point),
-        "options": {k: v for k, v in opts.items() if k != "device"},
-        "serving": result,
-    }
+    return {**_result_head(bundle, opts, SERVE_METHOD), "point": format_point(point),
+            "serving": result}  # fmt: skip
 
 
 def capacity_ratios(result: dict, speedup) -> dict:
