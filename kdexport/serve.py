@@ -9,11 +9,12 @@ bisection below the Offline throughput, each trial a LoadGen run of its own.
 
 Each backend says how it serves many requests at once (``throughput_settings``: callers of one
 ONNX Runtime session with the CPUs' threads divided among them; OpenVINO's THROUGHPUT hint,
-its streams and one infer request each); each is tried without and with dynamic batching (a
-worker joins up to ``max_batch`` queued requests, waiting up to ``batch_wait_ms`` for them), and
-the setting that serves the most at the bound is the model's figure. RUN/serve holds the
-figures (manifest checks), LoadGen's summary and detail logs of each setting's Offline run and
-of its Server run at the rate found, and capacity.png.
+its streams and one asynchronous infer request each); each is tried without and with dynamic
+batching (a worker joins up to ``max_batch`` queued requests, waiting up to ``batch_wait_ms`` for
+them), and the setting that serves the most at the bound is the model's figure. RUN/serve holds
+the figures (manifest checks), LoadGen's summary and detail logs of each setting's Offline run
+and of its Server run at the rate found, and capacity.png. The serving engine is the bundle
+runner's (``kdexport.bundle.runner``): ``run.py bench --scenario server`` runs it on a device.
 """
 
 from __future__ import annotations
