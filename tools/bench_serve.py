@@ -155,7 +155,7 @@ def main() -> int:
             for m in ("teacher", "student")
         }
         targets[name] |= {k: t.get(k) for k in ("capacity_ratio", "single_stream_speedup")}
-    crosscheck = {"target": CHECK}
+    crosscheck: dict = {"target": CHECK}
     for model in ("teacher", "student"):
         f = checks["targets"][CHECK][model]
         setting = next(s for s in f["settings"] if s["setting"] == f["setting"])
@@ -167,6 +167,8 @@ def main() -> int:
             "closed_loop_rows": rows,
             "ratio": loop_qps / f["qps_at_p99"] if f["qps_at_p99"] else None,
         }
+    # The issue's keys: the student's figures (both models' beside them).
+    crosscheck |= {k: crosscheck["student"][k] for k in ("loadgen_qps", "closed_loop_qps")}
     figures = {
         "p99_ms": args.p99_ms,
         "cores": checks["cores"],
