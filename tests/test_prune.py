@@ -187,7 +187,10 @@ def test_a_budgets_file_gives_the_family_a_cut_per_device(tmp_path):
     ("table", "message"),
     [
         ("[edge]\nmax_mb = 10\n", "[edge] of {} has no budget_ms to cut the teacher to"),
-        ("[edge]\nbudget_ms = 1\nthreads = 2\n", "[edge] takes budget_ms, max_mb, target only"),
+        (
+            "[edge]\nbudget_ms = 1\nthreads = 2\n",
+            "[edge] takes budget_ms, max_mb, max_servers, p99_ms, qps, target only",
+        ),
     ],
 )
 def test_a_budgets_file_the_family_cannot_use_is_one_line(tmp_path, table, message):
