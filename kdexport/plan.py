@@ -154,7 +154,7 @@ def _local(run_dir: Path, facts: dict, batch: int | str) -> dict:
 
 
 def _read_device_result(path: Path, facts: dict) -> dict:
-    result = fleet.read_result(path)
+    result = fleet.read_result(path, serving=True)
     if result.get("format_version") != bundle_runner.RESULT_FORMAT:
         raise KdxError(
             f"{path}: result format {result.get('format_version')}, this kdexport reads format "
@@ -195,6 +195,9 @@ def _devices(run_dir: Path, results: list, facts: dict, batch: int | str) -> dic
             result["device"], {"environment": result["environment"], "measured": {}}
         )
         dev["kind"] = "run.py"
+        if "serving" in result:  # requests a second at a p99 bound: for capacity goals
+            dev.setdefault("serving", []).append(result)
+            continue
         target = result["options"].get("target") or PORTABLE
         for model in MODELS:
             entry = result["results"].get(model)
@@ -395,43 +398,63 @@ def decide(env: dict, variants: list[dict], missing: list[dict], limits: dict, c
     }
 
 
-def capacity_variants(runs: dict[str, Path], facts: dict, p99_ms: float) -> tuple[list, list]:
-    """Every variant ``kdexport serve-bench`` measured on this machine at the bound ``p99_ms``
-    (the run's and each family member's student), and the runs not measured at it."""
+def _capacity_variant(facts: dict, member: str, model: str, target: str, f: dict, ctx) -> dict:
+    """A variant with a capacity figure: ``f`` is a model's serving figures (serve-bench's or a
+    device's ``run.py bench --scenario server``)."""
+    acc, acc_from = accuracy(facts, model, target)
+    best = next(x for x in f["settings"] if x["setting"] == f["setting"])
+    opts = best["options"]
+    threads = opts.get("intra_op_threads") or opts.get("inference_num_threads")
+    known = facts["targets"].get(target, {})
+    return {
+        "model": model, "target": target, "member": member, "accuracy": acc,
+        "accuracy_from": acc_from, "precision": known.get("precision", "fp32"),
+        "backend": known.get("backend", "onnxruntime"),
+        "variant": bundle_runner.variant_name(model, target), "runtime": f["setting"],
+        "qps_at_p99": f["qps_at_p99"], "p50_ms": f.get("p50_ms"), "p90_ms": f.get("p90_ms"),
+        "p99_ms": f.get("p99_ms"), "cores": ctx["cores"], "peak_mb": None,
+        "settings": _settings(threads, None), "source": ctx["source"],
+    }  # fmt: skip
+
+
+def capacity_variants(runs: dict[str, Path], facts: dict, devices: dict, device: str, p99_ms):
+    """Every variant measured at the bound ``p99_ms`` on ``device`` (this machine: ``kdexport
+    serve-bench``; a device: its ``run.py bench --scenario server`` results), of the run and
+    each family member (not their teachers), and the runs not measured at it there."""
     variants, missing = [], []
     for member, path in runs.items():
-        serve_dir = path / "serve"
-        command = f"kdexport serve-bench {path} --p99-ms {p99_ms:g}"
-        try:
-            checks = open_stage(path, "serve").checks if serve_dir.is_dir() else None
-        except KdxError:
-            checks = None  # made from an older compile or benchmark: measure again
-        if checks is None or checks["p99_ms"] != p99_ms:
+        if device == LOCAL:
+            found = _served_here(path, p99_ms)
+            command = f"kdexport serve-bench {path} --p99-ms {p99_ms:g}"
+        else:
+            served = devices[member].get(device, {}).get("serving", [])
+            found = [(r["options"].get("target") or PORTABLE, r["serving"], r["cores"], "")
+                     for r in served if r["options"]["p99_ms"] == p99_ms]  # fmt: skip
+            bundle = facts[member]["student"]
+            command = (f"python {bundle}/run.py bench --scenario server --p99-ms {p99_ms:g} "
+                       f"--device {device}")  # fmt: skip
+        if not found:
             missing.append({"model": "student", "target": "every target", "member": member,
                             "command": command})  # fmt: skip
-            continue
-        for target, t in checks["targets"].items():
+        for target, result, cores, source in found:
+            ctx = {"cores": cores, "source": source or f"{device}: run.py bench --scenario server"}
             for model in MODELS:
-                f = t.get(model, {})
-                if (member and model == "teacher") or "qps_at_p99" not in f:
-                    continue
-                acc, acc_from = accuracy(facts[member], model, target)
-                best = next(x for x in f["settings"] if x["setting"] == f["setting"])
-                threads = best["options"].get("intra_op_threads") or best["options"].get(
-                    "inference_num_threads"
-                )
-                known = facts[member]["targets"][target]
-                variants.append({
-                    "model": model, "target": target, "member": member,
-                    "precision": known["precision"], "backend": known["backend"],
-                    "accuracy": acc, "accuracy_from": acc_from,
-                    "variant": bundle_runner.variant_name(model, target),
-                    "runtime": f["setting"], "qps_at_p99": f["qps_at_p99"],
-                    "p50_ms": f.get("p50_ms"), "p90_ms": f.get("p90_ms"),
-                    "p99_ms": f.get("p99_ms"), "cores": checks["cores"], "peak_mb": None,
-                    "settings": _settings(threads, None), "source": f"{path}/serve",
-                })  # fmt: skip
+                if "qps_at_p99" in result.get(model, {}) and not (member and model == "teacher"):
+                    variants.append(
+                        _capacity_variant(facts[member], member, model, target, result[model], ctx)
+                    )
     return variants, missing
+
+
+def _served_here(path: Path, p99_ms: float) -> list:
+    """(target, figures, cores, source) of the run's serve-bench at the bound ``p99_ms``."""
+    try:
+        checks = open_stage(path, "serve").checks if (path / "serve").is_dir() else None
+    except KdxError:
+        checks = None  # made from an older compile or benchmark: measure again
+    if checks is None or checks["p99_ms"] != p99_ms:
+        return []
+    return [(t, r, checks["cores"], f"{path}/serve") for t, r in checks["targets"].items()]
 
 
 def decide_capacity(env: dict, variants: list[dict], missing: list, limits: dict, ctx) -> dict:
@@ -488,18 +511,13 @@ def _route(results: list, facts: dict[str, dict]) -> dict[str, list[Path]]:
     by_bundle = {f["student"]: name for name, f in facts.items()}
     routed: dict[str, list[Path]] = {name: [] for name in facts}
     for path in map(Path, results):
-        name = fleet.read_result(path).get("bundle", {}).get("name")
+        name = fleet.read_result(path, serving=True).get("bundle", {}).get("name")
         routed[by_bundle.get(name, "")].append(path)  # another run's: refused by _devices
     return routed
 
 
 def _plan_capacity(name: str, runs: dict, facts: dict, devices: dict, limits: dict, ctx) -> dict:
-    """A device with a capacity goal: this machine (serve-bench measures here), goal checked."""
-    if name != LOCAL:
-        raise KdxError(
-            f"[{name}] qps: capacity is measured by kdexport serve-bench on this machine, device "
-            f"'{LOCAL}'; give the goal as [{LOCAL}] (or its fingerprint)"
-        )
+    """A device with a capacity goal, planned on what serves it there."""
     for key in ("qps", "p99_ms"):
         _positive(limits.get(key), f"{key} of '{name}'")
     if "p99_ms" not in limits:
@@ -507,8 +525,9 @@ def _plan_capacity(name: str, runs: dict, facts: dict, devices: dict, limits: di
     most = limits.get("max_servers", 1)
     if not isinstance(most, int) or most < 1:
         raise KdxError(f"max_servers of '{name}' {most}: give a whole number, 1 or more")
-    variants, missing = capacity_variants(runs, facts, limits["p99_ms"])
-    return decide_capacity(devices[""][name]["environment"], variants, missing, limits, ctx)
+    variants, missing = capacity_variants(runs, facts, devices, name, limits["p99_ms"])
+    env = next(d[name]["environment"] for d in devices.values() if name in d)
+    return decide_capacity(env, variants, missing, limits, ctx)
 
 
 def plan(

@@ -157,9 +157,10 @@ def test_device_verify_predict_bench_without_kdexport_or_torch(unpacked, tmp_pat
     assert result["environment"]["versions"]["onnxruntime"]
 
 
-def test_device_serves_with_loadgen_and_its_result_is_not_a_latency(unpacked, tmp_path):
+def test_device_serves_with_loadgen_and_plans_a_capacity_goal(fast_cli_run, unpacked, tmp_path):
     """``run.py bench --scenario server``: kdexport serve-bench's engine on the device (LoadGen
-    driving ONNX Runtime); without LoadGen, one line; fleet tables refuse its result."""
+    driving ONNX Runtime); its result plans a capacity goal for that device; fleet tables
+    refuse it; without LoadGen, one line."""
     pytest.importorskip("mlperf_loadgen")
     args = ["bench", "--scenario", "server", "--p99-ms", "1000", "--duration-s", "0.05"]
     r = device(unpacked, *args, "--max-batch", "2", "--device", "srv", "--json")
@@ -177,6 +178,15 @@ def test_device_serves_with_loadgen_and_its_result_is_not_a_latency(unpacked, tm
     assert "req/s with p99 <= 1000 ms" in r.stdout
     with pytest.raises(KdxError, match="a `run.py bench --scenario` result"):
         import_results([written])
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text(
+        f"[srv]\nqps = {f['qps_at_p99'] / 2}\np99_ms = 1000\n[local]\nbudget_ms = 1e3\n"
+    )
+    out = tmp_path / "plan" / "plan.md"
+    planned = kdx("plan", fast_cli_run[0], written, "--budgets", budgets, "-o", out, "--json")
+    choice = json.loads(planned.stdout.splitlines()[-1])["devices"]["srv"]["choice"]
+    assert (choice["variant"], choice["servers"]) == ("student@portable", 1)
+    assert choice["qps_at_p99"] == f["qps_at_p99"] and "--scenario server" in choice["source"]
     r = device(unpacked, *args, code=1, blocked=BLOCKED + ",mlperf_loadgen")
     one_error(r.stderr, "needs MLCommons' LoadGen: pip install mlcommons-loadgen")
 

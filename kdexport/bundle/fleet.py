@@ -28,8 +28,9 @@ FLEET_HEADER = [
 ]
 
 
-def read_result(path: Path) -> dict:
-    """One ``run.py bench`` result file, checked for its kind, format and required keys."""
+def read_result(path: Path, serving: bool = False) -> dict:
+    """One ``run.py bench`` result file, checked for its kind, format and required keys; a
+    ``--scenario server|offline`` result (requests a second) only where ``serving``."""
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -40,17 +41,20 @@ def read_result(path: Path) -> dict:
         raise KdxError(f"{path}: not a result of `python run.py bench`")
     if result.get("format_version", 0) > bundle_runner.RESULT_FORMAT:
         raise KdxError(f"{path}: written by a newer run.py; upgrade kdexport to import it")
-    if "serving" in result:
+    if "serving" in result and not serving:
         raise KdxError(
             f"{path}: a `run.py bench --scenario` result (requests a second at a p99 bound): "
-            "fleet tables and plans take latency results (`python run.py bench`)"
+            "fleet tables take latency results (`python run.py bench`); plans take both"
         )
-    for key in ("device", "bundle.name", "environment.cpu", "options", "results"):
+    kind = "serving" if "serving" in result else "results"
+    for key in ("device", "bundle.name", "environment.cpu", "options", kind):
         value = result
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if value is None:
             raise KdxError(f"{path}: malformed result, no '{key}'; run `python run.py bench` again")
+    if kind == "serving":
+        return result
     timed = [m for m in ("student", "teacher") if isinstance(result["results"].get(m), dict)]
     if not timed or not all(isinstance(result["results"][m].get("latency"), dict) for m in timed):
         raise KdxError(f"{path}: malformed result, no latency; run `python run.py bench` again")

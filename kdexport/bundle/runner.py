@@ -1562,10 +1562,10 @@ def serve_bench(root: Path, opts: dict, logs: Path) -> dict:
         k: reader.at(feed, axes, format_point(dict(point, batch=k)))
         for k in range(1, batches[-1] + 1)
     }
-    result = {}
+    result, cores = {}, opts["threads"] or available_cpus()
     for role in _roles(bundle, opts["target"]):
         path, settings = bundle.model_path(role, opts["target"]), []
-        for callers, threads in ort_callers(opts["threads"] or available_cpus()):
+        for callers, threads in ort_callers(cores):
             sess, _ = session(path, threads=threads)
             runs = [lambda x, s=sess: s.run(None, x)] * callers
             for batch in batches:
@@ -1583,7 +1583,7 @@ def serve_bench(root: Path, opts: dict, logs: Path) -> dict:
         result[role] = model_capacity(settings, opts)
     result.update(capacity_ratios(result, None))
     return {**_result_head(bundle, opts, SERVE_METHOD), "point": format_point(point),
-            "serving": result}  # fmt: skip
+            "cores": cores, "serving": result}  # fmt: skip
 
 
 def capacity_ratios(result: dict, speedup) -> dict:
