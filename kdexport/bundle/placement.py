@@ -52,6 +52,8 @@ def bundle_plan(path: Path, student: str) -> dict:
     for name, d in result["devices"].items():
         c = d["choice"]
         entry = {"fingerprint": d["fingerprint"], "budget_ms": d["budget_ms"], "variant": None}
+        if d.get("capacity"):
+            entry["capacity"] = d["capacity"]
         if c is not None and c.get("member", "") != member:  # a family member's bundle runs it
             entry["bundle"] = bundles[c["member"]]
             entry["member"] = c["member"] or "the run's own student"

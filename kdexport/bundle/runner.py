@@ -1677,10 +1677,14 @@ def choose(bundle: Bundle, variant, target, device) -> dict:
         said = f"the plan found no variant within budget for device {name} ({entry.get('closest') or 'none measured'})"
         return {"role": "student", "target": None, "every": True, "said": said}
     role, target = parse_variant(entry["variant"])
-    said = (
-        f"plan: device {name} runs {entry['variant']} (budget {entry['budget_ms']:g} ms, "
-        f"planned p90 {entry['p90_ms']:.3f} ms at {point_label(bundle.manifest['plan']['batch'])})"
-    )
+    goal = entry.get("capacity")
+    if goal:  # planned on requests a second at a p99 bound
+        limit = "{:,.0f} req/s at p99 <= {:g} ms".format(goal["qps"], goal["p99_ms"])
+    else:
+        limit = "budget {:g} ms, planned p90 {:.3f} ms at {}".format(
+            entry["budget_ms"], entry["p90_ms"], point_label(bundle.manifest["plan"]["batch"])
+        )
+    said = f"plan: device {name} runs {entry['variant']} ({limit})"
     return {"role": role, "target": target, "said": said, "device": name, "entry": entry}
 
 
@@ -1937,7 +1941,7 @@ def _bench_command(root: Path, args) -> dict:
             result = serve_bench(root, {**opts, "target": target}, out.with_suffix(".loadgen"))
         else:
             result = bench(root, {**opts, "target": target})
-        if pick.get("entry") and not serving:
+        if pick.get("entry") and not serving and pick["entry"].get("budget_ms") is not None:
             result["plan"] = _plan_check(result, pick, plan_batch)
         try:
             write_json(out, result)
