@@ -4,6 +4,7 @@ section; bad input."""
 
 import json
 import math
+import subprocess
 import sys
 import threading
 import time
@@ -64,6 +65,12 @@ def _plan_for_a_capacity_goal(run, t):
     best = max(acc, key=lambda m: (acc[m], rates[m]))  # fmt: skip
     assert choice["servers"] == 1 and choice["accuracy"] == acc[best]
     assert "req/s at p99 <= 1000 ms" in (run / "plan" / "plan.md").read_text()
+    bundle = run.parent / "planned-bundle"  # the plan packaged: the device names its goal
+    kdx("package", run, "--plan", run / "plan" / "plan.json", "--dir", bundle)
+    fast = ["--batch-sizes", "1", "--min-iters", "3", "--min-time-s", "0", "--rounds", "1"]
+    cmd = [sys.executable, bundle / "run.py", "bench", "--device", "local", *fast]
+    said = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert "req/s at p99 <= 1000 ms)" in said and "the budget" not in said
     goal = max(rates.values()) * 1.5  # two servers of the faster, more of the slower
     budgets.write_text(f"[local]\nqps = {goal}\np99_ms = 1000\nmax_servers = 4\n")
     chosen = json.loads(kdx("plan", run, "--budgets", budgets, "--json").stdout.splitlines()[-1])
