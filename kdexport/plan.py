@@ -271,13 +271,18 @@ def facts_backend(target: str) -> str:
     return "openvino" if target.startswith("openvino") else "onnxruntime"
 
 
+def _accuracy_why(v: dict, min_acc) -> list[str]:
+    """Why a variant's accuracy rules it out (empty when it does not)."""
+    if v["accuracy"] is None:
+        return ["no accuracy for it in the run"]
+    if min_acc is not None and v["accuracy"] < min_acc:
+        return [f"accuracy {v['accuracy']:.4f} < {min_acc:g}"]
+    return []
+
+
 def _judge(v: dict, budget: float, max_mb, min_acc) -> list[str]:
     """Why a measured variant does not fit (empty when it does)."""
-    why = []
-    if v["accuracy"] is None:
-        why.append("no accuracy for it in the run")
-    elif min_acc is not None and v["accuracy"] < min_acc:
-        why.append(f"accuracy {v['accuracy']:.4f} < {min_acc:g}")
+    why = _accuracy_why(v, min_acc)
     if v["p90_bound_ms"] > budget:
         spread = f" + {v['spread']:.1%} spread" if v["spread"] >= 0.0005 else ""
         why.append(f"p90 {v['p90_ms']:.3f} ms{spread} > budget {budget:g} ms")
@@ -467,11 +472,7 @@ def decide_capacity(env: dict, variants: list[dict], missing: list, limits: dict
         v["cores_needed"] = v["servers"] and v["servers"] * v["cores"]
 
     def why(v: dict) -> list[str]:
-        out = []
-        if v["accuracy"] is None:
-            out.append("no accuracy for it in the run")
-        elif ctx["min_accuracy"] is not None and v["accuracy"] < ctx["min_accuracy"]:
-            out.append(f"accuracy {v['accuracy']:.4f} < {ctx['min_accuracy']:g}")
+        out = _accuracy_why(v, ctx["min_accuracy"])
         if not v["servers"] or v["servers"] > most:
             out.append(f"serves {v['qps_at_p99']:,.0f} req/s a server at p99 <= "
                        f"{limits['p99_ms']:g} ms: {v['servers'] or 'no number of'} servers "
@@ -650,9 +651,10 @@ def plan_markdown(result: dict) -> str:
     ]
     if any(d.get("capacity") for d in result["devices"].values()):
         lines += [
-            "A device with a capacity goal (req/s at a p99 bound, kdexport serve-bench's "
-            "figures on this machine): the variant needing the fewest servers like it, then the "
-            "most accurate; p50 and p90 there are LoadGen's at the rate it serves.",
+            "A device with a capacity goal (req/s at a p99 bound: kdexport serve-bench's "
+            "figures on this machine, `run.py bench --scenario server` on a device): the variant "
+            "needing the fewest servers like it, then the most accurate; p50 and p90 there are "
+            "LoadGen's at the rate it serves.",
             "",
         ]
     served = {d["choice"].get("member", "") for d in result["devices"].values() if d["choice"]}
