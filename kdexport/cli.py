@@ -498,7 +498,7 @@ def serve_bench_cmd(
         checks = serve(run, **r["serve"]).checks
     for line in _capacity_lines(checks):
         click.echo(line)
-    report(Run(run_dir, r["data"]))
+    report(run)
     click.echo(f"report: {os.path.join(run_dir, 'report.md')} (section Capacity)")
     if as_json:
         click.echo(json.dumps(checks, sort_keys=True))

@@ -30,6 +30,7 @@ from kdexport.backends.profiles import Target
 from kdexport.bundle.runner import (
     SERVE_METHOD,
     SERVE_SCENARIOS,
+    batched,
     capacity_ratios,
     format_point,
     import_loadgen,
@@ -128,8 +129,7 @@ def _serve_setting(lg, module, path, target, way: Throughput, batch, at, opts, o
             f"target '{target.name}': {module.RUNTIME} cannot serve {path.name} in batches of up "
             f"to {batch} (serve.max_batch needs a free batch axis): {module.explain(e)}"
         ) from None
-    label = way.label + (f", batches up to {batch}" if batch > 1 else "")
-    return {"setting": label, "options": way.options, **result}
+    return {"setting": batched(way.label, batch), "options": way.options, **result}
 
 
 def _serve_model(lg, module, path, target, at, opts, out: Path, progress) -> ModelCapacity:

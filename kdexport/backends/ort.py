@@ -566,8 +566,8 @@ def throughput_settings(target, cores: int) -> list[Throughput]:
     """One caller with every CPU's thread, or several callers sharing the CPUs' threads
     (``ort_callers``: the same as a bundle's ``run.py bench --scenario server``)."""
     return [
-        Throughput(f"{n}x{threads} threads", {"intra_op_threads": threads}, n)
-        for n, threads in ort_callers(cores)
+        Throughput(label, {"intra_op_threads": threads}, n)
+        for label, n, threads in ort_callers(cores)
     ]
 
 

@@ -49,9 +49,12 @@ import hashlib
 import json
 import os
 import platform
+import queue
 import re
+import shutil
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -1348,11 +1351,8 @@ class ServeWorkers:
     inference (``feeds[count]``) and tells LoadGen (``lg``) they are complete."""
 
     def __init__(self, lg, runs: list, feeds: dict, max_batch: int, wait_s: float):
-        import queue
-        import threading
-
         self.lg, self.feeds, self.max_batch, self.wait_s = lg, feeds, max_batch, wait_s
-        self.queue, self.empty = queue.SimpleQueue(), queue.Empty
+        self.queue = queue.SimpleQueue()
         self.errors = []  # (batch size, exception): raised by serve_setting once LoadGen is done
         self.threads = [threading.Thread(target=self._serve, args=(r,), daemon=True) for r in runs]
         for t in self.threads:
@@ -1374,7 +1374,7 @@ class ServeWorkers:
             left = deadline - time.perf_counter()
             try:
                 s = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
-            except self.empty:
+            except queue.Empty:
                 break
             if s is None:
                 self.queue.put(None)
@@ -1462,8 +1462,6 @@ def offline_rate(lg, workers: ServeWorkers, estimate: float, opts: dict, out: Pa
 def peak_rate(lg, workers: ServeWorkers, ceiling: float, opts: dict, out: Path) -> dict:
     """The highest VALID Server rate, by ``opts["search_steps"]`` bisections of (0, ceiling]:
     the trials, and LoadGen's figures at the best rate (its logs of that run kept in ``out``)."""
-    import shutil
-
     lo, hi, best, trials = 0.0, ceiling, None, []
     qps = ceiling / 2
     for i in range(opts["search_steps"]):
@@ -1541,9 +1539,15 @@ def model_capacity(settings: list, opts: dict) -> dict:
 
 
 def ort_callers(cores: int) -> list:
-    """ONNX Runtime's ways to serve concurrent requests on ``cores`` CPUs: (callers of one
-    session, intra-op threads each): one caller with every thread, or the threads divided."""
-    return [(n, max(1, cores // n)) for n in sorted({1, 2, cores}) if n <= cores]
+    """ONNX Runtime's ways to serve concurrent requests on ``cores`` CPUs: (label, callers of
+    one session, intra-op threads each): one caller with every thread, or the threads divided."""
+    ways = [(n, max(1, cores // n)) for n in sorted({1, 2, cores}) if n <= cores]
+    return [(f"{n}x{threads} threads", n, threads) for n, threads in ways]
+
+
+def batched(label: str, batch: int) -> str:
+    """A serving setting's name with its dynamic batching."""
+    return label + (f", batches up to {batch}" if batch > 1 else "")
 
 
 def serve_bench(root: Path, opts: dict, logs: Path) -> dict:
@@ -1565,7 +1569,7 @@ def serve_bench(root: Path, opts: dict, logs: Path) -> dict:
     result, cores = {}, opts["threads"] or available_cpus()
     for role in _roles(bundle, opts["target"]):
         path, settings = bundle.model_path(role, opts["target"]), []
-        for callers, threads in ort_callers(cores):
+        for label, callers, threads in ort_callers(cores):
             sess, _ = session(path, threads=threads)
             runs = [lambda x, s=sess: s.run(None, x)] * callers
             for batch in batches:
@@ -1576,9 +1580,7 @@ def serve_bench(root: Path, opts: dict, logs: Path) -> dict:
                 except Exception as e:  # ONNX Runtime's own types
                     raise BundleError(f"{path.name}: ONNX Runtime cannot serve it in batches of up to {batch} "
                                       f"({_said(e)})") from None  # fmt: skip
-                label = f"{callers}x{threads} threads"
-                label += f", batches up to {batch}" if batch > 1 else ""
-                settings.append(dict(served, setting=label, logs=str(folder),
+                settings.append(dict(served, setting=batched(label, batch), logs=str(folder),
                                      options={"intra_op_threads": threads}))  # fmt: skip
         result[role] = model_capacity(settings, opts)
     result.update(capacity_ratios(result, None))
