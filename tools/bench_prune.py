@@ -2,6 +2,7 @@
 cuts to three latency budgets, and a family plan for three devices.
 
     .venv/bin/python tools/bench_prune.py [--recipe digits] [--out DIR] [--seeds 3]
+        [--student prune:0.3] [--members '["prune:0.5", ...]'] [--set KEY=VALUE ...]
 
 1. ``kdexport distill-and-export --recipe R --baseline --seeds N``, the run's student
    ``prune:0.3`` and ``[family] students`` (``prune:0.5``, ``prune:0.7``, ``prune:macs=0.05``,
@@ -171,6 +172,8 @@ def main() -> int:
     ap.add_argument("--recipe", default="digits")
     ap.add_argument("--out", type=Path, help="work folder (default: a temporary folder)")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--student", default=STUDENT, help=f"the run's own student (default {STUDENT})")
+    ap.add_argument("--members", help=f"the family, a JSON list (default {json.dumps(MEMBERS)})")
     ap.add_argument("--set", action="append", default=[], help="a recipe override KEY=VALUE")
     args = ap.parse_args()
     work = (args.out or Path(tempfile.mkdtemp(prefix="bench_prune-"))).resolve()
@@ -178,7 +181,8 @@ def main() -> int:
     run = work / "run"
     # A cut starts from the teacher's trained weights: it is fine-tuned at the teacher's
     # learning rate (the recipe's 0.01 is for a student from scratch and wipes them out).
-    sets = [f"distill.student={STUDENT}", f"family.students={json.dumps(MEMBERS)}",
+    family = json.loads(args.members) if args.members else MEMBERS
+    sets = [f"distill.student={args.student}", f"family.students={json.dumps(family)}",
             "distill.lr=0.001",
             f"compile.targets={json.dumps(TARGETS)}",
             "benchmark.batch_sizes=[1]", *args.set]  # fmt: skip
