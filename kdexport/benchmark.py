@@ -26,6 +26,7 @@ from kdexport.artifact import Artifact
 from kdexport.backends import backend
 from kdexport.backends.profiles import Target, load_target
 from kdexport.bundle.runner import parse_point
+from kdexport.compile import shipped_targets
 from kdexport.context import Run
 from kdexport.errors import KdxError
 from kdexport.feeds import Feed, Inputs, for_model, load_sample, resolve
@@ -358,7 +359,7 @@ def _benchmark(run: Run, opts: dict) -> Artifact:
     modality.check_points(points, exp.get("preprocessing", {}))
     x = modality.timing_inputs(sample)
     opts = {**opts, "batch_sizes": points}
-    names = [n for n, t in comp["targets"].items() if any(t[m]["shipped"] for m in MODELS)]
+    names = shipped_targets(comp)
     with Artifact.create(run.folder("benchmark"), "benchmark", opts, [compiled]) as w:
         checks: BenchmarkChecks = {
             "method": METHOD,

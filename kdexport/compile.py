@@ -61,6 +61,11 @@ class CompileChecks(TypedDict):
     targets: dict[str, TargetResult]
 
 
+def shipped_targets(checks: CompileChecks) -> list[str]:
+    """The compiled targets with a model that ships (an INT8 one that failed its gate does not)."""
+    return [n for n, t in checks["targets"].items() if any(t[m]["shipped"] for m in MODELS)]
+
+
 def select_targets(names: list[str], skip_unavailable: bool) -> tuple[list[Target], dict[str, str]]:
     """Resolve target names; unavailable ones are skipped with their reason, or an error."""
     chosen, skipped = [], {}

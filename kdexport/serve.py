@@ -39,6 +39,7 @@ from kdexport.bundle.runner import (
     serve_setting,
 )
 from kdexport.chart import capacity_chart
+from kdexport.compile import CompileChecks, shipped_targets
 from kdexport.context import Run
 from kdexport.errors import KdxError
 from kdexport.feeds import for_model, load_sample
@@ -187,7 +188,7 @@ def serve(
     dims = _request_point(point, modality.points(bench.parameters))
     timing = modality.timing_inputs(sample)
     at = lambda k: timing(format_point({**dims, "batch": k}))  # noqa: E731
-    names = _targets(compiled.checks["targets"], targets)
+    names = _targets(compiled.checks, targets)
     with Artifact.create(run.folder("serve"), "serve", opts, [compiled, bench]) as w:
         checks: ServeChecks = {
             "method": SERVE_METHOD, "environment": fingerprint(), "p99_ms": p99_ms, "qps": qps,
@@ -212,8 +213,8 @@ def serve(
     return w.artifact
 
 
-def _targets(compiled: dict, wanted: list[str]) -> list[str]:
-    shipped = [n for n, t in compiled.items() if any(t[m]["shipped"] for m in MODELS)]
+def _targets(compiled: CompileChecks, wanted: list[str]) -> list[str]:
+    shipped = shipped_targets(compiled)
     unknown = [t for t in wanted if t not in shipped]
     if unknown:
         raise KdxError(

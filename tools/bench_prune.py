@@ -6,9 +6,9 @@ cuts to three latency budgets, and a family plan for three devices.
 
 1. ``kdexport distill-and-export --recipe R --baseline --seeds N``, the run's student
    ``prune:0.3`` and ``[family] students`` (``prune:0.5``, ``prune:0.7``, ``prune:macs=0.05``,
-   ``prune:macs=0.02``; a hand-written student such as digits-cnn-small is left out: it is
-   the fastest and the most accurate on digits, so every device would get it): every member distilled
-   from the unpruned teacher, exported, compiled (ort-cpu, openvino-cpu), benchmarked, and
+   ``prune:macs=0.02``, ``prune:macs=0.01``; a hand-written student such as digits-cnn-small
+   is left out: it is the fastest and the most accurate on digits, so every device would get
+   it): every member distilled from the unpruned teacher, exported, compiled (ort-cpu, openvino-cpu), benchmarked, and
    compared with the same architecture trained from scratch over N seeds. Per member: MAC and
    parameter ratios (counted by Torch-Pruning) beside the speed-up measured in its run's
    benchmark stage (teacher and member interleaved), test accuracy of the compiled member.
@@ -17,8 +17,8 @@ cuts to three latency budgets, and a family plan for three devices.
    bundled and re-measured by the bundle's ``run.py bench``; the step trace must fall in MACs.
 3. The family planned for three devices (``local``: the benchmark stages; two stand-ins timed
    by every member bundle's ``run.py bench``: one pinned CPU and one thread, both CPUs and two
-   threads), each device given a budget that admits one more member of its Pareto front; each
-   choice checked by brute force over the measured variants.
+   threads), each device given a budget that admits a member of its Pareto front no device
+   before it got; each choice checked by brute force over the measured variants.
 
 Prints one JSON object last.
 """
@@ -40,7 +40,7 @@ from bench_plan import BENCH, DEVICES, runpy
 from kdexport.plan import LOCAL, NOISE, plan
 
 STUDENT = "prune:0.3"  # the run's own student; the family adds the members
-MEMBERS = ["prune:0.5", "prune:0.7", "prune:macs=0.05", "prune:macs=0.02"]
+MEMBERS = ["prune:0.5", "prune:0.7", "prune:macs=0.05", "prune:macs=0.02", "prune:macs=0.01"]
 TARGETS = ["ort-cpu", "openvino-cpu"]
 
 
@@ -128,18 +128,27 @@ def variants(p: dict, device: str) -> list[dict]:
     return [v for v in [d["choice"], *d["rejected"]] if v]
 
 
+def front(p: dict, device: str) -> list[dict]:
+    """A device's Pareto front of students: fastest first, each more accurate than the last."""
+    out, best = [], -1.0
+    for v in sorted(variants(p, device), key=lambda v: v["p90_bound_ms"]):
+        if v["model"] == "student" and v["accuracy"] is not None and v["accuracy"] > best:
+            out.append(v)
+            best = v["accuracy"]
+    return out
+
+
 def budgets_per_device(p: dict) -> dict[str, float]:
-    """Per device a budget just above the p90 bound of its k-th fastest Pareto-front student
-    (k = 1, 2, 3 for the three devices, by name), so that each admits a different member."""
-    out = {}
-    for k, device in enumerate(sorted(p["devices"])):
-        front, best = [], -1.0
-        for v in sorted(variants(p, device), key=lambda v: v["p90_bound_ms"]):
-            if v["model"] == "student" and v["accuracy"] is not None and v["accuracy"] > best:
-                front.append(v)
-                best = v["accuracy"]
-        pick = front[min(k, len(front) - 1)]
-        nxt = [v["p90_bound_ms"] for v in front if v["p90_bound_ms"] > pick["p90_bound_ms"]]
+    """Per device (by name) a budget just above the p90 bound of the fastest member of its
+    Pareto front that no device before it got (below the next point of its front, so that the
+    most accurate variant that fits is that member): each device admits a different member
+    where the fronts allow it."""
+    out, taken = {}, set()
+    for device in sorted(p["devices"]):
+        points = front(p, device)
+        pick = next((v for v in points if v["member"] not in taken), points[-1])
+        taken.add(pick["member"])
+        nxt = [v["p90_bound_ms"] for v in points if v["p90_bound_ms"] > pick["p90_bound_ms"]]
         out[device] = round(
             min(
                 [pick["p90_bound_ms"] * 1.05, *(0.5 * (pick["p90_bound_ms"] + n) for n in nxt[:1])]

@@ -10,7 +10,8 @@ closed-loop cross-check of LoadGen's figure.
    best: a plain closed-loop driver (C clients, each sending its next request the moment the
    last is answered, from the answering thread: no client threads) through the same serving
    workers, for C = 1, 2, 4, ...; its figure is the highest throughput whose p99 meets the
-   bound, beside LoadGen's (the goal: within 15%).
+   bound, beside LoadGen's (the goal: within 15%). Beside each, the harness's ceiling: both
+   drivers around the same workers with an inference that takes no time.
 
     .venv/bin/python tools/bench_serve.py [--run RUN] [--p99-ms 2] [--out DIR]
 
@@ -36,7 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 
 from kdexport.backends import backend
 from kdexport.backends.profiles import Target
-from kdexport.bundle.runner import ServeWorkers, format_point, parse_point
+from kdexport.bundle.runner import (
+    ServeWorkers,
+    format_point,
+    import_loadgen,
+    offline_rate,
+    parse_point,
+    peak_rate,
+)
 from kdexport.context import Run
 from kdexport.errors import KdxError
 from kdexport.feeds import for_model, load_sample
@@ -84,16 +92,15 @@ class _ClosedLoop:
                 self.done.set()
 
 
-def closed_loop(run_dir: Path, target: str, model: str, setting: dict, p99_ms, duration_s):
-    """Throughput and p99 of C clients in a closed loop, C doubling until the p99 passes the
-    bound; the highest throughput within it."""
+def serving(run_dir: Path, target: str, model: str, setting: dict) -> tuple[list, dict]:
+    """A compiled model's serving callers and its requests by batch size, as serve-bench's
+    ``setting`` served it."""
     compiled = open_stage(run_dir, "compile")
     entry = compiled.checks["targets"][target]
     profile = Target.from_dict(entry["profile"])
     module = backend(profile.backend, target)
     path = compiled.path / target / entry[model]["file"]
     runner = module.load(path, replace(profile, options={**profile.options, **setting["options"]}))
-    runs = runner.workers(setting["workers"])
     run = Run(run_dir)
     exported, bench = open_stage(run_dir, "export"), open_stage(run_dir, "benchmark")
     inputs, _ = load_sample(exported.file("io_sample.npz"))
@@ -103,12 +110,17 @@ def closed_loop(run_dir: Path, target: str, model: str, setting: dict, p99_ms, d
     feeds = {
         k: timing(format_point({**dims, "batch": k})) for k in range(1, setting["max_batch"] + 1)
     }
+    return runner.workers(setting["workers"]), feeds
+
+
+def closed_loop(runs: list, feeds: dict, wait_s: float, p99_ms: float, duration_s: float):
+    """Throughput and p99 of C clients in a closed loop through the serving workers, C doubling
+    until the p99 passes the bound; the highest throughput within it, and every C's figures."""
     rows, best, clients = [], None, 1
     while clients <= 1024:
         began = time.perf_counter()
         loop = _ClosedLoop(clients, began + duration_s)
-        wait = 0.001 if setting["max_batch"] > 1 else 0  # serve.batch_wait_ms's default
-        loop.workers = ServeWorkers(loop, runs, feeds, setting["max_batch"], wait)
+        loop.workers = ServeWorkers(loop, runs, feeds, max(feeds), wait_s)
         try:
             with loop.lock:
                 for _ in range(clients):
@@ -124,6 +136,23 @@ def closed_loop(run_dir: Path, target: str, model: str, setting: dict, p99_ms, d
         best = qps if best is None else max(best, qps)
         clients *= 2
     return best or 0.0, rows
+
+
+def harness_ceiling(workers: int, max_batch: int, wait_s: float, opts: dict, out: Path) -> dict:
+    """Both drivers around serving workers whose inference takes no time: the most each can
+    drive on this machine (LoadGen calls into Python for every burst and answer)."""
+    lg = import_loadgen()
+    runs, feeds = [lambda _: None] * workers, dict.fromkeys(range(1, max_batch + 1))
+    served = ServeWorkers(lg, runs, feeds, max_batch, wait_s)
+    try:
+        off = offline_rate(lg, served, 100_000, opts, out / "offline")
+        peak = peak_rate(lg, served, off["samples_per_second"], opts, out / "server")
+    finally:
+        served.close()
+    loop_qps, _ = closed_loop(runs, feeds, wait_s, opts["p99_ms"], opts["duration_s"])
+    return {"workers": workers, "max_batch": max_batch,
+            "loadgen_offline_sps": off["samples_per_second"],
+            "loadgen_qps": peak["qps_at_p99"], "closed_loop_qps": loop_qps}  # fmt: skip
 
 
 def main() -> int:
@@ -155,17 +184,24 @@ def main() -> int:
             for m in ("teacher", "student")
         }
         targets[name] |= {k: t.get(k) for k in ("capacity_ratio", "single_stream_speedup")}
+    serve = open_stage(run, "serve").parameters
+    opts = {"p99_ms": args.p99_ms, "duration_s": args.duration_s, "search_steps": 6}
     crosscheck: dict = {"target": CHECK}
     for model in ("teacher", "student"):
         f = checks["targets"][CHECK][model]
         setting = next(s for s in f["settings"] if s["setting"] == f["setting"])
-        loop_qps, rows = closed_loop(run, CHECK, model, setting, args.p99_ms, args.duration_s)
+        wait = serve["batch_wait_ms"] / 1000 if setting["max_batch"] > 1 else 0.0
+        runs, feeds = serving(run, CHECK, model, setting)
+        loop_qps, rows = closed_loop(runs, feeds, wait, args.p99_ms, args.duration_s)
         crosscheck[model] = {
             "setting": setting["setting"],
             "loadgen_qps": f["qps_at_p99"],
             "closed_loop_qps": loop_qps,
             "closed_loop_rows": rows,
             "ratio": loop_qps / f["qps_at_p99"] if f["qps_at_p99"] else None,
+            "harness_ceiling": harness_ceiling(
+                setting["workers"], setting["max_batch"], wait, opts, work / "ceiling" / model
+            ),
         }
     # The issue's keys: the student's figures (both models' beside them).
     crosscheck |= {k: crosscheck["student"][k] for k in ("loadgen_qps", "closed_loop_qps")}
