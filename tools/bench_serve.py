@@ -10,8 +10,10 @@ closed-loop cross-check of LoadGen's figure.
    best: a plain closed-loop driver (C clients, each sending its next request the moment the
    last is answered, from the answering thread: no client threads) through the same serving
    workers, for C = 1, 2, 4, ...; its figure is the highest throughput whose p99 meets the
-   bound, beside LoadGen's (the goal: within 15%). Beside each, the harness's ceiling: both
-   drivers around the same workers with an inference that takes no time.
+   bound, beside LoadGen's (the goal: within 15%). Beside it, an open loop of ours (Poisson
+   arrivals as LoadGen's Server scenario, timed from their scheduled arrival, without LoadGen),
+   and the harness's ceiling: the drivers around the same workers with an inference that takes
+   no time.
 
     .venv/bin/python tools/bench_serve.py [--run RUN] [--p99-ms 2] [--out DIR]
 
@@ -92,6 +94,61 @@ class _ClosedLoop:
                 self.done.set()
 
 
+class _OpenLoop:
+    """Poisson arrivals issued from this thread, every arrival already due at once, each timed
+    from its scheduled arrival: LoadGen's Server scenario without LoadGen."""
+
+    def __init__(self):
+        self.lock, self.due, self.latencies = threading.Lock(), {}, []
+
+    @staticmethod
+    def QuerySampleResponse(i, *_):  # noqa: N802 (LoadGen's name)
+        return i
+
+    def QuerySamplesComplete(self, ids):  # noqa: N802
+        now = time.perf_counter()
+        with self.lock:
+            self.latencies += [now - self.due.pop(i) for i in ids]
+
+
+def open_loop_p99(runs: list, feeds: dict, wait_s: float, qps: float, duration_s: float) -> float:
+    """The p99 latency in ms of Poisson arrivals at ``qps`` for ``duration_s`` (1,024 at least,
+    as LoadGen's minimum) through the serving workers."""
+    arrivals = np.cumsum(
+        np.random.default_rng(0).exponential(1 / qps, max(1024, int(qps * duration_s)))
+    )
+    loop = _OpenLoop()
+    workers = ServeWorkers(loop, runs, feeds, max(feeds), wait_s)
+    start, sent = time.perf_counter(), 0
+    try:
+        while sent < len(arrivals):
+            now = time.perf_counter() - start
+            due = int(np.searchsorted(arrivals, now, side="right"))
+            if due == sent:
+                time.sleep(min(arrivals[sent] - now, 1e-3))
+                continue
+            with loop.lock:
+                loop.due.update((i, start + arrivals[i]) for i in range(sent, due))
+            workers.issue([SimpleNamespace(id=i) for i in range(sent, due)])
+            sent = due
+    finally:
+        workers.close()  # the workers answer every queued request first
+    return float(np.percentile(loop.latencies, 99)) * 1000
+
+
+def open_loop(runs: list, feeds: dict, wait_s: float, ceiling: float, opts: dict) -> float:
+    """The highest Poisson rate whose p99 meets the bound, bisecting (0, ceiling] as
+    serve-bench bisects LoadGen's rate."""
+    lo, hi, best = 0.0, ceiling, 0.0
+    for _ in range(opts["search_steps"]):
+        qps = (lo + hi) / 2
+        if open_loop_p99(runs, feeds, wait_s, qps, opts["duration_s"]) <= opts["p99_ms"]:
+            lo, best = qps, qps
+        else:
+            hi = qps
+    return best
+
+
 def serving(run_dir: Path, target: str, model: str, setting: dict) -> tuple[list, dict]:
     """A compiled model's serving callers and its requests by batch size, as serve-bench's
     ``setting`` served it."""
@@ -152,7 +209,8 @@ def harness_ceiling(workers: int, max_batch: int, wait_s: float, opts: dict, out
     loop_qps, _ = closed_loop(runs, feeds, wait_s, opts["p99_ms"], opts["duration_s"])
     return {"workers": workers, "max_batch": max_batch,
             "loadgen_offline_sps": off["samples_per_second"],
-            "loadgen_qps": peak["qps_at_p99"], "closed_loop_qps": loop_qps}  # fmt: skip
+            "loadgen_qps": peak["qps_at_p99"], "closed_loop_qps": loop_qps,
+            "open_loop_qps": open_loop(runs, feeds, wait_s, loop_qps, opts)}  # fmt: skip
 
 
 def main() -> int:
@@ -199,6 +257,7 @@ def main() -> int:
             "closed_loop_qps": loop_qps,
             "closed_loop_rows": rows,
             "ratio": loop_qps / f["qps_at_p99"] if f["qps_at_p99"] else None,
+            "open_loop_qps": open_loop(runs, feeds, wait, loop_qps, opts),
             "harness_ceiling": harness_ceiling(
                 setting["workers"], setting["max_batch"], wait, opts, work / "ceiling" / model
             ),
