@@ -1352,7 +1352,9 @@ class ServeWorkers:
 
     def __init__(self, lg, runs: list, feeds: dict, max_batch: int, wait_s: float):
         self.lg, self.feeds, self.max_batch, self.wait_s = lg, feeds, max_batch, wait_s
-        self.queue = queue.SimpleQueue()
+        # queue.Queue, not SimpleQueue: with two workers, SimpleQueue's timed get (CPython 3.11)
+        # slept past requests left in the queue, and the run never ended.
+        self.queue = queue.Queue()
         self.errors = []  # (batch size, exception): raised by serve_setting once LoadGen is done
         self.threads = [threading.Thread(target=self._serve, args=(r,), daemon=True) for r in runs]
         for t in self.threads:
