@@ -56,9 +56,9 @@ TARGETS = ["ort-cpu", "openvino-cpu"]
 CHECK = "ort-cpu"
 
 
-def kdx(*args) -> str:
+def kdx(*args) -> None:
     cmd = [sys.executable, "-m", "kdexport.cli", *map(str, args)]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
 class _ClosedLoop:
@@ -227,14 +227,13 @@ def main() -> int:
         kdx("distill-and-export", "--out", run, "--set", f"compile.targets={json.dumps(TARGETS)}",
             "--set", "benchmark.batch_sizes=[1, 64]")  # fmt: skip
     try:  # a run's serve figures at the same bound and duration are used as they are
-        checks = open_stage(run, "serve").checks
         params = open_stage(run, "serve").parameters
         if (params["p99_ms"], params["duration_s"]) != (args.p99_ms, args.duration_s):
             raise KdxError("another bound")
     except KdxError:
-        out = kdx("serve-bench", run, "--p99-ms", args.p99_ms, "--duration-s", args.duration_s,
-                  "--json")  # fmt: skip
-        checks = json.loads(out.strip().splitlines()[-1])
+        kdx("serve-bench", run, "--p99-ms", args.p99_ms, "--duration-s", args.duration_s)
+    served = open_stage(run, "serve")
+    checks = served.checks
     targets = {}
     for name, t in checks["targets"].items():
         targets[name] = {
@@ -242,13 +241,12 @@ def main() -> int:
             for m in ("teacher", "student")
         }
         targets[name] |= {k: t.get(k) for k in ("capacity_ratio", "single_stream_speedup")}
-    serve = open_stage(run, "serve").parameters
     opts = {"p99_ms": args.p99_ms, "duration_s": args.duration_s, "search_steps": 6}
     crosscheck: dict = {"target": CHECK}
     for model in ("teacher", "student"):
         f = checks["targets"][CHECK][model]
         setting = next(s for s in f["settings"] if s["setting"] == f["setting"])
-        wait = serve["batch_wait_ms"] / 1000 if setting["max_batch"] > 1 else 0.0
+        wait = served.parameters["batch_wait_ms"] / 1000 if setting["max_batch"] > 1 else 0.0
         runs, feeds = serving(run, CHECK, model, setting)
         loop_qps, rows = closed_loop(runs, feeds, wait, args.p99_ms, args.duration_s)
         crosscheck[model] = {
