@@ -8,8 +8,9 @@ cuts to three latency budgets, and a family plan for three devices.
    ``prune:0.3`` and ``[family] students`` (``prune:0.5``, ``prune:0.7``, ``prune:macs=0.05``,
    ``prune:macs=0.02``, ``prune:macs=0.01``; a hand-written student such as digits-cnn-small
    is left out: it is the fastest and the most accurate on digits, so every device would get
-   it): every member distilled from the unpruned teacher, exported, compiled (ort-cpu, openvino-cpu), benchmarked, and
-   compared with the same architecture trained from scratch over N seeds. Per member: MAC and
+   it): every member distilled from the unpruned teacher, exported, compiled (ort-cpu,
+   openvino-cpu), benchmarked, and compared with the same architecture trained from scratch
+   over N seeds. Per member: MAC and
    parameter ratios (counted by Torch-Pruning) beside the speed-up measured in its run's
    benchmark stage (teacher and member interleaved), test accuracy of the compiled member.
 2. Three budgets on ort-cpu between the teacher's p50 and the smallest member's p90, each a run
