@@ -147,6 +147,21 @@ def test_queued_requests_are_joined_up_to_the_batch_size():
     assert sorted(done) == list(range(7)) and sizes == [1, 4, 2]
 
 
+def test_a_burst_fills_batches_at_once_across_the_workers():
+    """Full batches are taken without waiting for more, by both workers."""
+    done, sizes = [], []
+    lg = SimpleNamespace(
+        QuerySampleResponse=lambda i, *_: i, QuerySamplesComplete=lambda r: done.extend(r)
+    )
+    workers = runner.ServeWorkers(lg, [sizes.append] * 2, {k: k for k in range(1, 9)}, 8, 30.0)
+    began = time.perf_counter()
+    workers.issue([SimpleNamespace(id=i) for i in range(16)])
+    while len(done) < 16 and time.perf_counter() - began < 5:  # not the 30 s a batch may wait
+        time.sleep(0.001)
+    assert sorted(done) == list(range(16)) and sizes == [8, 8]
+    workers.close()
+
+
 def _closed_loop_answered(clients: int, seconds: float) -> int:
     """Requests still unanswered 5 s after a closed loop of ``clients`` through two batching
     workers ended (each answered request sent again until ``seconds`` have passed)."""

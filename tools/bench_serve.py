@@ -138,7 +138,7 @@ def open_loop_p99(runs: list, feeds: dict, wait_s: float, qps: float, duration_s
 
 def open_loop(runs: list, feeds: dict, wait_s: float, ceiling: float, opts: dict) -> float:
     """The highest Poisson rate whose p99 meets the bound, bisecting (0, ceiling] as
-    serve-bench bisects LoadGen's rate."""
+    serve-bench bisects LoadGen's rate (the ceiling: the setting's Offline throughput)."""
     lo, hi, best = 0.0, ceiling, 0.0
     for _ in range(opts["search_steps"]):
         qps = (lo + hi) / 2
@@ -210,7 +210,7 @@ def harness_ceiling(workers: int, max_batch: int, wait_s: float, opts: dict, out
     return {"workers": workers, "max_batch": max_batch,
             "loadgen_offline_sps": off["samples_per_second"],
             "loadgen_qps": peak["qps_at_p99"], "closed_loop_qps": loop_qps,
-            "open_loop_qps": open_loop(runs, feeds, wait_s, loop_qps, opts)}  # fmt: skip
+            "open_loop_qps": open_loop(runs, feeds, wait_s, off["samples_per_second"], opts)}  # fmt: skip
 
 
 def main() -> int:
@@ -255,7 +255,7 @@ def main() -> int:
             "closed_loop_qps": loop_qps,
             "closed_loop_rows": rows,
             "ratio": loop_qps / f["qps_at_p99"] if f["qps_at_p99"] else None,
-            "open_loop_qps": open_loop(runs, feeds, wait, loop_qps, opts),
+            "open_loop_qps": open_loop(runs, feeds, wait, f["offline_sps"], opts),
             "harness_ceiling": harness_ceiling(
                 setting["workers"], setting["max_batch"], wait, opts, work / "ceiling" / model
             ),

@@ -44,12 +44,12 @@ student interleaved in ``--rounds`` slices.
 from __future__ import annotations
 
 import argparse
+import collections
 import glob
 import hashlib
 import json
 import os
 import platform
-import queue
 import re
 import shutil
 import sys
@@ -1345,6 +1345,43 @@ def import_loadgen():
     return mlperf_loadgen
 
 
+class _Requests:
+    """Queued requests, taken in batches: one lock held for a burst put and for a batch taken
+    (not one per request, as a queue.Queue takes: with LoadGen calling into Python for every
+    burst and answer, that per-request cost bounded a model of microseconds)."""
+
+    def __init__(self):
+        self.items, self.ready, self.closed = collections.deque(), threading.Condition(), False
+
+    def put(self, samples) -> None:
+        with self.ready:
+            self.items.extend(samples)
+            self.ready.notify_all()  # a worker waiting for a first request or for a batch to fill
+
+    def close(self) -> None:
+        with self.ready:
+            self.closed = True
+            self.ready.notify_all()
+
+    def take(self, max_batch: int, wait_s: float) -> list | None:
+        """Up to ``max_batch`` requests: the first queued and those queued within ``wait_s`` of
+        this worker seeing it; None once closed and empty (every queued request is taken first)."""
+        with self.ready:
+            while not self.items:
+                if self.closed:
+                    return None
+                self.ready.wait()
+            deadline = time.perf_counter() + wait_s
+            while 0 < len(self.items) < max_batch and not self.closed:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self.ready.wait(left)
+            if not self.items:  # another worker took them while this one waited for a batch
+                return []
+            return [self.items.popleft() for _ in range(min(max_batch, len(self.items)))]
+
+
 class ServeWorkers:
     """Queued samples served by one thread per run function: a thread takes the first queued
     sample and the ones that arrive within ``wait_s``, up to ``max_batch``, runs them as one
@@ -1352,43 +1389,22 @@ class ServeWorkers:
 
     def __init__(self, lg, runs: list, feeds: dict, max_batch: int, wait_s: float):
         self.lg, self.feeds, self.max_batch, self.wait_s = lg, feeds, max_batch, wait_s
-        # queue.Queue, not SimpleQueue: with two workers, SimpleQueue's timed get (CPython 3.11)
-        # slept past requests left in the queue, and the run never ended.
-        self.queue = queue.Queue()
+        self.requests = _Requests()
         self.errors = []  # (batch size, exception): raised by serve_setting once LoadGen is done
         self.threads = [threading.Thread(target=self._serve, args=(r,), daemon=True) for r in runs]
         for t in self.threads:
             t.start()
 
     def issue(self, samples) -> None:
-        for s in samples:
-            self.queue.put(s)
+        self.requests.put(samples)
 
     def flush(self) -> None:
         pass
 
-    def _take(self):
-        first = self.queue.get()
-        if first is None:
-            return None
-        batch, deadline = [first], time.perf_counter() + self.wait_s
-        while len(batch) < self.max_batch:
-            left = deadline - time.perf_counter()
-            try:
-                s = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if s is None:
-                self.queue.put(None)
-                break
-            batch.append(s)
-        return batch
-
     def _serve(self, run) -> None:
-        while True:
-            batch = self._take()
-            if batch is None:
-                return
+        while (batch := self.requests.take(self.max_batch, self.wait_s)) is not None:
+            if not batch:
+                continue
             try:
                 run(self.feeds[len(batch)])
             except Exception as e:  # the runtime's own types; raised once LoadGen is done
@@ -1396,8 +1412,7 @@ class ServeWorkers:
             self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(s.id, 0, 0) for s in batch])
 
     def close(self) -> None:
-        for _ in self.threads:
-            self.queue.put(None)
+        self.requests.close()
         for t in self.threads:
             t.join()
 
