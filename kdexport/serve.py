@@ -10,8 +10,8 @@ bisection below the Offline throughput, each trial a LoadGen run of its own.
 Each backend says how it serves many requests at once (``throughput_settings``: callers of one
 ONNX Runtime session with the CPUs' threads divided among them; OpenVINO's THROUGHPUT hint,
 its streams and one asynchronous infer request each); each is tried without and with dynamic
-batching (a worker joins up to ``max_batch`` queued requests, waiting up to ``batch_wait_ms`` for
-them), and the setting that serves the most at the bound is the model's figure. RUN/serve holds
+batching (a worker joins up to ``max_batch`` queued requests, by default those already queued,
+or waiting up to ``batch_wait_ms`` for more), and the setting that serves the most at the bound is the model's figure. RUN/serve holds
 the figures (manifest checks), LoadGen's summary and detail logs of each setting's Offline run
 and of its Server run at the rate found, and capacity.png. The serving engine is the bundle
 runner's (``kdexport.bundle.runner``): ``run.py bench --scenario server`` runs it on a device.
@@ -165,7 +165,7 @@ def serve(
     duration_s: Annotated[float, Range(0.05)] = 2.0,
     search_steps: Annotated[int, Range(1, 20)] = 6,
     max_batch: Annotated[int, Range(1, 1024)] = 8,
-    batch_wait_ms: Annotated[float, Range(0.0)] = 1.0,
+    batch_wait_ms: Annotated[float, Range(0.0)] = 0.0,
     targets: list[str] = [],  # noqa: B006 (read-only)
     qps: Annotated[float, Range(0.0)] = 0.0,
     point: str = "",
@@ -175,7 +175,8 @@ def serve(
 
     ``p99_ms``: the Server scenario's latency bound; ``duration_s``: each LoadGen run's minimum
     (MLPerf's submissions use 600 s); ``search_steps``: Server runs in the bisection;
-    ``max_batch``/``batch_wait_ms``: dynamic batching, tried beside none; ``qps``: a goal, for
+    ``max_batch``/``batch_wait_ms``: dynamic batching (what is queued, or what arrives within
+    the wait), tried beside none; ``qps``: a goal, for
     "servers needed"; ``point``: one request's shape (default: the benchmark's first, batch 1).
     """
     opts = stage_options(serve, locals())

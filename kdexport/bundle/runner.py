@@ -1954,7 +1954,7 @@ def _bench_command(root: Path, args) -> dict:
         if args.p99_ms <= 0 or args.max_batch < 1 or args.duration_s <= 0:
             raise BundleError("--p99-ms and --duration-s must be above 0, --max-batch 1 or more")
         opts.update(scenario=args.scenario, p99_ms=args.p99_ms, max_batch=args.max_batch,
-                    duration_s=args.duration_s, search_steps=6, batch_wait_ms=1.0, qps=0)  # fmt: skip
+                    duration_s=args.duration_s, search_steps=6, batch_wait_ms=0.0, qps=0)  # fmt: skip
     results = []
     for target in targets:
         out = _bench_out(root, args, opts["device"], target, every)
