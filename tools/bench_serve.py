@@ -7,13 +7,14 @@ closed-loop cross-check of LoadGen's figure.
    rate at the bound and its Offline throughput, the capacity ratio beside the single-stream
    speed-up of the run's benchmark stage.
 3. The cross-check, on ort-cpu's teacher and student, each with the setting serve-bench found
-   best: a plain closed-loop driver (C clients, each sending its next request the moment the
-   last is answered, from the answering thread: no client threads) through the same serving
-   workers, for C = 1, 2, 4, ...; its figure is the highest throughput whose p99 meets the
-   bound, beside LoadGen's (the goal: within 15%). Beside it, an open loop of ours (Poisson
-   arrivals as LoadGen's Server scenario, timed from their scheduled arrival, without LoadGen),
-   and the harness's ceiling: the drivers around the same workers with an inference that takes
-   no time.
+   best, through the same serving workers, three rounds side by side (this machine's speed
+   drifts over minutes): LoadGen as serve-bench drives it; a plain closed-loop driver (C
+   clients, each sending its next request the moment the last is answered, from the answering
+   thread: no client threads), for C = 1, 2, 4, ..., its figure the highest throughput whose
+   p99 meets the bound (the goal: within 15% of LoadGen's); and an open loop of ours (Poisson
+   arrivals as LoadGen's Server scenario, timed from their scheduled arrival, without
+   LoadGen). Beside them the harness's ceiling: the drivers around the same workers with an
+   inference that takes no time.
 
     .venv/bin/python tools/bench_serve.py [--run RUN] [--p99-ms 2] [--out DIR]
 
@@ -46,6 +47,7 @@ from kdexport.bundle.runner import (
     offline_rate,
     parse_point,
     peak_rate,
+    serve_setting,
 )
 from kdexport.context import Run
 from kdexport.errors import KdxError
@@ -54,6 +56,7 @@ from kdexport.rundir import open_stage
 
 TARGETS = ["ort-cpu", "openvino-cpu"]
 CHECK = "ort-cpu"
+ROUNDS = 3
 
 
 def kdx(*args) -> None:
@@ -213,6 +216,45 @@ def harness_ceiling(workers: int, max_batch: int, wait_s: float, opts: dict, out
             "open_loop_qps": open_loop(runs, feeds, wait_s, off["samples_per_second"], opts)}  # fmt: skip
 
 
+def crosscheck(run: Path, model: str, opts: dict, out: Path) -> dict:
+    """``model`` on CHECK with the setting serve-bench found best, served by LoadGen (as
+    serve-bench serves it), the closed loop and the open loop in turn, ROUNDS times: side by
+    side, as this machine's speed drifts over minutes; the medians, and every round."""
+    f = open_stage(run, "serve").checks["targets"][CHECK][model]
+    setting = next(s for s in f["settings"] if s["setting"] == f["setting"])
+    wait = opts["batch_wait_ms"] / 1000 if setting["max_batch"] > 1 else 0.0
+    runs, feeds = serving(run, CHECK, model, setting)
+    rounds = []
+    for i in range(ROUNDS):
+        by_loadgen = serve_setting(
+            import_loadgen(), runs, feeds, setting["max_batch"], opts, out / f"round{i}"
+        )
+        loop_qps, rows = closed_loop(runs, feeds, wait, opts["p99_ms"], opts["duration_s"])
+        rounds.append({
+            "loadgen_qps": by_loadgen.get("qps_at_p99", 0.0),
+            "loadgen_offline_sps": by_loadgen["offline_sps"],
+            "closed_loop_qps": loop_qps,
+            "closed_loop_rows": rows,
+            "open_loop_qps": open_loop(runs, feeds, wait, by_loadgen["offline_sps"], opts),
+        })  # fmt: skip
+    figures = {
+        k: float(np.median([r[k] for r in rounds]))
+        for k in ("loadgen_qps", "loadgen_offline_sps", "closed_loop_qps", "open_loop_qps")
+    }
+    lg_qps = figures["loadgen_qps"]
+    return {
+        "setting": setting["setting"],
+        "serve_bench_qps": f["qps_at_p99"],
+        **figures,
+        "ratio": figures["closed_loop_qps"] / lg_qps if lg_qps else None,
+        "open_loop_ratio": figures["open_loop_qps"] / lg_qps if lg_qps else None,
+        "rounds": rounds,
+        "harness_ceiling": harness_ceiling(
+            setting["workers"], setting["max_batch"], wait, opts, out / "ceiling"
+        ),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, help="a complete run (default: make a digits run)")
@@ -241,38 +283,24 @@ def main() -> int:
             for m in ("teacher", "student")
         }
         targets[name] |= {k: t.get(k) for k in ("capacity_ratio", "single_stream_speedup")}
-    opts = {"p99_ms": args.p99_ms, "duration_s": args.duration_s, "search_steps": 6}
-    crosscheck: dict = {"target": CHECK}
+    opts = served.parameters  # the bound, durations, search steps and batching serve-bench used
+    check = {"target": CHECK}
     for model in ("teacher", "student"):
-        f = checks["targets"][CHECK][model]
-        setting = next(s for s in f["settings"] if s["setting"] == f["setting"])
-        wait = served.parameters["batch_wait_ms"] / 1000 if setting["max_batch"] > 1 else 0.0
-        runs, feeds = serving(run, CHECK, model, setting)
-        loop_qps, rows = closed_loop(runs, feeds, wait, args.p99_ms, args.duration_s)
-        crosscheck[model] = {
-            "setting": setting["setting"],
-            "loadgen_qps": f["qps_at_p99"],
-            "closed_loop_qps": loop_qps,
-            "closed_loop_rows": rows,
-            "ratio": loop_qps / f["qps_at_p99"] if f["qps_at_p99"] else None,
-            "open_loop_qps": open_loop(runs, feeds, wait, f["offline_sps"], opts),
-            "harness_ceiling": harness_ceiling(
-                setting["workers"], setting["max_batch"], wait, opts, work / "ceiling" / model
-            ),
-        }
+        check[model] = crosscheck(run, model, opts, work / "crosscheck" / model)
     # The issue's keys: the student's figures (both models' beside them).
-    crosscheck |= {k: crosscheck["student"][k] for k in ("loadgen_qps", "closed_loop_qps")}
+    check |= {k: check["student"][k] for k in ("loadgen_qps", "closed_loop_qps")}
     figures = {
         "p99_ms": args.p99_ms,
         "cores": checks["cores"],
         "targets": targets,
-        "crosscheck": crosscheck,
+        "crosscheck": check,
         "goals": {
             "capacity_ratio_at_least_single_stream_speedup": (targets[CHECK]["capacity_ratio"] or 0)
             >= (targets[CHECK]["single_stream_speedup"] or float("inf")),
             "every_result_valid": all(
                 t[m]["valid"] for t in targets.values() for m in ("teacher", "student")
             ),
+            "crosscheck_within_15_percent": abs((check["student"]["ratio"] or 0) - 1) <= 0.15,
         },
         "run": str(run),
     }
