@@ -11,10 +11,11 @@ Each backend says how it serves many requests at once (``throughput_settings``: 
 ONNX Runtime session with the CPUs' threads divided among them; OpenVINO's THROUGHPUT hint,
 its streams and one asynchronous infer request each); each is tried without and with dynamic
 batching (a worker joins up to ``max_batch`` queued requests, by default those already queued,
-or waiting up to ``batch_wait_ms`` for more), and the setting that serves the most at the bound is the model's figure. RUN/serve holds
-the figures (manifest checks), LoadGen's summary and detail logs of each setting's Offline run
-and of its Server run at the rate found, and capacity.png. The serving engine is the bundle
-runner's (``kdexport.bundle.runner``): ``run.py bench --scenario server`` runs it on a device.
+or waiting up to ``batch_wait_ms`` for more), and the setting that serves the most at the bound
+is the model's figure. RUN/serve holds the figures (manifest checks), LoadGen's summary and
+detail logs of each setting's Offline run and of its Server run at the rate found, and
+capacity.png. The serving engine is the bundle runner's (``kdexport.bundle.runner``): ``run.py
+bench --scenario server`` runs it on a device.
 """
 
 from __future__ import annotations

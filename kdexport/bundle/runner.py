@@ -1367,19 +1367,19 @@ class _Requests:
         """Up to ``max_batch`` requests: the first queued and those queued within ``wait_s`` of
         this worker seeing it; None once closed and empty (every queued request is taken first)."""
         with self.ready:
-            while not self.items:
-                if self.closed:
-                    return None
-                self.ready.wait()
-            deadline = time.perf_counter() + wait_s
-            while 0 < len(self.items) < max_batch and not self.closed:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                self.ready.wait(left)
-            if not self.items:  # another worker took them while this one waited for a batch
-                return []
-            return [self.items.popleft() for _ in range(min(max_batch, len(self.items)))]
+            while True:
+                while not self.items:
+                    if self.closed:
+                        return None
+                    self.ready.wait()
+                deadline = time.perf_counter() + wait_s
+                while 0 < len(self.items) < max_batch and not self.closed:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self.ready.wait(left)
+                if self.items:  # else another worker took them while this one waited for more
+                    return [self.items.popleft() for _ in range(min(max_batch, len(self.items)))]
 
 
 class ServeWorkers:
@@ -1403,8 +1403,6 @@ class ServeWorkers:
 
     def _serve(self, run) -> None:
         while (batch := self.requests.take(self.max_batch, self.wait_s)) is not None:
-            if not batch:
-                continue
             try:
                 run(self.feeds[len(batch)])
             except Exception as e:  # the runtime's own types; raised once LoadGen is done
