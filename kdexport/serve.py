@@ -5,7 +5,9 @@ MLCommons' LoadGen drives every compiled target's teacher and student in this pr
 Offline scenario queues every sample at once (samples per second); its Server scenario sends
 queries as a Poisson process at a rate, and calls the rate VALID when the 99th percentile of
 latency (queueing included) stays under the bound. The highest VALID rate is found by
-bisection below the Offline throughput, each trial a LoadGen run of its own.
+bisection below the Offline throughput, each trial a LoadGen run of its own; a rate is
+rejected only when a second run at it misses the bound too (a shared machine's stall fails one
+run in several by chance, and a bisection never climbs back above a rate it rejected).
 
 Each backend says how it serves many requests at once (``throughput_settings``: callers of one
 ONNX Runtime session with the CPUs' threads divided among them; OpenVINO's THROUGHPUT hint,
@@ -175,9 +177,9 @@ def serve(
     ``targets``), teacher and student; writes RUN/serve.
 
     ``p99_ms``: the Server scenario's latency bound; ``duration_s``: each LoadGen run's minimum
-    (MLPerf's submissions use 600 s); ``search_steps``: Server runs in the bisection;
-    ``max_batch``/``batch_wait_ms``: dynamic batching (what is queued, or what arrives within
-    the wait), tried beside none; ``qps``: a goal, for
+    (MLPerf's submissions use 600 s); ``search_steps``: bisection steps (a rejected rate takes
+    two runs); ``max_batch``/``batch_wait_ms``: dynamic batching (what is queued, or what
+    arrives within the wait), tried beside none; ``qps``: a goal, for
     "servers needed"; ``point``: one request's shape (default: the benchmark's first, batch 1).
     """
     opts = stage_options(serve, locals())

@@ -1332,7 +1332,8 @@ KEPT_LOGS = ("mlperf_log_summary.txt", "mlperf_log_detail.txt")
 SERVE_METHOD = (
     "MLCommons LoadGen in this process, PerformanceOnly: Offline (every sample queued) and "
     "Server (Poisson arrivals; a rate is VALID when its p99 latency, queueing included, is under "
-    "the bound), the highest VALID rate found by bisection below the Offline throughput"
+    "the bound), the highest VALID rate found by bisection below the Offline throughput, a rate "
+    "rejected after two INVALID runs"
 )
 
 
@@ -1477,29 +1478,45 @@ def offline_rate(lg, workers: ServeWorkers, estimate: float, opts: dict, out: Pa
     return r
 
 
+def highest_rate(trial, ceiling: float, steps: int) -> float | None:
+    """The highest rate in (0, ceiling] that ``trial(qps)`` passes, by ``steps`` bisections
+    from ``ceiling / 2``; None when none passed. On a shared machine one run in several misses
+    the bound by chance (a stall, a slow wake-up), and a bisection never climbs back above a
+    rate it rejected: a rate is rejected only when a second run at it fails too."""
+    lo, hi, best = 0.0, ceiling, None
+    for _ in range(steps):
+        qps = (lo + hi) / 2
+        if trial(qps) or trial(qps):
+            lo = best = qps
+        else:
+            hi = qps
+    return best
+
+
 def peak_rate(lg, workers: ServeWorkers, ceiling: float, opts: dict, out: Path) -> dict:
-    """The highest VALID Server rate, by ``opts["search_steps"]`` bisections of (0, ceiling]:
-    the trials, and LoadGen's figures at the best rate (its logs of that run kept in ``out``)."""
-    lo, hi, best, trials = 0.0, ceiling, None, []
-    qps = ceiling / 2
-    for i in range(opts["search_steps"]):
-        at = out.parent / f".{out.name}.trial{i}"
+    """The highest VALID Server rate below ``ceiling`` (``highest_rate``, its steps
+    ``opts["search_steps"]``): every trial, and LoadGen's figures at the best rate (its logs of
+    that run kept in ``out``)."""
+    trials, best = [], {}
+
+    def trial(qps: float) -> bool:
+        at = out.parent / f".{out.name}.trial{len(trials)}"
         r = loadgen_run(lg, workers, "server", qps, opts, at)
         valid = r["validity"] == "VALID"
         trials.append({"target_qps": qps, "scheduled_qps": r["scheduled_samples_per_sec"],
                        "p99_ms": _latency_ms(r, "99.00"), "valid": valid})  # fmt: skip
-        if valid and (best is None or qps > best[0]):
-            best = (qps, r)
+        if valid:  # the bisection only climbs past a valid rate: the best so far
+            best["r"] = r
             shutil.rmtree(out, ignore_errors=True)
             at.rename(out)
         else:
             shutil.rmtree(at)
-        lo, hi = (qps, hi) if valid else (lo, qps)
-        qps = (lo + hi) / 2
-    if best is None:
+        return valid
+
+    if highest_rate(trial, ceiling, opts["search_steps"]) is None:
         return {"qps_at_p99": 0.0, "valid": False, "trials": trials,
                 "lowest_p99_ms": min(t["p99_ms"] for t in trials)}  # fmt: skip
-    r = best[1]
+    r = best["r"]
     return {
         "qps_at_p99": r["scheduled_samples_per_sec"],
         **{f"p{p}_ms": _latency_ms(r, f"{p}.00") for p in (50, 90, 99)},
@@ -1519,13 +1536,18 @@ def estimate_rate(runs: list, feeds: dict, max_batch: int) -> float:
     return 5 * max_batch * len(runs) / (time.perf_counter() - start)
 
 
+def batch_wait_s(opts: dict, max_batch: int) -> float:
+    """How long a serving worker waits for a batch to fill: ``opts["batch_wait_ms"]`` when it
+    batches at all."""
+    return opts["batch_wait_ms"] / 1000 if max_batch > 1 else 0.0
+
+
 def serve_setting(lg, runs: list, feeds: dict, max_batch: int, opts: dict, out: Path) -> dict:
     """One model served by ``runs`` (callers at once), batching up to ``max_batch``: LoadGen's
     Offline throughput, and with "server" in ``opts["scenarios"]`` the highest rate at the p99
     bound. A runtime error of any inference is raised once LoadGen is done."""
     estimate = estimate_rate(runs, feeds, max_batch)
-    wait = opts["batch_wait_ms"] / 1000 if max_batch > 1 else 0.0
-    workers = ServeWorkers(lg, runs, feeds, max_batch, wait)
+    workers = ServeWorkers(lg, runs, feeds, max_batch, batch_wait_s(opts, max_batch))
     try:
         off = offline_rate(lg, workers, estimate, opts, out / "offline")
         result = {"workers": len(runs), "max_batch": max_batch,
