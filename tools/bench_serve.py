@@ -110,18 +110,12 @@ class _Saturation:
                 self.done.set()
 
 
-class _Users:
-    """A closed population of ``users``: each thinks for an exponential time of mean
-    ``think_s``, sends one request, and thinks again once it is answered (the interactive
-    closed model). Requests are issued from the driving thread when their user's think ends and
-    timed from that moment; never more than ``users`` are in the system at once."""
+class _TimedFromDue:
+    """What the serving workers call as LoadGen: each answer timed from its request's due time
+    (``due``, under ``lock``); ``answered`` is what the driver does next."""
 
-    def __init__(self, users: int, think_s: float, start: float, duration_s: float):
-        count = users + 2 * int(users / think_s * duration_s) + 1024  # twice what can be sent
-        thinks = np.random.default_rng(0).exponential(think_s, count)
-        self.thinks = iter(thinks.tolist())  # drawn up front: an answer only pushes a float
+    def __init__(self):
         self.lock = threading.Lock()
-        self.wakes = sorted(start + t for t in itertools.islice(self.thinks, users))  # a heap
         self.due: dict[int, float] = {}
         self.latencies: list[float] = []
 
@@ -134,7 +128,27 @@ class _Users:
         with self.lock:
             for i in ids:
                 self.latencies.append(now - self.due.pop(i))
-                heapq.heappush(self.wakes, now + next(self.thinks))
+                self.answered(now)
+
+    def answered(self, now: float) -> None:
+        pass
+
+
+class _Users(_TimedFromDue):
+    """A closed population of ``users``: each thinks for an exponential time of mean
+    ``think_s``, sends one request, and thinks again once it is answered (the interactive
+    closed model). Requests are issued from the driving thread when their user's think ends and
+    timed from that moment; never more than ``users`` are in the system at once."""
+
+    def __init__(self, users: int, think_s: float, start: float, duration_s: float):
+        super().__init__()
+        count = users + 2 * int(users / think_s * duration_s) + 1024  # twice what can be sent
+        thinks = np.random.default_rng(0).exponential(think_s, count)
+        self.thinks = iter(thinks.tolist())  # drawn up front: an answer only pushes a float
+        self.wakes = sorted(start + t for t in itertools.islice(self.thinks, users))  # a heap
+
+    def answered(self, now: float) -> None:
+        heapq.heappush(self.wakes, now + next(self.thinks))
 
 
 def users_p99(runs: list, feeds: dict, wait_s: float, users: int, qps: float, duration_s: float):
@@ -192,21 +206,9 @@ def users_loop(runs: list, feeds: dict, wait_s: float, ceiling: float, opts: dic
     return {"qps": at_best[0] if at_best else 0.0, "trials": trials}
 
 
-class _OpenLoop:
+class _OpenLoop(_TimedFromDue):
     """Poisson arrivals issued from this thread, every arrival already due at once, each timed
     from its scheduled arrival: LoadGen's Server scenario without LoadGen."""
-
-    def __init__(self):
-        self.lock, self.due, self.latencies = threading.Lock(), {}, []
-
-    @staticmethod
-    def QuerySampleResponse(i, *_):  # noqa: N802 (LoadGen's name)
-        return i
-
-    def QuerySamplesComplete(self, ids):  # noqa: N802
-        now = time.perf_counter()
-        with self.lock:
-            self.latencies += [now - self.due.pop(i) for i in ids]
 
 
 def open_loop_p99(runs: list, feeds: dict, wait_s: float, qps: float, duration_s: float) -> float:
