@@ -8,12 +8,14 @@ report beside the teacher, and say plainly when KD did not beat the baseline.
 
 from __future__ import annotations
 
+import json
 import statistics
 from typing import TypedDict
 
 from kdexport.artifact import Artifact
 from kdexport.context import Run
-from kdexport.distill import study
+from kdexport.distill import student_params, study
+from kdexport.errors import KdxError
 from kdexport.evaluate import accuracy
 from kdexport.teacher import TeacherChecks
 from kdexport.train.loop import predict
@@ -67,9 +69,27 @@ def _figures(runs: dict, teacher_accuracy: float, seeds: list[int]) -> BaselineC
     return figures
 
 
+def _distilled(run: Run, opts: dict) -> dict | None:
+    """The figures of the run's own student when ``kdexport distill`` trained it with exactly
+    ``opts`` from the current teacher: that is the KD run of its seed, not trained again."""
+    try:
+        art = run.open("student")
+    except KdxError:
+        return None
+    if art.parameters != student_params(opts, run.data, run.splits()):
+        return None
+    history = json.loads(art.file("history.json").read_text())
+    return {
+        "test_accuracy": art.checks["test_accuracy"],
+        "val_accuracy": art.checks["val_accuracy"],
+        "train_s": [h["train_s"] for h in history],
+    }
+
+
 def kd_vs_scratch(run: Run, distill_options: dict, seeds: int = 3) -> Artifact:
     """Train the student of ``distill_options`` with KD and from scratch for ``seeds`` seeds
-    (distill.seed, +1, ...), alternating; record test accuracy and epoch times in RUN/baseline."""
+    (distill.seed, +1, ...), alternating; record test accuracy and epoch times in RUN/baseline.
+    The KD run of distill.seed is the run's own student where it is current."""
     splits = run.splits()
     seed_list = [distill_options["seed"] + i for i in range(seeds)]
     runs = {m: {"test_accuracy": [], "val_accuracy": [], "train_s": []} for m in MODES}
@@ -77,14 +97,16 @@ def kd_vs_scratch(run: Run, distill_options: dict, seeds: int = 3) -> Artifact:
         for seed in seed_list:
             for mode in MODES:
                 opts = {**distill_options, "seed": seed}
-                net, history = s.train(f"{mode} seed {seed}", opts, mode == "scratch")
-                runs[mode]["test_accuracy"].append(
-                    accuracy(predict(net, splits.x_test), splits.y_test)
-                )
-                runs[mode]["val_accuracy"].append(
-                    accuracy(predict(net, splits.x_val), splits.y_val)
-                )
-                runs[mode]["train_s"] += [h["train_s"] for h in history]
+                figures = _distilled(run, opts) if mode == "kd" else None
+                if figures is None:
+                    net, history = s.train(f"{mode} seed {seed}", opts, mode == "scratch")
+                    figures = {
+                        "test_accuracy": accuracy(predict(net, splits.x_test), splits.y_test),
+                        "val_accuracy": accuracy(predict(net, splits.x_val), splits.y_val),
+                        "train_s": [h["train_s"] for h in history],
+                    }
+                for key, value in figures.items():
+                    runs[mode][key] += value if key == "train_s" else [value]
         teacher: TeacherChecks = s.teacher.artifact.checks
         teacher_accuracy = teacher["test_accuracy"]
         return s.publish(_figures(runs, teacher_accuracy, seed_list))

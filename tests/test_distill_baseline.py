@@ -3,7 +3,6 @@ search on the validation split) and the report's section, which says plainly whe
 
 import json
 
-import pytest
 from conftest import fails, kdx
 
 from kdexport.baseline import kd_vs_scratch
@@ -36,9 +35,12 @@ def test_distill_with_baseline_over_seeds(tmp_path):
     assert checks["helped"] == (checks["kd"]["mean"] > checks["scratch"]["mean"])
     assert checks["cache_epoch_ratio"] > 0
     assert verdict(checks) in out
-    # the student artifact of seed 0 is the baseline's first KD run
+    # the student artifact of seed 0 is the baseline's first KD run, read, not trained again
     student = json.loads((run / "student" / "manifest.json").read_text())
-    assert student["checks"]["test_accuracy"] == pytest.approx(checks["kd"]["values"][0])
+    assert student["checks"]["test_accuracy"] == checks["kd"]["values"][0]
+    assert student["checks"]["val_accuracy"] == checks["kd"]["val_accuracy"][0]
+    trained = kdx("distill", run, "--baseline", "--seeds", "2").stderr
+    assert "kd seed 1" in trained and "kd seed 0" not in trained
 
 
 def test_tune_records_trials_and_writes_the_winner(tmp_path):
