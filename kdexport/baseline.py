@@ -105,8 +105,9 @@ def kd_vs_scratch(run: Run, distill_options: dict, seeds: int = 3) -> Artifact:
                         "val_accuracy": accuracy(predict(net, splits.x_val), splits.y_val),
                         "train_s": [h["train_s"] for h in history],
                     }
-                for key, value in figures.items():
-                    runs[mode][key] += value if key == "train_s" else [value]
+                runs[mode]["test_accuracy"].append(figures["test_accuracy"])
+                runs[mode]["val_accuracy"].append(figures["val_accuracy"])
+                runs[mode]["train_s"] += figures["train_s"]
         teacher: TeacherChecks = s.teacher.artifact.checks
         teacher_accuracy = teacher["test_accuracy"]
         return s.publish(_figures(runs, teacher_accuracy, seed_list))
